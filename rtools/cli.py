@@ -1,0 +1,168 @@
+"""What every rt-* command shares: options, error reporting, exit codes, and the entry point.
+
+Exit status (documented in every man page):
+  0  success
+  1  bad input data, a failed run, or (rt-metrics) a failed --fail-under/--fail-over gate
+  2  bad usage (unknown option, bad option value)
+  130 interrupted (Ctrl-C)
+A command piped into ``head`` ends quietly with status 0.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .records import RecordError
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+EXIT_STATUS_DOC = [
+    ("0", "Success."),
+    ("1", "Bad input data (the message names the file and line), or a failed run."),
+    ("2", "Bad usage: an unknown option or a bad option value."),
+    ("130", "Interrupted (Ctrl-C). Files the command writes are never left half-written."),
+]
+
+_state: dict[str, Any] = {"prog": "rtools", "verbose": False}
+
+
+def prog() -> str:
+    return _state["prog"]
+
+
+class RtError(click.ClickException):
+    """A failure to report as ``prog: message`` with exit status 1."""
+
+    exit_code = ExitStatus.ERROR
+
+    def show(self, file=None) -> None:  # noqa: D102
+        click.echo(f"{prog()}: {self.format_message()}", err=True)
+
+
+def fail(message: str, path: str | None = None, line: int | None = None, hint: str | None = None) -> RtError:
+    return RtError(RecordError(message, path=path, line=line, hint=hint).format())
+
+
+# ---------------------------------------------------------------------------
+# Shared options (decorators, in the style of sqlite-utils).
+
+
+def input_argument(fn: Callable) -> Callable:
+    return click.argument(
+        "file",
+        required=False,
+        default="-",
+        metavar="[FILE]",
+        type=click.Path(allow_dash=True, dir_okay=False),
+    )(fn)
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        _state["verbose"] = True
+    return value
+
+
+def quiet_option(fn: Callable) -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(fn)
+
+
+def verbose_option(fn: Callable) -> Callable:
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbose,
+        help="Show the full traceback on errors.",
+    )(fn)
+
+
+def unbuffered_option(fn: Callable) -> Callable:
+    return click.option("-u", "--unbuffered", is_flag=True, help="Flush stdout after every record.")(fn)
+
+
+def common_options(fn: Callable) -> Callable:
+    """-q, -v (the input argument is added separately, since not every command takes one)."""
+    return quiet_option(verbose_option(fn))
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only when stderr is a terminal and -q was not given."""
+    return not quiet and sys.stderr.isatty()
+
+
+def warn(message: str) -> None:
+    click.echo(f"{prog()}: {message}", err=True)
+
+
+# ---------------------------------------------------------------------------
+# Entry point.
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def run(command: click.Command, name: str, args: list[str] | None = None) -> None:
+    """Run a click command as ``name`` with the suite's error and exit-status rules."""
+    _state["prog"] = name
+    _state["verbose"] = bool(os.environ.get("RT_DEBUG"))
+    try:
+        try:
+            code = command.main(args=args, prog_name=name, standalone_mode=False)
+            sys.stdout.flush()
+        except click.exceptions.Abort:
+            click.echo(f"{name}: interrupted", err=True)
+            code = ExitStatus.INTERRUPTED
+        except click.ClickException as e:
+            e.show()
+            code = e.exit_code
+        except RecordError as e:
+            if _state["verbose"]:
+                traceback.print_exc()
+            click.echo(f"{name}: {e.format()}", err=True)
+            code = ExitStatus.ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        code = ExitStatus.OK
+    except KeyboardInterrupt:
+        _silence_stdout()
+        click.echo(f"{name}: interrupted", err=True)
+        code = ExitStatus.INTERRUPTED
+    except Exception as e:  # a bug or an environment failure: short message, traceback with -v
+        if _state["verbose"]:
+            traceback.print_exc()
+        msg = str(e) or type(e).__name__
+        click.echo(f"{name}: error: {msg}" + ("" if _state["verbose"] else " (run with -v for the traceback)"), err=True)
+        code = ExitStatus.ERROR
+    sys.exit(int(code or 0))
+
+
+def entry_point(command: click.Command, name: str) -> Callable[[], None]:
+    @functools.wraps(run)
+    def main() -> None:
+        run(command, name)
+
+    return main

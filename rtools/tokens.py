@@ -1,0 +1,138 @@
+"""Categories and the token map: which control-token strings a model was trained with.
+
+The token map is saved next to every adapter (``rtools_tokens.json``) so that rt-score
+reads exactly the tokens rt-lora trained, with no flag to repeat.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .records import atomic_write_json
+
+#: CoCoNot's five top-level categories and their slugs.
+COCONOT_CATEGORIES: dict[str, str] = {
+    "Requests with safety concerns": "safety",
+    "Humanizing requests": "humanizing",
+    "Incomplete requests": "incomplete",
+    "Indeterminate requests": "indeterminate",
+    "Unsupported requests": "unsupported",
+}
+DEFAULT_CATEGORIES: tuple[str, ...] = ("safety", "humanizing", "incomplete", "indeterminate", "unsupported")
+
+LABELS = ("refuse", "respond")
+TOKEN_MAP_FILE = "rtools_tokens.json"
+SINGLE, CATEGORY = "single", "category"
+
+
+def slugify(name: Any, mapping: dict[str, str] | None = None) -> str | None:
+    """Category name -> slug: a user mapping first, then CoCoNot's names, else the lowercase name."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ValueError(f"category must be a string, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        return None
+    if mapping and name in mapping:
+        return mapping[name]
+    if name in COCONOT_CATEGORIES:
+        return COCONOT_CATEGORIES[name]
+    return name.lower()
+
+
+def category_token(slug: str) -> str:
+    return f"[refuse:{slug}]"
+
+
+@dataclass
+class TokenMap:
+    """The control tokens of one model.
+
+    single mode: one refusal token (``refuse``) and the respond token.
+    category mode: one refusal token per category slug (``categories``) and the respond token.
+    """
+
+    mode: str = SINGLE
+    respond: str = "[respond]"
+    refuse: str | None = "[refuse]"
+    categories: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in (SINGLE, CATEGORY):
+            raise ValueError(f"unknown token mode {self.mode!r} (expected 'single' or 'category')")
+        if self.mode == SINGLE and not self.refuse:
+            raise ValueError("single mode needs a refusal token")
+        if self.mode == CATEGORY:
+            self.refuse = None
+            if not self.categories:
+                raise ValueError("category mode needs at least one category")
+        tokens = self.tokens()
+        if len(set(tokens)) != len(tokens):
+            raise ValueError(f"control tokens must be distinct: {tokens}")
+        for t in tokens:
+            if not t or t != t.strip():
+                raise ValueError(f"control token {t!r} must be non-empty without surrounding spaces")
+
+    @classmethod
+    def single(cls, refuse: str = "[refuse]", respond: str = "[respond]") -> TokenMap:
+        return cls(mode=SINGLE, refuse=refuse, respond=respond)
+
+    @classmethod
+    def category(cls, slugs: Any = DEFAULT_CATEGORIES, respond: str = "[respond]",
+                 tokens: dict[str, str] | None = None) -> TokenMap:
+        tokens = tokens or {}
+        return cls(mode=CATEGORY, respond=respond, categories={s: tokens.get(s, category_token(s)) for s in slugs})
+
+    def refusal_tokens(self) -> list[str]:
+        """The refusal token strings, in a fixed order (single: one; category: one per slug)."""
+        if self.mode == SINGLE:
+            return [self.refuse]  # type: ignore[list-item]
+        return list(self.categories.values())
+
+    def tokens(self) -> list[str]:
+        """All control tokens: the refusal token(s) first, then the respond token."""
+        return [*self.refusal_tokens(), self.respond]
+
+    def token_for(self, label: str, slug: str | None = None) -> str:
+        if label == "respond":
+            return self.respond
+        if label != "refuse":
+            raise ValueError(f"unknown label {label!r} (expected 'refuse' or 'respond')")
+        if self.mode == SINGLE:
+            return self.refuse  # type: ignore[return-value]
+        if slug is None:
+            raise ValueError("a refusal row needs a category in category mode")
+        if slug not in self.categories:
+            raise ValueError(f"unknown category {slug!r} (token map has: {', '.join(self.categories)})")
+        return self.categories[slug]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"mode": self.mode, "respond": self.respond}
+        if self.mode == SINGLE:
+            d["refuse"] = self.refuse
+        else:
+            d["categories"] = dict(self.categories)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenMap:
+        mode = d.get("mode", SINGLE)
+        if mode == SINGLE:
+            return cls.single(refuse=d.get("refuse", "[refuse]"), respond=d.get("respond", "[respond]"))
+        return cls(mode=CATEGORY, respond=d.get("respond", "[respond]"), categories=dict(d["categories"]))
+
+    def save(self, directory: str | os.PathLike) -> str:
+        path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TokenMap:
+        path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
+        with open(path, "rb") as fh:
+            return cls.from_dict(orjson.loads(fh.read()))
