@@ -1,0 +1,276 @@
+"""rt-threshold: turn scores into decisions (refuse / respond), or fit thresholds on labelled data."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
+from ..records import display_name, open_input, read_records
+from ..thresholds import (
+    DEFAULT_KEY,
+    Objective,
+    Thresholds,
+    apply_stream,
+    check_threshold,
+    collect_fit_data,
+    fit,
+    iter_decided,
+    parse_cat_option,
+)
+
+HELP = """Turn refusal scores into decisions, or fit thresholds on labelled data.
+
+Reads scored records (from rt-score: p_refuse, p_respond and, in category mode, p_cat)
+and writes each one back with `decision` ("refuse" or "respond") and `decision_cat`
+(the refusal category, or null). Every other field is kept, in its original key order.
+Records stream through one at a time.
+
+\b
+Rules:
+  (no threshold)   the model's own choice, as in the paper: refuse iff p_refuse >
+                   p_respond; in category mode the most likely control token wins
+                   (each p_cat[slug] and p_respond); ties go to respond.
+  --threshold T    refuse iff p_refuse >= T; decision_cat is the most likely
+                   category of p_cat, when there is one.
+  --cat SLUG=T     category SLUG fires iff p_cat[SLUG] >= T, independently of the
+                   others; '*=T' sets every category not named; a category with no
+                   threshold fires when it is the model's own choice. Refuse iff
+                   any category fires; decision_cat is the firing category with
+                   the highest p_cat.
+
+Fitting (--fit) chooses thresholds on records with a gold `label`, and so reads all of
+its input before it writes anything. It prints the thresholds as JSON (the format
+--thresholds reads), or with --save writes them to FILE and prints the records with the
+fitted decisions. A one-line summary goes to stderr unless -q.
+
+\b
+Examples:
+  rt-score in.jsonl | rt-threshold | rt-metrics
+  rt-score in.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
+  rt-threshold --fit fpr=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null
+  rt-threshold --thresholds cats.json test-scored.jsonl | rt-metrics
+"""
+
+FIT_HELP = (
+    "Fit thresholds on labelled records (needs all records): 'f1' (maximise F1, positive class refuse), "
+    "'rate=R' (refusal rate closest to R), 'fpr=R' (maximise recall with false refusal rate <= R)."
+)
+
+MAN = {
+    "FIELDS READ": (
+        "p_refuse: total probability of the refusal token(s), in [0, 1]. Read by --threshold, by "
+        "--fit without --per-category, and by the own-choice rule for records without p_cat.\n\n"
+        "p_respond: probability of the respond token, in [0, 1]. Read by the own-choice rule, and by "
+        "--cat for categories that have no threshold.\n\n"
+        "p_cat: {slug: probability} for each refusal category (category mode). Read by --cat, "
+        "--per-category, the own-choice rule when present, and --threshold to name decision_cat.\n\n"
+        "label: refuse or respond, the gold answer. Required on every record by --fit.\n\n"
+        "category: the gold refusal category (CoCoNot's names map to slugs). Read by --fit "
+        "--per-category: each category's threshold is fitted on the records of that category.\n\n"
+        "A field is checked when a rule reads it: a missing or non-numeric probability, or one outside "
+        "[0, 1], is an error that names the file and line. Blank lines are skipped."
+    ),
+    "FIELDS WRITTEN": (
+        'decision: "refuse" or "respond".\n\n'
+        "decision_cat: the refusal category (a p_cat slug) when refused and the scores have categories, "
+        "else null.\n\n"
+        "Both replace existing fields of the same name in place, or are added after the input fields. "
+        "Every other field is copied unchanged, in its original key order."
+    ),
+    "THRESHOLD FILE": (
+        'A JSON object, either {"threshold": T} (a global threshold on p_refuse) or '
+        '{"categories": {SLUG: T, ...}} with an optional "default": T for every category not named '
+        "(the same as --cat '*=T'). Thresholds are numbers in [0, 1]. Any other keys are metadata and "
+        "are ignored when reading.\n\n"
+        "--fit writes this format with the metadata: objective (f1, rate=R or fpr=R), objective_value "
+        "(F1, the refusal rate, or the recall for fpr=R), n (records fitted on), fitted_on (the input "
+        "file) and metrics (tp, fp, tn, fn, precision, recall, f1, refusal_rate, false_refusal_rate at the "
+        "fitted thresholds). The file is written to a temporary name and renamed into place.\n\n"
+        "Candidate thresholds are 0, 1 and the midpoints between consecutive distinct scores, so a fit "
+        "is deterministic; among equally good candidates the highest threshold (fewest refusals) wins. "
+        "Without --per-category one threshold is fitted on p_refuse. With it, one threshold per p_cat "
+        "category: f1 starts from each category's best F1 on its own records and then improves the overall "
+        "F1 one category at a time; rate=R gives each category the refusal rate R among its own records; "
+        "fpr=R keeps each category's false refusal rate among its own respond records at most R (all "
+        "respond records when a category has none) while maximising recall on its refuse records (all "
+        "refuse records when it has none)."
+    ),
+    "EXAMPLES": (
+        "The model's own choice, measured:\n"
+        "    rt-score test.jsonl | rt-threshold | rt-metrics\n\n"
+        "Refuse whenever the refusal tokens get at least 30%:\n"
+        "    rt-score test.jsonl | rt-threshold --threshold 0.3 | rt-metrics\n\n"
+        "A lower bar for safety refusals only, every other category by the model's own choice:\n"
+        "    rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
+        "Fit per-category thresholds on a dev split, then apply them to the test split:\n"
+        "    rt-score dev.jsonl > dev-scored.jsonl\n"
+        "    rt-threshold --fit fpr=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
+        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-metrics\n\n"
+        "Print the global threshold that maximises F1:\n"
+        "    rt-threshold --fit f1 dev-scored.jsonl"
+    ),
+}
+
+
+def _threshold_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return check_threshold(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _cat_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    cats: dict[str, float] = {}
+    for value in values:
+        try:
+            name, t = parse_cat_option(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        if name in cats:
+            raise click.BadParameter(f"{name!r} is given twice")
+        cats[name] = t
+    return cats
+
+
+def _objective_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Objective | None:
+    if value is None:
+        return None
+    try:
+        return Objective.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file: str | None) -> Thresholds:
+    """The flags -> a rule; conflicting flags are usage errors (exit 2)."""
+    flags = (
+        ("--threshold", threshold is not None),
+        ("--cat", bool(cats)),
+        ("--thresholds", thresholds_file is not None),
+    )
+    given = [opt for opt, present in flags if present]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} cannot be combined: give one way to set thresholds")
+    if thresholds_file is not None:
+        return Thresholds.load(thresholds_file)
+    if threshold is not None:
+        return Thresholds(threshold=threshold)
+    default = cats.pop(DEFAULT_KEY, None)
+    return Thresholds(categories=cats, default=default)
+
+
+@click.command(help=HELP, short_help="Turn refusal scores into decisions, or fit thresholds.")
+@input_argument
+@click.option(
+    "-t",
+    "--threshold",
+    type=float,
+    default=None,
+    metavar="T",
+    callback=_threshold_option,
+    help="Global threshold: refuse iff p_refuse >= T (T in [0, 1]).",
+)
+@click.option(
+    "-c",
+    "--cat",
+    "cats",
+    multiple=True,
+    metavar="SLUG=T",
+    callback=_cat_options,
+    help="Per-category threshold: SLUG fires iff p_cat[SLUG] >= T (repeatable; '*=T' for every "
+    "category not named). Unknown slugs are an error.",
+)
+@click.option(
+    "-T",
+    "--thresholds",
+    "thresholds_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the thresholds from a JSON file (as written by --fit --save).",
+)
+@click.option(
+    "--fit", "objective", metavar="OBJECTIVE", default=None, callback=_objective_option, help=FIT_HELP
+)
+@click.option(
+    "--per-category",
+    is_flag=True,
+    help="With --fit: one threshold per p_cat category instead of one on p_refuse.",
+)
+@click.option(
+    "--save",
+    "save_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="With --fit: write the thresholds to FILE (atomically) and print the decided records.",
+)
+@unbuffered_option
+@common_options
+def command(
+    file: str,
+    threshold: float | None,
+    cats: dict[str, float],
+    thresholds_file: str | None,
+    objective: Objective | None,
+    per_category: bool,
+    save_path: str | None,
+    unbuffered: bool,
+    quiet: bool,
+) -> None:
+    out = sys.stdout.buffer
+    name = display_name(file)
+    if objective is None:
+        for opt, given in (("--per-category", per_category), ("--save", save_path)):
+            if given:
+                raise click.UsageError(f"{opt} applies only to --fit")
+        rule = build_rule(threshold, cats, thresholds_file)
+        with open_input(file) as stream:
+            apply_stream(stream, name, out, rule, unbuffered=unbuffered)
+        return
+
+    for opt, given in (
+        ("--threshold", threshold is not None),
+        ("--cat", cats),
+        ("--thresholds", thresholds_file),
+    ):
+        if given:
+            raise click.UsageError(f"{opt} cannot be combined with --fit (it fits the thresholds)")
+    kept: list | None = [] if save_path else None
+    data = collect_fit_data(read_records(file), name, per_category, keep=kept)
+    result = fit(data, objective, per_category, fitted_on=name)
+    if save_path:
+        result.save(save_path)
+        rule = Thresholds(threshold=result.threshold, categories=result.categories, default=result.default)
+        for r in iter_decided(kept or [], rule):
+            out.write(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE))
+            if unbuffered:
+                out.flush()
+        out.flush()
+    else:
+        out.write(result.to_json())
+        out.flush()
+    if not quiet:
+        click.echo(f"{prog()}: {fit_summary(result)}", err=True)
+
+
+def fit_summary(result: Thresholds) -> str:
+    """``fit f1: threshold=0.4375 f1=0.8732 (n=1000)``"""
+    meta = result.meta
+    m = meta["metrics"]
+    objective = meta["objective"]
+    if objective.startswith("fpr"):
+        reached = f"recall={m['recall']:.4f} false_refusal_rate={m['false_refusal_rate']:.4f}"
+    elif objective.startswith("rate"):
+        reached = f"refusal_rate={m['refusal_rate']:.4f}"
+    else:
+        reached = f"f1={m['f1']:.4f}"
+    return f"fit {objective}: {result.describe()} {reached} (n={meta['n']})"
+
+
+main = entry_point(command, "rt-threshold")

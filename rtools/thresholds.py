@@ -1,0 +1,747 @@
+"""Decision rules and threshold fitting: when does a scored record become a refusal?
+
+A scored record carries ``p_refuse`` and ``p_respond`` and, in category mode, ``p_cat``
+(``{slug: probability}``). Three rules turn it into ``decision`` (``"refuse"``/``"respond"``)
+and ``decision_cat`` (a slug or None):
+
+* **own choice** (no threshold), the paper's default: single mode refuses iff
+  ``p_refuse > p_respond``; category mode takes the argmax over all control tokens (each
+  ``p_cat[slug]`` and ``p_respond``) and refuses iff a category wins. Ties go to respond;
+  among tied categories the first in ``p_cat`` order wins.
+* **global threshold** ``T``: refuse iff ``p_refuse >= T``; ``decision_cat`` is the argmax
+  slug of ``p_cat`` when refused and ``p_cat`` is present.
+* **per-category thresholds** ``{slug: T}`` (``default`` for the rest): category ``c`` fires
+  iff ``p_cat[c] >= T_c``; a category with no threshold fires by the model's own choice (it
+  is the argmax over all control tokens). Refuse iff any fires; ``decision_cat`` is the
+  firing slug with the highest ``p_cat`` (first in ``p_cat`` order on ties). Categories are
+  independent: one category's threshold never changes whether another one fires.
+
+Fitting chooses thresholds on labelled records for an objective: ``f1`` (positive class =
+refuse), ``rate=R`` (refusal rate closest to R) or ``fpr=R`` (maximum recall with
+false_refusal_rate = fp/(fp+tn) <= R). Candidate thresholds are 0, 1 and the midpoints
+between consecutive distinct scores, so fits are deterministic; among equally good
+candidates the highest threshold (fewest refusals) wins. Fitting imports numpy lazily;
+applying rules needs nothing but the standard library and orjson.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from .records import RecordError, atomic_write_json, iter_records, parse_line
+from .tokens import slugify
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+REFUSE = "refuse"
+RESPOND = "respond"
+DEFAULT_KEY = "*"
+#: Objective values closer than this count as a tie (then the higher threshold wins).
+TIE_TOLERANCE = 1e-12
+
+Decision = tuple[str, str | None]
+
+
+# ---------------------------------------------------------------------------
+# The rules on plain numbers.
+
+
+def argmax_slug(p_cat: Mapping[str, float]) -> str | None:
+    """The slug with the highest probability (first in order on ties); None when empty."""
+    best: str | None = None
+    best_p = -math.inf
+    for slug, p in p_cat.items():
+        if p > best_p:
+            best, best_p = slug, p
+    return best
+
+
+def own_choice(p_refuse: float, p_respond: float) -> Decision:
+    """Single mode, no threshold: refuse iff p_refuse > p_respond."""
+    return (REFUSE, None) if p_refuse > p_respond else (RESPOND, None)
+
+
+def own_choice_category(p_cat: Mapping[str, float], p_respond: float) -> Decision:
+    """Category mode, no threshold: the argmax over every category token and the respond token."""
+    slug = argmax_slug(p_cat)
+    if slug is not None and p_cat[slug] > p_respond:
+        return REFUSE, slug
+    return RESPOND, None
+
+
+def global_rule(p_refuse: float, threshold: float, p_cat: Mapping[str, float] | None = None) -> Decision:
+    """Refuse iff p_refuse >= threshold; decision_cat is p_cat's argmax when refused."""
+    if p_refuse >= threshold:
+        return REFUSE, (argmax_slug(p_cat) if p_cat else None)
+    return RESPOND, None
+
+
+def category_rule(
+    p_cat: Mapping[str, float],
+    thresholds: Mapping[str, float],
+    default: float | None = None,
+    p_respond: float | None = None,
+) -> Decision:
+    """Per-category thresholds: each category fires on its own threshold.
+
+    A category with no threshold (not in ``thresholds`` and no ``default``) fires when it is the
+    model's own choice, which needs ``p_respond``.
+    """
+    own: str | None = None
+    if default is None and any(slug not in thresholds for slug in p_cat):
+        if p_respond is None:
+            raise ValueError("p_respond is needed for categories without a threshold")
+        own = own_choice_category(p_cat, p_respond)[1]
+    best: str | None = None
+    best_p = -math.inf
+    for slug, p in p_cat.items():
+        t = thresholds.get(slug, default)
+        fires = slug == own if t is None else p >= t
+        if fires and p > best_p:
+            best, best_p = slug, p
+    return (REFUSE, best) if best is not None else (RESPOND, None)
+
+
+# ---------------------------------------------------------------------------
+# Reading the fields a rule needs, with messages that say what is wrong.
+
+
+def check_probability(value: Any, what: str) -> float:
+    """A probability in [0, 1] (int 0/1 allowed, bool not); RecordError otherwise."""
+    if value is None:
+        raise RecordError(f"{what} is null, expected a probability")
+    if value.__class__ is bool or not isinstance(value, int | float):
+        raise RecordError(f"{what} must be a number, got {_json_type(value)}")
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise RecordError(f"{what} is {value}, outside [0, 1]")
+    return float(value)
+
+
+def get_probability(record: Mapping[str, Any], key: str) -> float:
+    if key not in record:
+        raise RecordError(f"missing {key}", hint="score the records with rt-score first")
+    return check_probability(record[key], key)
+
+
+def get_p_cat(record: Mapping[str, Any], required: bool = True) -> dict[str, float] | None:
+    """``p_cat`` checked: an object of probabilities; None when absent and not required."""
+    pc = record.get("p_cat")
+    if pc is None:
+        if required:
+            raise RecordError(
+                "missing p_cat: per-category thresholds need category-mode scores",
+                hint="score with a category-mode adapter, or use --threshold",
+            )
+        return None
+    if not isinstance(pc, dict):
+        raise RecordError(f"p_cat must be an object {{slug: probability}}, got {_json_type(pc)}")
+    if not pc:
+        raise RecordError("p_cat is empty")
+    for slug, p in pc.items():
+        check_probability(p, f"p_cat.{slug}")
+    return pc
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------
+# Thresholds: what --threshold / --cat / --thresholds configure and what fitting writes.
+
+
+@dataclass
+class Thresholds:
+    """A configured decision rule plus free-form metadata.
+
+    ``threshold`` set: global rule. Else ``categories`` / ``default`` set: per-category rule
+    (names are resolved to the slugs of ``p_cat`` by :meth:`resolve`). Neither: own choice.
+    """
+
+    threshold: float | None = None
+    categories: dict[str, float] = field(default_factory=dict)
+    default: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and (self.categories or self.default is not None):
+            raise ValueError("a global threshold and per-category thresholds cannot be combined")
+
+    @property
+    def mode(self) -> str:
+        if self.threshold is not None:
+            return "global"
+        if self.categories or self.default is not None:
+            return "category"
+        return "own"
+
+    # -- the file format -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.meta)
+        if self.threshold is not None:
+            d["threshold"] = self.threshold
+        if self.categories:
+            d["categories"] = dict(self.categories)
+        if self.default is not None:
+            d["default"] = self.default
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Thresholds:
+        """Parse ``{"threshold": T}`` or ``{"categories": {...}, "default": T}`` (+ metadata)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {_json_type(d)}")
+        if "threshold" in d and ("categories" in d or "default" in d):
+            raise ValueError('give either "threshold" or "categories"/"default", not both')
+        if "threshold" not in d and "categories" not in d and "default" not in d:
+            raise ValueError('expected "threshold": T or "categories": {slug: T, ...}')
+        meta = {k: v for k, v in d.items() if k not in ("threshold", "categories", "default")}
+        if "threshold" in d:
+            return cls(threshold=check_threshold(d["threshold"], "threshold"), meta=meta)
+        cats = d.get("categories", {})
+        if not isinstance(cats, dict):
+            raise ValueError(f'"categories" must be an object {{slug: threshold}}, got {_json_type(cats)}')
+        default = check_threshold(d["default"], "default") if d.get("default") is not None else None
+        categories: dict[str, float] = {}
+        for slug, t in cats.items():
+            if slug == DEFAULT_KEY:
+                default = check_threshold(t, "categories.*")
+            else:
+                categories[slug] = check_threshold(t, f"categories.{slug}")
+        return cls(categories=categories, default=default, meta=meta)
+
+    @classmethod
+    def load(cls, path: str) -> Thresholds:
+        try:
+            with open(path, "rb") as fh:
+                data = orjson.loads(fh.read())
+        except FileNotFoundError:
+            raise RecordError("no such file", path=path) from None
+        except IsADirectoryError:
+            raise RecordError("is a directory, expected a thresholds JSON file", path=path) from None
+        except orjson.JSONDecodeError as e:
+            raise RecordError(f"invalid JSON: {e}", path=path) from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise RecordError(str(e), path=path) from None
+
+    def save(self, path: str) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    def describe(self) -> str:
+        """Short text: ``threshold=0.5`` or ``safety=0.3 humanizing=0.5 *=0.4``."""
+        if self.threshold is not None:
+            return f"threshold={self.threshold:.6g}"
+        parts = [f"{slug}={t:.6g}" for slug, t in self.categories.items()]
+        if self.default is not None:
+            parts.append(f"*={self.default:.6g}")
+        return " ".join(parts) if parts else "own choice"
+
+    # -- applying ----------------------------------------------------------------------
+
+    def resolve(self, slugs: Iterable[str]) -> Thresholds:
+        """Map category names to the slugs seen in ``p_cat`` (exact, else slugified).
+
+        Raises RecordError naming the categories seen when a name matches none of them.
+        """
+        seen = list(slugs)
+        known = set(seen)
+        resolved: dict[str, float] = {}
+        unknown: list[str] = []
+        for name, t in self.categories.items():
+            slug = name if name in known else _slug_or_none(name)
+            if slug not in known:
+                unknown.append(name)
+            elif slug in resolved:
+                raise RecordError(f"category {slug!r} is given more than one threshold")
+            else:
+                resolved[slug] = t
+        if unknown:
+            raise RecordError(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
+                f" (p_cat has: {', '.join(seen)})"
+            )
+        return Thresholds(categories=resolved, default=self.default, meta=self.meta)
+
+    def decide(self, record: Mapping[str, Any]) -> Decision:
+        """The decision for one record, checking the fields the rule reads (RecordError)."""
+        if self.threshold is not None:
+            p = get_probability(record, "p_refuse")
+            if p >= self.threshold:
+                return REFUSE, argmax_slug(get_p_cat(record, required=False) or {})
+            return RESPOND, None
+        if self.categories or self.default is not None:
+            pc = get_p_cat(record, required=True)
+            assert pc is not None
+            missing = [slug for slug in self.categories if slug not in pc]
+            if missing:
+                raise RecordError(f"p_cat has no {', '.join(map(repr, missing))} (it has: {', '.join(pc)})")
+            need_respond = self.default is None and any(slug not in self.categories for slug in pc)
+            p_respond = get_probability(record, "p_respond") if need_respond else None
+            return category_rule(pc, self.categories, self.default, p_respond)
+        pc = get_p_cat(record, required=False)
+        if pc is not None:
+            return own_choice_category(pc, get_probability(record, "p_respond"))
+        return own_choice(get_probability(record, "p_refuse"), get_probability(record, "p_respond"))
+
+
+def _slug_or_none(name: str) -> str | None:
+    try:
+        return slugify(name)
+    except ValueError:
+        return None
+
+
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """A threshold: a number in [0, 1]; ValueError otherwise."""
+    if value.__class__ is bool or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number in [0, 1], got {_json_type(value)}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def parse_cat_option(text: str) -> tuple[str, float]:
+    """``slug=T`` (``*=T`` for every category not named) -> (name, T); ValueError when malformed."""
+    name, sep, value = text.rpartition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"expected SLUG=T (e.g. safety=0.3 or '*=0.5'), got {text!r}")
+    try:
+        t = float(value)
+    except ValueError:
+        raise ValueError(f"threshold for {name!r} is not a number: {value!r}") from None
+    return name, check_threshold(t, f"threshold for {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Streaming: apply a rule to every record of a JSONL stream.
+
+
+def apply_stream(
+    stream: IO[bytes], name: str, out: IO[bytes], rule: Thresholds, unbuffered: bool = False
+) -> int:
+    """Add ``decision``/``decision_cat`` to every record of ``stream``; write JSONL to ``out``.
+
+    Records stream through one at a time and keep every other field and their key order.
+    A bad record raises RecordError with the file and line after every earlier record has been
+    written. Returns the number of records written.
+    """
+    if rule.mode == "global" and not unbuffered:
+        return _apply_global_fast(stream, name, out, rule)
+    dumps = orjson.dumps
+    opt = orjson.OPT_APPEND_NEWLINE
+    write = out.write
+    flush = out.flush
+    decide = rule.decide
+    resolved = rule.mode != "category"
+    count = 0
+    try:
+        for lineno, r in iter_records(stream, name):
+            try:
+                if not resolved:
+                    pc = get_p_cat(r, required=True)
+                    assert pc is not None
+                    rule = rule.resolve(pc)
+                    decide = rule.decide
+                    resolved = True
+                r["decision"], r["decision_cat"] = decide(r)
+            except RecordError as e:
+                raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
+            write(dumps(r, option=opt))
+            count += 1
+            if unbuffered:
+                flush()
+    finally:
+        flush()
+    return count
+
+
+def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thresholds) -> int:
+    """The hot loop for ``--threshold T``: the common case inline, anything unusual to decide().
+
+    Everything is bound to locals and the common record (float p_refuse in [0, 1], p_cat of
+    floats) is handled without a function call; any other record (ints, bad values, blank or
+    invalid lines) goes through the checked path, which gives the same result or the error.
+    """
+    t = rule.threshold
+    assert t is not None
+    loads = orjson.loads
+    dumps = orjson.dumps
+    opt = orjson.OPT_APPEND_NEWLINE
+    write = out.write
+    float_ = float
+    refuse = REFUSE
+    respond = RESPOND
+    count = 0
+    lineno = 0
+    try:
+        for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is used after the loop)
+            try:
+                r = loads(line)
+                p = r["p_refuse"]
+                if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
+                    raise ValueError
+                if p >= t:
+                    pc = r.get("p_cat")
+                    best = None
+                    if pc is not None:
+                        best_p = -1.0
+                        for slug, q in pc.items():
+                            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
+                                raise ValueError
+                            if q > best_p:
+                                best = slug
+                                best_p = q
+                        if best is None:  # empty p_cat: let the checked path report it
+                            raise ValueError
+                    r["decision"] = refuse
+                    r["decision_cat"] = best
+                else:
+                    r["decision"] = respond
+                    r["decision_cat"] = None
+            except Exception:
+                r = _decide_line(line, name, lineno, rule)
+                if r is None:
+                    continue
+            write(dumps(r, option=opt))
+            count += 1
+    finally:
+        out.flush()
+    return count
+
+
+def _decide_line(line: bytes, name: str, lineno: int, rule: Thresholds) -> dict[str, Any] | None:
+    """The checked path for one line: the decided record, None for a blank line, or RecordError."""
+    r = parse_line(line, name, lineno)
+    if r is None:
+        return None
+    try:
+        r["decision"], r["decision_cat"] = rule.decide(r)
+    except RecordError as e:
+        raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
+    return r
+
+
+# ---------------------------------------------------------------------------
+# Fitting.
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a fit maximises: ``f1``, ``rate`` (target refusal rate) or ``fpr`` (max false-refusal rate)."""
+
+    kind: str
+    target: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.target is None else f"{self.kind}={self.target:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Objective:
+        kind, sep, value = text.strip().partition("=")
+        kind = kind.strip().lower()
+        if kind == "f1" and not sep:
+            return cls("f1")
+        if kind in ("rate", "fpr"):
+            if not sep:
+                raise ValueError(f"{kind} needs a target, e.g. {kind}=0.05")
+            try:
+                target = float(value)
+            except ValueError:
+                raise ValueError(f"{kind} target is not a number: {value!r}") from None
+            if not 0.0 <= target <= 1.0:
+                raise ValueError(f"{kind} target must be in [0, 1], got {value}")
+            return cls(kind, target)
+        raise ValueError(f"unknown objective {text!r}: expected f1, rate=R or fpr=R")
+
+
+@dataclass
+class FitData:
+    """Labelled scores for fitting: one row per record."""
+
+    labels: list[bool]  # True = gold refuse
+    categories: list[str | None]  # gold category slug, if any
+    p_refuse: list[float] = field(default_factory=list)
+    slugs: list[str] = field(default_factory=list)  # p_cat columns (per-category fits)
+    p_cat: list[list[float]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+
+def collect_fit_data(
+    records: Iterable[tuple[int, dict[str, Any]]], name: str, per_category: bool, keep: list | None = None
+) -> FitData:
+    """Read what a fit needs from ``(line, record)`` pairs; RecordError with file:line on bad rows.
+
+    ``keep``, when given, receives the records (to write them out after the fit).
+    """
+    data = FitData(labels=[], categories=[])
+    for lineno, r in records:
+        try:
+            label = r.get("label")
+            if label not in (REFUSE, RESPOND):
+                if label is None:
+                    raise RecordError("missing label: fitting needs a gold label on every record")
+                raise RecordError(f"label must be 'refuse' or 'respond', got {label!r}")
+            try:
+                cat = slugify(r.get("category"))
+            except ValueError as e:
+                raise RecordError(str(e)) from None
+            if per_category:
+                pc = get_p_cat(r, required=True)
+                assert pc is not None
+                if not data.slugs:
+                    data.slugs = list(pc)
+                try:
+                    row = [pc[s] for s in data.slugs]
+                except KeyError:
+                    missing = [s for s in data.slugs if s not in pc]
+                    raise RecordError(
+                        f"p_cat has no {', '.join(map(repr, missing))} (earlier records have: {', '.join(data.slugs)})"
+                    ) from None
+                data.p_cat.append([float(x) for x in row])
+            else:
+                data.p_refuse.append(get_probability(r, "p_refuse"))
+        except RecordError as e:
+            raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
+        data.labels.append(label == REFUSE)
+        data.categories.append(cat)
+        if keep is not None:
+            keep.append(r)
+    return data
+
+
+def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
+    """0, 1 and the midpoints between consecutive distinct scores, ascending."""
+    import numpy as np
+
+    u = np.unique(np.asarray(scores, dtype=np.float64))
+    mids = (u[:-1] + u[1:]) / 2.0
+    return np.unique(np.concatenate([np.array([0.0, 1.0]), mids]))
+
+
+def count_at_least(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold t, how many scores are >= t."""
+    import numpy as np
+
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    return len(s) - np.searchsorted(s, thresholds, side="left")
+
+
+def objective_scores(
+    tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, objective: Objective
+) -> np.ndarray:
+    """A score to maximise for each (tp, fp) pair."""
+    import numpy as np
+
+    tp = np.asarray(tp, dtype=np.float64)
+    fp = np.asarray(fp, dtype=np.float64)
+    if objective.kind == "f1":
+        denom = tp + fp + n_pos
+        return np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if objective.kind == "rate":
+        n = n_pos + n_neg
+        rate = (tp + fp) / n if n else np.zeros_like(tp)
+        return -np.abs(rate - objective.target)
+    if objective.kind == "fpr":
+        fpr = fp / n_neg if n_neg else np.zeros_like(fp)
+        recall = tp / n_pos if n_pos else np.zeros_like(tp)
+        feasible = fpr <= objective.target + TIE_TOLERANCE
+        if not feasible.any():  # nothing meets the target: the lowest false-refusal rate
+            return -fpr
+        return np.where(feasible, recall, -np.inf)
+    raise ValueError(f"unknown objective {objective}")
+
+
+def best_index(scores: np.ndarray) -> int:
+    """Index of the best score; among (near-)ties the last one, i.e. the highest threshold."""
+    import numpy as np
+
+    best = scores.max()
+    return int(np.flatnonzero(scores >= best - TIE_TOLERANCE)[-1])
+
+
+def fit_threshold(
+    pos: np.ndarray, neg: np.ndarray, objective: Objective, scores: np.ndarray | None = None
+) -> float:
+    """The best threshold for scores of gold-refuse rows ``pos`` and gold-respond rows ``neg``.
+
+    Candidates come from ``scores`` (default: pos and neg together).
+    """
+    import numpy as np
+
+    pos = np.asarray(pos, dtype=np.float64)
+    neg = np.asarray(neg, dtype=np.float64)
+    cand = candidate_thresholds(np.concatenate([pos, neg]) if scores is None else scores)
+    tp = count_at_least(pos, cand)
+    fp = count_at_least(neg, cand)
+    return float(cand[best_index(objective_scores(tp, fp, len(pos), len(neg), objective))])
+
+
+def confusion(refused: Iterable[bool], labels: Iterable[bool]) -> dict[str, Any]:
+    """Counts and rates, positive class = refuse (the keys rt-metrics uses)."""
+    tp = fp = tn = fn = 0
+    for d, y in zip(refused, labels, strict=True):
+        if d and y:
+            tp += 1
+        elif d:
+            fp += 1
+        elif y:
+            fn += 1
+        else:
+            tn += 1
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {
+        "n": n,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "refusal_rate": (tp + fp) / n if n else 0.0,
+        "false_refusal_rate": fp / (fp + tn) if fp + tn else 0.0,
+    }
+
+
+#: The metric each objective reports as its value.
+OBJECTIVE_METRIC = {"f1": "f1", "rate": "refusal_rate", "fpr": "recall"}
+
+
+def fit(data: FitData, objective: Objective, per_category: bool, fitted_on: str | None = None) -> Thresholds:
+    """Fit a global threshold on p_refuse, or one threshold per category on p_cat.
+
+    The result carries metadata: objective, objective_value, n, fitted_on and the metrics at
+    the fitted thresholds.
+    """
+    import numpy as np
+
+    if data.n == 0:
+        raise RecordError("no records to fit on", path=fitted_on)
+    y = np.array(data.labels, dtype=bool)
+    if per_category:
+        scores = np.array(data.p_cat, dtype=np.float64).reshape(data.n, len(data.slugs))
+        cats = np.array([data.slugs.index(c) if c in data.slugs else -1 for c in data.categories])
+        values = _fit_categories(scores, y, cats, objective)
+        result = Thresholds(categories=dict(zip(data.slugs, values, strict=True)))
+        refused = (scores >= np.array(values)).any(axis=1)
+    else:
+        s = np.array(data.p_refuse, dtype=np.float64)
+        t = fit_threshold(s[y], s[~y], objective)
+        result = Thresholds(threshold=t)
+        refused = s >= t
+    metrics = confusion(refused.tolist(), data.labels)
+    result.meta = {
+        "objective": str(objective),
+        "objective_value": metrics[OBJECTIVE_METRIC[objective.kind]],
+        "n": data.n,
+        "metrics": metrics,
+    }
+    if fitted_on is not None:
+        result.meta["fitted_on"] = fitted_on
+    return result
+
+
+def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objective: Objective) -> list[float]:
+    """One threshold per column of ``scores``; see :func:`fit`."""
+    import numpy as np
+
+    n, k = scores.shape
+    everyone = np.ones(n, dtype=bool)
+    thresholds: list[float] = []
+    for c in range(k):
+        own = cats == c
+        col = scores[:, c]
+        if objective.kind == "f1":
+            rows = own if (own & y).any() else everyone
+            thresholds.append(fit_threshold(col[rows & y], col[rows & ~y], objective))
+        elif objective.kind == "rate":
+            rows = own if own.any() else everyone
+            # the category's refusal rate among its own rows: every row counts as "positive"
+            thresholds.append(fit_threshold(col[rows], col[:0], objective))
+        else:  # fpr: recall on the category's refuse rows, FPR on its respond rows
+            neg_rows = own & ~y if (own & ~y).any() else ~y
+            pos_rows = own & y if (own & y).any() else y
+            thresholds.append(
+                fit_threshold(col[pos_rows], col[neg_rows], objective, scores=col[pos_rows | neg_rows])
+            )
+    if objective.kind == "f1" and k > 1:
+        thresholds = _coordinate_ascent_f1(scores, y, thresholds)
+    return thresholds
+
+
+def _coordinate_ascent_f1(
+    scores: np.ndarray, y: np.ndarray, thresholds: list[float], max_sweeps: int = 50
+) -> list[float]:
+    """Improve the overall F1 of the any-category-fires rule one category at a time.
+
+    Each step moves one category's threshold to its best value given the others, and is taken
+    only when it strictly improves F1, so the search ends; ties keep the current threshold.
+    """
+    import numpy as np
+
+    n, k = scores.shape
+    t = np.array(thresholds, dtype=np.float64)
+    fires = scores >= t
+    n_pos = int(y.sum())
+
+    def overall_f1(refused: np.ndarray) -> float:
+        tp = int((refused & y).sum())
+        fp = int((refused & ~y).sum())
+        return 2 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0
+
+    current = overall_f1(fires.any(axis=1))
+    for _ in range(max_sweeps):
+        improved = False
+        for c in range(k):
+            other = np.delete(fires, c, axis=1).any(axis=1)
+            col = scores[:, c]
+            cand = candidate_thresholds(col)
+            rest = ~other
+            tp = int((other & y).sum()) + count_at_least(col[rest & y], cand)
+            fp = int((other & ~y).sum()) + count_at_least(col[rest & ~y], cand)
+            f1 = objective_scores(tp, fp, n_pos, n - n_pos, Objective("f1"))
+            i = best_index(f1)
+            if f1[i] > current + TIE_TOLERANCE:
+                t[c] = cand[i]
+                fires[:, c] = col >= t[c]
+                current = float(f1[i])
+                improved = True
+        if not improved:
+            break
+    return [float(x) for x in t]
+
+
+def iter_decided(records: Iterable[dict[str, Any]], rule: Thresholds) -> Iterator[dict[str, Any]]:
+    """Records (already checked by a fit) with their decision fields set."""
+    for r in records:
+        r["decision"], r["decision_cat"] = rule.decide(r)
+        yield r
