@@ -131,8 +131,15 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
     _state["verbose"] = bool(os.environ.get("RT_DEBUG"))
     try:
         try:
-            code = command.main(args=args, prog_name=name, standalone_mode=False)
+            # make_context + invoke rather than command.main: click's main turns EPIPE into exit
+            # status 1, and a command piped into `head` must end quietly with status 0.
+            if os.environ.get(f"_{name.upper().replace('-', '_')}_COMPLETE"):
+                command.main(args=args, prog_name=name)  # shell completion is click's business
+            with command.make_context(name, list(sys.argv[1:] if args is None else args)) as ctx:
+                code = command.invoke(ctx)
             sys.stdout.flush()
+        except click.exceptions.Exit as e:  # --help
+            code = e.exit_code
         except click.exceptions.Abort:
             click.echo(f"{name}: interrupted", err=True)
             code = ExitStatus.INTERRUPTED
@@ -155,7 +162,10 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
         if _state["verbose"]:
             traceback.print_exc()
         msg = str(e) or type(e).__name__
-        click.echo(f"{name}: error: {msg}" + ("" if _state["verbose"] else " (run with -v for the traceback)"), err=True)
+        click.echo(
+            f"{name}: error: {msg}" + ("" if _state["verbose"] else " (run with -v for the traceback)"),
+            err=True,
+        )
         code = ExitStatus.ERROR
     sys.exit(int(code or 0))
 

@@ -1,0 +1,355 @@
+"""rt-tag: prefix every assistant answer with its control token (training data for rt-lora)."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
+from ..records import RecordWriter, atomic_write_json, display_name, read_records
+from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT, SEPARATORS, Tagger, TagOptions
+from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, TokenMap, category_token, slugify
+
+HELP = """Prefix every assistant answer with its control token.
+
+Reads training records (a `prompt` or a `messages` conversation, a `response`, a `label`
+of refuse or respond, and a `category`) and writes each one back with `messages` set to
+the conversation plus the assistant turn `<control token><answer>`, ready for rt-lora.
+Every other field is kept, in its original key order. Records stream through one at a
+time.
+
+In single mode (the default) a refusal gets the refusal token and an answer gets the
+respond token, as in the paper ([refuse] / [respond]). In category mode each refusal
+category has its own refusal token ([refuse:safety], ...); the category comes from the
+`category` field, with CoCoNot's long names mapped to their slugs.
+
+A refusal row without a response gets a short refusal text for its category (see
+--refusal-text); a respond row without one is an error. Counts per label and category go
+to stderr at the end.
+"""
+
+SEPARATOR_HELP = (
+    "What follows the control token in the assistant turn. 'none' (the default) suits a token "
+    "that is a special token of the tokenizer."
+)
+
+
+def _split_pairs(
+    values: tuple[str, ...], option: str, what: str, last: bool = False
+) -> list[tuple[str, str]]:
+    pairs = []
+    for v in values:
+        left, eq, right = v.rpartition("=") if last else v.partition("=")
+        if not eq or not left.strip() or not right.strip():
+            raise click.BadParameter(f"expected {what}, got {v!r}", param_hint=option)
+        pairs.append((left.strip(), right.strip()))
+    return pairs
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def build_options(
+    ctx: click.Context,
+    mode: str,
+    refuse_token: str,
+    respond_token: str,
+    categories: str | None,
+    cat_tokens: tuple[str, ...],
+    maps: tuple[str, ...],
+    label: str | None,
+    response_field: str,
+    refusal_texts: tuple[str, ...],
+    separator: str,
+    control_field: str | None,
+) -> TagOptions:
+    """The flags -> TagOptions; bad combinations are usage errors (exit 2)."""
+    category_map = dict(_split_pairs(maps, "--map", "NAME=SLUG", last=True))
+    if mode == SINGLE:
+        for opt, name in (("--categories", "categories"), ("--cat-token", "cat_tokens")):
+            if _given(ctx, name):
+                raise click.UsageError(f"{opt} applies only to --mode category")
+        try:
+            token_map = TokenMap.single(refuse=refuse_token, respond=respond_token)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    else:
+        if _given(ctx, "refuse_token"):
+            raise click.UsageError(
+                "--refuse-token applies only to --mode single (use --cat-token SLUG=TOKEN)"
+            )
+        slugs: list[str] = []
+        names = categories.split(",") if categories is not None else list(DEFAULT_CATEGORIES)
+        for name in names:
+            slug = slugify(name, category_map)
+            if slug and slug not in slugs:
+                slugs.append(slug)
+        if not slugs:
+            raise click.BadParameter("no categories given", param_hint="--categories")
+        tokens: dict[str, str] = {}
+        for key, tok in _split_pairs(cat_tokens, "--cat-token", "SLUG=TOKEN"):
+            slug = slugify(key, category_map)
+            if slug not in slugs:
+                raise click.BadParameter(
+                    f"{key!r} is not one of the categories ({', '.join(slugs)})", param_hint="--cat-token"
+                )
+            tokens[slug] = tok
+        try:
+            token_map = TokenMap.category(slugs, respond=respond_token, tokens=tokens)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+
+    global_text: str | None = None
+    per_category: dict[str, str] = {}
+    for value in refusal_texts:
+        key, eq, text = value.partition("=")
+        if eq and key.strip() and not any(c.isspace() for c in key):
+            slug = slugify(key, category_map)
+            if token_map.mode == CATEGORY and slug not in token_map.categories:
+                raise click.BadParameter(
+                    f"{key!r} is not one of the categories ({', '.join(token_map.categories)})",
+                    param_hint="--refusal-text",
+                )
+            if not text.strip():
+                raise click.BadParameter(f"empty refusal text for {key!r}", param_hint="--refusal-text")
+            per_category[slug] = text  # type: ignore[index]
+        else:
+            if not value.strip():
+                raise click.BadParameter("empty refusal text", param_hint="--refusal-text")
+            global_text = value
+    return TagOptions(
+        token_map=token_map,
+        separator=SEPARATORS[separator],
+        response_field=response_field,
+        default_label=label,
+        refusal_text=global_text,
+        refusal_texts=per_category,
+        category_map=category_map,
+        control_field=control_field,
+    )
+
+
+@click.command(help=HELP, short_help="Prefix every assistant answer with its control token.")
+@input_argument
+@click.option(
+    "-m",
+    "--mode",
+    type=click.Choice([SINGLE, CATEGORY]),
+    default=SINGLE,
+    show_default=True,
+    help="single: one refusal token; category: one refusal token per category.",
+)
+@click.option(
+    "--refuse-token",
+    default="[refuse]",
+    show_default=True,
+    metavar="TOKEN",
+    help="The refusal token (single mode).",
+)
+@click.option(
+    "--respond-token",
+    default="[respond]",
+    show_default=True,
+    metavar="TOKEN",
+    help="The respond token (both modes).",
+)
+@click.option(
+    "--categories",
+    metavar="SLUG,...",
+    default=None,
+    help="Comma-separated refusal categories (category mode). [default: CoCoNot's five, "
+    + ", ".join(DEFAULT_CATEGORIES)
+    + "]",
+)
+@click.option(
+    "--cat-token",
+    "cat_tokens",
+    multiple=True,
+    metavar="SLUG=TOKEN",
+    help=f"The refusal token of one category (category mode; repeatable). [default: {category_token('SLUG')}]",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="NAME=SLUG",
+    help="Map a category name in the data to a slug (repeatable). CoCoNot's names are mapped "
+    "already; any other name becomes its lowercase self.",
+)
+@click.option(
+    "--label",
+    type=click.Choice(["refuse", "respond"]),
+    default=None,
+    help="The label of rows that have none (written into them). CoCoNot's files have no label: "
+    "coconot_eval is all refuse, coconot_contrast_eval and coconot_pref all respond.",
+)
+@click.option(
+    "--response-field",
+    default="response",
+    show_default=True,
+    metavar="FIELD",
+    help="Take the answer from FIELD (CoCoNot pref: chosen).",
+)
+@click.option(
+    "--refusal-text",
+    "refusal_texts",
+    multiple=True,
+    metavar="[SLUG=]TEXT",
+    help="The answer of a refusal row without a response: TEXT for every category, or SLUG=TEXT for "
+    "one (repeatable). Built-in texts exist for the CoCoNot categories.",
+)
+@click.option(
+    "--separator", type=click.Choice(list(SEPARATORS)), default="none", show_default=True, help=SEPARATOR_HELP
+)
+@click.option(
+    "--control-field",
+    metavar="FIELD",
+    default=None,
+    help="Also write the control token string into FIELD of each record (off by default).",
+)
+@click.option(
+    "--token-map",
+    "token_map_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the token map (JSON) to FILE, so that rt-lora trains the same tokens.",
+)
+@unbuffered_option
+@common_options
+@click.pass_context
+def command(
+    ctx: click.Context,
+    file: str,
+    mode: str,
+    refuse_token: str,
+    respond_token: str,
+    categories: str | None,
+    cat_tokens: tuple[str, ...],
+    maps: tuple[str, ...],
+    label: str | None,
+    response_field: str,
+    refusal_texts: tuple[str, ...],
+    separator: str,
+    control_field: str | None,
+    token_map_path: str | None,
+    unbuffered: bool,
+    quiet: bool,
+) -> None:
+    options = build_options(
+        ctx,
+        mode,
+        refuse_token,
+        respond_token,
+        categories,
+        cat_tokens,
+        maps,
+        label,
+        response_field,
+        refusal_texts,
+        separator,
+        control_field,
+    )
+    if token_map_path:
+        # The map depends only on the flags: write it first, so that `rt-tag ... | head` still leaves it.
+        atomic_write_json(token_map_path, options.token_map.to_dict())
+    tagger = Tagger(options)
+    out = RecordWriter(unbuffered=unbuffered)
+    name = display_name(file)
+    for rec in tagger.tag_all(read_records(file), name):
+        out.write(rec)
+    out.flush()
+    if not quiet:
+        lines = tagger.stats.summary_lines()
+        click.echo(f"{prog()}: {lines[0]}", err=True)
+        for line in lines[1:]:
+            click.echo(line, err=True)
+
+
+main = entry_point(command, "rt-tag")
+
+MAN = {
+    "FIELDS READ": [
+        ("prompt", "The user request (string), used when there is no messages field."),
+        (
+            "messages",
+            "The conversation: a list of {role, content} objects with string values, ending with a user "
+            "turn. Used instead of prompt when present. Other keys of each turn are kept.",
+        ),
+        (
+            "response",
+            "The assistant answer, without any control token (another field with --response-field). "
+            "Missing, null or empty: a refusal row gets the refusal text of its category; a respond row is "
+            "an error.",
+        ),
+        ("label", "refuse or respond. Missing: the --label value, or an error without one."),
+        (
+            "category",
+            "The refusal category: chooses the refusal token in category mode and the default refusal text "
+            "in both modes. Mapped to a slug by --map, then CoCoNot's names "
+            "(Requests with safety concerns -> safety, Humanizing requests -> humanizing, "
+            "Incomplete requests -> incomplete, Indeterminate requests -> indeterminate, "
+            "Unsupported requests -> unsupported), else lowercased.",
+        ),
+    ],
+    "FIELDS WRITTEN": [
+        (
+            "messages",
+            'The conversation plus the assistant turn {"role": "assistant", "content": TOKEN ANSWER}, '
+            "where TOKEN is the control token and nothing separates it from ANSWER unless --separator says "
+            "so. Replaces an input messages field in place; otherwise added after the input fields.",
+        ),
+        ("label", "Only for rows without a label, when --label is given: the --label value."),
+        ("FIELD", "With --control-field FIELD: the control token string."),
+        (
+            "",
+            "Every other field is copied unchanged, in its original key order. The input response field is "
+            "left as it was.",
+        ),
+    ],
+    "REFUSAL TEXTS": [
+        "A refusal row without a response gets, in order of preference: the --refusal-text SLUG=TEXT of "
+        "its category; the global --refusal-text TEXT; the built-in text of its category (below); or, "
+        f"failing all of these: {GENERIC_REFUSAL_TEXT}",
+        *DEFAULT_REFUSAL_TEXTS.items(),
+    ],
+    "TOKEN MAP": (
+        '--token-map FILE writes the control tokens as JSON: {"mode": "single", "refuse": "[refuse]", '
+        '"respond": "[respond]"} or {"mode": "category", "categories": {SLUG: TOKEN, ...}, '
+        '"respond": "[respond]"}. It is written before the records (to a temporary name, then renamed), '
+        "and rt-lora saves the same map next to the adapter so that rt-score reads the tokens it was "
+        "trained with.\n\n"
+        "Text that already contains a control token string (in a prompt or an answer) is tagged as it is, "
+        "and counted in a warning at the end: the model would see the token in the user's own words."
+    ),
+    "EXAMPLES": [
+        (
+            "Tag CoCoNot's refusal prompts (no labels, no responses: each gets its category's refusal text):",
+            "rt-tag --label refuse coconot_eval.jsonl > refuse.jsonl",
+        ),
+        (
+            "Tag CoCoNot's contrast preferences, answering with the compliant answer:",
+            "rt-tag --label respond --response-field chosen coconot_pref.jsonl > contrast.jsonl",
+        ),
+        (
+            "One refusal token per category, with the token map saved for rt-lora:",
+            "rt-tag -m category --token-map tokens.json --label refuse coconot_eval.jsonl > refuse.jsonl",
+        ),
+        (
+            "Your own categories and tokens:",
+            "rt-tag -m category --categories medical,legal --map 'Medical advice=medical' \\\n"
+            "    --cat-token medical='[refuse:med]' --refusal-text legal='I cannot give legal advice.' data.jsonl",
+        ),
+        (
+            "Build a training set from a refusal split and a contrast split:",
+            "{ rt-tag --label refuse refuse-train.jsonl;\n"
+            "  rt-tag --label respond --response-field chosen contrast-train.jsonl; } > train.jsonl",
+        ),
+    ],
+    "NOTES": (
+        "CoCoNot's coconot_eval and coconot_contrast_eval files are evaluation data. To train on them, split "
+        "them first (for example by subcategory, with a fixed seed), and never score a model on rows it was "
+        "trained on."
+    ),
+}
