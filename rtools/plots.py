@@ -1,0 +1,93 @@
+"""Plots for rt-metrics: ROC curves and refusal rate against threshold, overall and per category.
+
+matplotlib is imported only inside :func:`plot_curves`, through its object-oriented API with
+the Agg canvas (no pyplot, no display, no global backend switch). The PNG is rendered in
+memory and written with :func:`rtools.records.atomic_write_bytes` (temporary name in the
+target directory, then renamed into place).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import atomic_write_bytes
+
+
+@dataclass
+class Curve:
+    """One line on each panel: a name, gold labels (True = refuse) and scores."""
+
+    name: str
+    y: np.ndarray
+    score: np.ndarray
+
+
+def _refusal_rate(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    s = np.sort(score)
+    if s.size == 0:
+        return np.full(thresholds.shape, np.nan)
+    return (s.size - np.searchsorted(s, thresholds, side="left")) / s.size
+
+
+def plot_curves(
+    path: str | os.PathLike, curves: Sequence[Curve], title: str | None = None, dpi: int = 100
+) -> None:
+    """Write one PNG with two panels: ROC curves and refusal rate against threshold."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(11, 4.8), dpi=dpi)
+    FigureCanvasAgg(fig)
+    roc_ax, rate_ax = fig.subplots(1, 2)
+    thresholds = np.linspace(0.0, 1.0, 201)
+    for i, c in enumerate(curves):
+        style = {"linewidth": 2.2 if i == 0 else 1.2, "color": "black" if i == 0 else f"C{(i - 1) % 10}"}
+        y = np.asarray(c.y, dtype=bool)
+        pos = int(np.count_nonzero(y))
+        if 0 < pos < y.size:
+            fpr, tpr, _ = roc_curve(y.astype(np.int8), c.score)
+            roc_ax.plot(fpr, tpr, label=f"{c.name} (n={y.size})", **style)
+        else:
+            roc_ax.plot([], [], label=f"{c.name} (one class: no ROC)", linestyle=":", **style)
+        rate_ax.plot(
+            thresholds,
+            _refusal_rate(np.asarray(c.score, dtype=np.float64), thresholds),
+            label=c.name,
+            **style,
+        )
+    roc_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    roc_ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false refusal rate (FPR)",
+        ylabel="refusal recall (TPR)",
+        title="ROC (positive class: refuse)",
+    )
+    rate_ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="threshold on score",
+        ylabel="refusal rate",
+        title="refusal rate vs threshold (score >= threshold)",
+    )
+    for ax in (roc_ax, rate_ax):
+        ax.grid(True, alpha=0.3)
+        if curves:
+            ax.legend(fontsize="small", loc="lower right" if ax is roc_ax else "upper right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    # the temporary file was created 0600; give the PNG the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
