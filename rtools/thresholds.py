@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .records import RecordError, atomic_write_json, iter_records, parse_line
+from .records import RecordError, atomic_write_json, parse_line
 from .tokens import slugify
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -347,28 +347,31 @@ def apply_stream(
     Records stream through one at a time and keep every other field and their key order.
     A bad record raises RecordError with the file and line after every earlier record has been
     written. Returns the number of records written.
+
+    Each rule has a fast path for the common record (float probabilities in [0, 1]) that raises
+    on anything else; such a record then goes through :meth:`Thresholds.decide`, the checked
+    reference, which gives the same decision or the error with its file and line.
     """
     if rule.mode == "global" and not unbuffered:
         return _apply_global_fast(stream, name, out, rule)
+    checker = _Checked(rule, name)
+    loads = orjson.loads
     dumps = orjson.dumps
     opt = orjson.OPT_APPEND_NEWLINE
     write = out.write
     flush = out.flush
-    decide = rule.decide
-    resolved = rule.mode != "category"
+    fast = checker.fast
     count = 0
     try:
-        for lineno, r in iter_records(stream, name):
+        for lineno, line in enumerate(stream, 1):
             try:
-                if not resolved:
-                    pc = get_p_cat(r, required=True)
-                    assert pc is not None
-                    rule = rule.resolve(pc)
-                    decide = rule.decide
-                    resolved = True
-                r["decision"], r["decision_cat"] = decide(r)
-            except RecordError as e:
-                raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
+                r = loads(line)
+                fast(r)
+            except Exception:
+                r = checker.decide_line(line, lineno)
+                fast = checker.fast
+                if r is None:
+                    continue
             write(dumps(r, option=opt))
             count += 1
             if unbuffered:
@@ -376,6 +379,151 @@ def apply_stream(
     finally:
         flush()
     return count
+
+
+class _Checked:
+    """The checked path of :func:`apply_stream`; resolves --cat names on the first p_cat seen."""
+
+    def __init__(self, rule: Thresholds, name: str):
+        self.rule = rule
+        self.name = name
+        self.resolved = rule.mode != "category"
+        self.fast: Any = _fast_rule(rule) if self.resolved else _unresolved
+
+    def decide_line(self, line: bytes, lineno: int) -> dict[str, Any] | None:
+        r = parse_line(line, self.name, lineno)
+        if r is None:
+            return None
+        try:
+            if not self.resolved:
+                pc = get_p_cat(r, required=True)
+                assert pc is not None
+                self.rule = self.rule.resolve(pc)
+                self.resolved = True
+                self.fast = _fast_rule(self.rule)
+            r["decision"], r["decision_cat"] = self.rule.decide(r)
+        except RecordError as e:
+            raise RecordError(e.message, path=self.name, line=lineno, hint=e.hint) from None
+        return r
+
+
+def _unresolved(r: dict[str, Any]) -> None:
+    raise LookupError("category names not resolved yet")
+
+
+def _fast_rule(rule: Thresholds) -> Any:
+    """A function that sets decision/decision_cat on a common record, or raises on anything else.
+
+    It never reports errors itself: whatever it raises sends the record to the checked path.
+    """
+    float_ = float
+    refuse = REFUSE
+    respond = RESPOND
+    if rule.mode == "global":
+        t = rule.threshold
+
+        def fast_global(r: dict[str, Any]) -> None:
+            p = r["p_refuse"]
+            if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
+                raise ValueError
+            if p >= t:
+                pc = r.get("p_cat")
+                best = None
+                if pc is not None:
+                    best_p = -1.0
+                    for slug, q in pc.items():
+                        if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
+                            raise ValueError
+                        if q > best_p:
+                            best = slug
+                            best_p = q
+                    if best is None:
+                        raise ValueError
+                r["decision"] = refuse
+                r["decision_cat"] = best
+            else:
+                r["decision"] = respond
+                r["decision_cat"] = None
+
+        return fast_global
+
+    if rule.mode == "own":
+
+        def fast_own(r: dict[str, Any]) -> None:
+            pc = r.get("p_cat")
+            if pc is None:
+                p = r["p_refuse"]
+                if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
+                    raise ValueError
+            q = r["p_respond"]
+            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
+                raise ValueError
+            if pc is None:
+                if p > q:
+                    r["decision"] = refuse
+                else:
+                    r["decision"] = respond
+                r["decision_cat"] = None
+                return
+            best = None
+            best_p = -1.0
+            for slug, v in pc.items():
+                if v.__class__ is not float_ or not 0.0 <= v <= 1.0:
+                    raise ValueError
+                if v > best_p:
+                    best = slug
+                    best_p = v
+            if best is None:
+                raise ValueError
+            if best_p > q:
+                r["decision"] = refuse
+                r["decision_cat"] = best
+            else:
+                r["decision"] = respond
+                r["decision_cat"] = None
+
+        return fast_own
+
+    ts = rule.categories
+    default = rule.default
+    keys = ts.keys()
+    n_named = len(ts)
+    get = ts.get
+
+    def fast_category(r: dict[str, Any]) -> None:
+        pc = r["p_cat"]
+        if not keys <= pc.keys():
+            raise ValueError
+        best = None  # the highest firing category
+        best_p = -1.0
+        own = None  # the highest category
+        own_p = -1.0
+        for slug, v in pc.items():
+            if v.__class__ is not float_ or not 0.0 <= v <= 1.0:
+                raise ValueError
+            if v > own_p:
+                own = slug
+                own_p = v
+            t = get(slug, default)
+            if t is not None and v >= t and v > best_p:
+                best = slug
+                best_p = v
+        if own is None:
+            raise ValueError
+        if default is None and len(pc) > n_named:  # some categories fire by the model's own choice
+            q = r["p_respond"]
+            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
+                raise ValueError
+            if own not in ts and own_p > q:
+                best = own  # the highest category overall, and first in order among equals
+        if best is None:
+            r["decision"] = respond
+            r["decision_cat"] = None
+        else:
+            r["decision"] = refuse
+            r["decision_cat"] = best
+
+    return fast_category
 
 
 def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thresholds) -> int:
@@ -387,6 +535,7 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
     """
     t = rule.threshold
     assert t is not None
+    checker = _Checked(rule, name)
     loads = orjson.loads
     dumps = orjson.dumps
     opt = orjson.OPT_APPEND_NEWLINE
@@ -422,7 +571,7 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
                     r["decision"] = respond
                     r["decision_cat"] = None
             except Exception:
-                r = _decide_line(line, name, lineno, rule)
+                r = checker.decide_line(line, lineno)
                 if r is None:
                     continue
             write(dumps(r, option=opt))
@@ -430,18 +579,6 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
     finally:
         out.flush()
     return count
-
-
-def _decide_line(line: bytes, name: str, lineno: int, rule: Thresholds) -> dict[str, Any] | None:
-    """The checked path for one line: the decided record, None for a blank line, or RecordError."""
-    r = parse_line(line, name, lineno)
-    if r is None:
-        return None
-    try:
-        r["decision"], r["decision_cat"] = rule.decide(r)
-    except RecordError as e:
-        raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
-    return r
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from rtools.thresholds import (
     confusion,
     fit,
     fit_threshold,
+    get_p_cat,
     global_rule,
     own_choice,
     own_choice_category,
@@ -207,29 +208,64 @@ records = st.fixed_dictionaries(
 )
 
 
-def apply_one(line: bytes, rule: Thresholds, unbuffered: bool):
+rules = st.one_of(
+    st.just(Thresholds()),
+    grid_prob.map(lambda t: Thresholds(threshold=t)),
+    st.builds(
+        Thresholds,
+        categories=st.dictionaries(st.sampled_from(SLUGS), grid_prob, min_size=1),
+        default=st.one_of(st.none(), grid_prob),
+    ),
+    grid_prob.map(lambda t: Thresholds(default=t)),
+)
+
+
+def apply_all(lines: bytes, rule: Thresholds, unbuffered: bool):
     out = io.BytesIO()
     try:
-        apply_stream(io.BytesIO(line), "in.jsonl", out, rule, unbuffered=unbuffered)
+        apply_stream(io.BytesIO(lines), "in.jsonl", out, rule, unbuffered=unbuffered)
     except RecordError as e:
-        return "error", e.format()
-    return "ok", out.getvalue()
+        return out.getvalue(), e.format()
+    return out.getvalue(), None
 
 
-@settings(max_examples=300)
-@given(records, grid_prob)
-def test_fast_global_path_matches_the_checked_rule(record, t):
-    line = orjson.dumps(record) + b"\n"
-    rule = Thresholds(threshold=t)
-    fast = apply_one(line, rule, unbuffered=False)  # the inlined hot loop
-    checked = apply_one(line, rule, unbuffered=True)  # the generic loop through Thresholds.decide
-    assert fast == checked
-    if fast[0] == "ok":
-        out = orjson.loads(fast[1])
-        assert list(out) == [*record, *(k for k in ("decision", "decision_cat") if k not in record)]
-        assert out["decision"] == global_rule(record["p_refuse"], t, record.get("p_cat"))[0]
-    else:
-        assert fast[1].startswith("in.jsonl:1: ")
+def reference(recs, rule: Thresholds):
+    """What apply_stream must write: Thresholds.decide on each record, up to the first error."""
+    out = b""
+    for lineno, record in enumerate(recs, 1):
+        r = dict(record)
+        try:
+            if rule.mode == "category" and lineno == 1:
+                rule = rule.resolve(get_p_cat(r) or {})
+            r["decision"], r["decision_cat"] = rule.decide(r)
+        except RecordError as e:
+            return out, f"in.jsonl:{lineno}: {e.format()}"
+        out += orjson.dumps(r) + b"\n"
+    return out, None
+
+
+@settings(max_examples=400)
+@given(st.lists(records, min_size=1, max_size=4), rules, st.booleans())
+def test_fast_paths_match_the_checked_rule(recs, rule, unbuffered):
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in recs)
+    assert apply_all(lines, rule, unbuffered) == reference(recs, rule)
+
+
+@given(
+    st.lists(st.fixed_dictionaries({"p_refuse": prob, "p_respond": prob, "p_cat": p_cats}), max_size=5), rules
+)
+def test_decisions_follow_the_pure_rules(recs, rule):
+    out, err = apply_all(b"".join(orjson.dumps(r) + b"\n" for r in recs), rule, False)
+    assert err is None
+    for r, o in zip(recs, (orjson.loads(x) for x in out.splitlines()), strict=True):
+        if rule.mode == "global":
+            expected = global_rule(r["p_refuse"], rule.threshold, r["p_cat"])
+        elif rule.mode == "own":
+            expected = own_choice_category(r["p_cat"], r["p_respond"])
+        else:
+            expected = category_rule(r["p_cat"], rule.categories, rule.default, r["p_respond"])
+        assert (o["decision"], o["decision_cat"]) == expected
+        assert list(o) == [*r, "decision", "decision_cat"]
 
 
 # ---------------------------------------------------------------------------
