@@ -30,16 +30,17 @@ Records stream through one at a time.
 
 \b
 Rules:
-  (no threshold)   the model's own choice, as in the paper: refuse iff p_refuse >
-                   p_respond; in category mode the most likely control token wins
-                   (each p_cat[slug] and p_respond); ties go to respond.
-  --threshold T    refuse iff p_refuse >= T; decision_cat is the most likely
-                   category of p_cat, when there is one.
-  --cat SLUG=T     category SLUG fires iff p_cat[SLUG] >= T, independently of the
-                   others; '*=T' sets every category not named; a category with no
-                   threshold fires when it is the model's own choice. Refuse iff
-                   any category fires; decision_cat is the firing category with
-                   the highest p_cat.
+  (no threshold)  the model's own choice, as in the paper: refuse iff
+                  p_refuse > p_respond; in category mode the most likely
+                  control token wins (each p_cat[slug] and p_respond);
+                  ties go to respond.
+  --threshold T   refuse iff p_refuse >= T; decision_cat is the most
+                  likely category of p_cat, when there is one.
+  --cat SLUG=T    category SLUG fires iff p_cat[SLUG] >= T, independently
+                  of the others; '*=T' sets every category not named; a
+                  category with no threshold fires when it is the model's
+                  own choice. Refuse iff any category fires; decision_cat
+                  is the firing category with the highest p_cat.
 
 Fitting (--fit) chooses thresholds on records with a gold `label`, and so reads all of
 its input before it writes anything. It prints the thresholds as JSON (the format
@@ -50,7 +51,7 @@ fitted decisions. A one-line summary goes to stderr unless -q.
 Examples:
   rt-score in.jsonl | rt-threshold | rt-metrics
   rt-score in.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
-  rt-threshold --fit fpr=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null
+  rt-threshold --fit f1 --per-category --save cats.json dev.jsonl >/dev/null
   rt-threshold --thresholds cats.json test-scored.jsonl | rt-metrics
 """
 
