@@ -236,6 +236,8 @@ class Thresholds:
             raise RecordError("no such file", path=path) from None
         except IsADirectoryError:
             raise RecordError("is a directory, expected a thresholds JSON file", path=path) from None
+        except PermissionError:
+            raise RecordError("permission denied", path=path) from None
         except orjson.JSONDecodeError as e:
             raise RecordError(f"invalid JSON: {e}", path=path) from None
         try:
