@@ -25,7 +25,9 @@ STDIN_NAMES = ("-", None, "")
 class RecordError(Exception):
     """Bad input data. ``str()`` gives ``file:line: message``."""
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None, hint: str | None = None):
+    def __init__(
+        self, message: str, path: str | None = None, line: int | None = None, hint: str | None = None
+    ):
         self.message = message
         self.path = path
         self.line = line
@@ -145,12 +147,19 @@ class RecordWriter:
 # Atomic files: never leave a truncated file that looks complete.
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -179,6 +188,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(path)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if os.path.exists(path):

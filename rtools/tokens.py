@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .records import atomic_write_json
+from .records import atomic_write_bytes
 
 #: CoCoNot's five top-level categories and their slugs.
 COCONOT_CATEGORIES: dict[str, str] = {
@@ -83,10 +83,13 @@ class TokenMap:
         return cls(mode=SINGLE, refuse=refuse, respond=respond)
 
     @classmethod
-    def category(cls, slugs: Any = DEFAULT_CATEGORIES, respond: str = "[respond]",
-                 tokens: dict[str, str] | None = None) -> TokenMap:
+    def category(
+        cls, slugs: Any = DEFAULT_CATEGORIES, respond: str = "[respond]", tokens: dict[str, str] | None = None
+    ) -> TokenMap:
         tokens = tokens or {}
-        return cls(mode=CATEGORY, respond=respond, categories={s: tokens.get(s, category_token(s)) for s in slugs})
+        return cls(
+            mode=CATEGORY, respond=respond, categories={s: tokens.get(s, category_token(s)) for s in slugs}
+        )
 
     def refusal_tokens(self) -> list[str]:
         """The refusal token strings, in a fixed order (single: one; category: one per slug)."""
@@ -127,8 +130,9 @@ class TokenMap:
         return cls(mode=CATEGORY, respond=d.get("respond", "[respond]"), categories=dict(d["categories"]))
 
     def save(self, directory: str | os.PathLike) -> str:
+        """Write rtools_tokens.json; key order is kept, since category order fixes token ids."""
         path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
-        atomic_write_json(path, self.to_dict())
+        atomic_write_bytes(path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
         return path
 
     @classmethod

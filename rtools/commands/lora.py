@@ -1,0 +1,268 @@
+"""rt-lora: LoRA / QLoRA fine-tuning that trains the control tokens and the refusal decision."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import common_options, entry_point, fail, input_argument, show_progress, warn
+from ..records import RecordError, display_name, read_records
+
+HELP = """Fine-tune a model on rt-tag's output so that its control tokens carry the refusal decision.
+
+Reads tagged chat records (FILE, or stdin when FILE is `-` or missing; it reads everything
+before training) and writes --out DIR atomically: the LoRA adapter with the trained control-token
+rows, the tokenizer, the token map (rtools_tokens.json), the resolved configuration and the base
+model's identity (rtools_config.json), and the training log (train_log.jsonl). rt-score and
+rt-generate need nothing else. A one-line JSON summary goes to stdout.
+
+On a CUDA GPU: QLoRA (4-bit NF4, double quantization, bf16 compute) with gradient checkpointing.
+On CPU: plain LoRA in fp32 (--4bit to quantize there too).
+
+The loss learns the decision, not just the marginal refusal rate: the control token's own
+cross-entropy (--control-weight) and a cross-entropy over the control tokens alone
+(--decision-weight) are added to the usual assistant-token loss, refusal and respond rows are
+balanced (--balance), and the new token rows train at their own rate (--token-lr). The loss never
+covers prompt tokens. Checkpoints go to DIR.checkpoint; --resume continues from the last one
+without repeating or skipping steps.
+
+\b
+  rt-tag train.jsonl > tagged.jsonl
+  rt-lora tagged.jsonl --out runs/adapter
+  rt-score test.jsonl --model runs/adapter | rt-metrics --threshold 0.5
+"""
+
+
+@click.command("rt-lora", help=HELP, short_help="train refusal tokens with LoRA / QLoRA")
+@input_argument
+@click.option("-o", "--out", required=True, metavar="DIR", help="Output directory (written atomically).")
+@click.option(
+    "-m",
+    "--model",
+    envvar="RT_BASE_MODEL",
+    metavar="DIR",
+    help="Base model directory. Default: $RT_BASE_MODEL, else the embedded SmolLM2-135M-Instruct.",
+)
+@click.option(
+    "--token-map",
+    "token_map_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The token map rt-tag wrote (--token-map); default: inferred from the data.",
+)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Examples per micro-batch."
+)
+@click.option(
+    "--grad-accum",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Micro-batches per optimizer step.",
+)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of the LoRA weights.")
+@click.option(
+    "--token-lr",
+    type=float,
+    default=2e-3,
+    show_default=True,
+    help="Learning rate of the control-token embedding rows.",
+)
+@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--target-modules",
+    default="all-linear",
+    show_default=True,
+    help="LoRA target modules: all-linear, or a comma-separated list of module names.",
+)
+@click.option(
+    "--control-weight",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the control token's cross-entropy, added to the per-example answer loss.",
+)
+@click.option(
+    "--decision-weight",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the cross-entropy restricted to the control tokens (the decision itself).",
+)
+@click.option(
+    "--balance/--no-balance",
+    default=True,
+    show_default=True,
+    help="Weight refusal and respond rows so that both classes count equally.",
+)
+@click.option(
+    "--max-answer-tokens",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Cut each answer to N tokens (a cut answer gets no end-of-turn).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    default=1024,
+    show_default=True,
+    help="Longest training sequence; longer prompts are skipped with a warning.",
+)
+@click.option(
+    "--eval-fraction",
+    type=click.FloatRange(0, 0.5),
+    default=0.1,
+    show_default=True,
+    help="Held-out slice (stratified by label) for the evaluation loss and AUROC.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--4bit/--no-4bit",
+    "load_4bit",
+    default=None,
+    help="Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
+)
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    default=None,
+    help="Recompute activations to save memory. Default: on with CUDA, off on CPU.",
+)
+@click.option(
+    "--save-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Checkpoint every N steps (0: every 10%% of training).",
+)
+@click.option("--resume", is_flag=True, help="Continue from DIR.checkpoint after an interruption.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
+@click.option(
+    "--merge", is_flag=True, help="Also write DIR/merged: a full model that plain transformers loads."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+@common_options
+def command(
+    file,
+    out,
+    model,
+    token_map_file,
+    epochs,
+    max_steps,
+    batch_size,
+    grad_accum,
+    lr,
+    token_lr,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    target_modules,
+    control_weight,
+    decision_weight,
+    balance,
+    max_answer_tokens,
+    max_length,
+    eval_fraction,
+    seed,
+    load_4bit,
+    gradient_checkpointing,
+    save_every,
+    resume,
+    overwrite,
+    merge,
+    device,
+    dtype,
+    trust_remote_code,
+    quiet,
+):
+    import orjson
+
+    from ..model.loading import ModelError
+    from ..model.training import TrainConfig, train
+    from ..tokens import TokenMap
+
+    name = display_name(file)
+    records = list(read_records(file))
+    if not records:
+        raise fail("no training records", path=name)
+    tm = None
+    if token_map_file:
+        try:
+            with open(token_map_file, "rb") as fh:
+                tm = TokenMap.from_dict(orjson.loads(fh.read()))
+        except (ValueError, KeyError, orjson.JSONDecodeError) as e:
+            raise fail(f"bad token map: {e}", path=token_map_file) from None
+    tmods = (
+        target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
+    )
+    cfg = TrainConfig(
+        out=out,
+        model=model,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        token_lr=token_lr,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=tmods,
+        control_weight=control_weight,
+        decision_weight=decision_weight,
+        balance=balance,
+        max_answer_tokens=max_answer_tokens,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        load_4bit=load_4bit,
+        gradient_checkpointing=gradient_checkpointing,
+        save_every=save_every,
+        device=None if device == "auto" else device,
+        dtype=None if dtype == "auto" else dtype,
+        trust_remote_code=trust_remote_code,
+        merge=merge,
+    )
+    try:
+        summary = train(
+            records,
+            cfg,
+            name=name,
+            token_map=tm,
+            resume=resume,
+            overwrite=overwrite,
+            progress_bar=show_progress(quiet),
+            log=None if quiet else warn,
+        )
+    except ModelError as e:
+        raise fail(str(e)) from None
+    except RecordError:
+        raise
+    click.echo(orjson.dumps({"out": out, **summary}).decode())
+
+
+MAN = {
+    "FIELDS READ": (
+        "messages: the conversation, whose last turn is the assistant answer starting with a control token "
+        "(rt-tag's output). Other fields are ignored."
+    ),
+    "OUTPUT DIRECTORY": (
+        "adapter_config.json, adapter_model.safetensors: the LoRA adapter and the trained control-token rows. "
+        "tokenizer files: the base tokenizer plus the control tokens. rtools_tokens.json: the token map. "
+        "rtools_config.json: base model identity, control-token ids, the resolved training configuration and "
+        "the summary. train_log.jsonl: one line per step (step, epoch, loss and its parts, lr, tokens_per_s) "
+        "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge."
+    ),
+    "ENVIRONMENT": "RT_BASE_MODEL: the base model when --model is not given.",
+    "EXAMPLES": (
+        "rt-tag train.jsonl --token-map tokens.json > tagged.jsonl\n"
+        "rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter\n"
+        "rt-lora tagged.jsonl --out runs/adapter --resume   # after an interruption"
+    ),
+}
+
+main = entry_point(command, "rt-lora")

@@ -1,0 +1,182 @@
+"""rt-score: refusal-token probabilities, one forward pass per prompt."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import common_options, entry_point, fail, input_argument, show_progress, unbuffered_option
+from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
+
+HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
+
+Reads prompt records (`prompt`, or `messages` ending with a user turn) from FILE, or stdin when
+FILE is `-` or missing, and writes each record back, in input order, with `p_refuse`,
+`p_respond` and, for a category-token model, `p_cat` ({category: probability}). Probabilities
+are the full-vocabulary softmax at temperature 1 (see --temperature), as in the paper.
+
+One forward pass per prompt: records are read in windows (--window), sorted by length, batched
+under a token budget and left-padded, with logits kept only at the last position. Results
+stream out window by window, so a file larger than memory works. CPU or CUDA is picked
+automatically (bf16 on GPU; --4bit for NF4).
+
+\b
+  rt-score test.jsonl --model out/adapter > scored.jsonl
+  rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
+"""
+
+
+@click.command("rt-score", help=HELP, short_help="score prompts with refusal-token probabilities")
+@input_argument
+@click.option(
+    "-m",
+    "--model",
+    envvar="RT_MODEL",
+    metavar="DIR",
+    help="An rt-lora output directory (or a merged model). Default: $RT_MODEL.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A fixed number of prompts per batch (default: batches under --batch-tokens).",
+)
+@click.option(
+    "--batch-tokens",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="Token budget of a batch (padded length x prompts).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Records read, sorted and scored together before they are written.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 on GPU, fp32 on CPU.",
+)
+@click.option("--4bit", "load_4bit", is_flag=True, help="Load the base model in 4-bit NF4 (bitsandbytes).")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Softmax temperature for the probabilities.",
+)
+@click.option(
+    "--allow-untrained",
+    is_flag=True,
+    help="Score a model without control tokens by adding untrained ones (benchmarks and tests only).",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+@unbuffered_option
+@common_options
+def command(
+    file,
+    model,
+    batch_size,
+    batch_tokens,
+    window,
+    device,
+    dtype,
+    load_4bit,
+    temperature,
+    allow_untrained,
+    trust_remote_code,
+    unbuffered,
+    quiet,
+):
+    from ..model.chat import ChatEncoder, record_messages
+    from ..model.loading import ModelError, load_for_inference
+    from ..model.scoring import Scorer, windows
+
+    name = display_name(file)
+    writer = RecordWriter(unbuffered=unbuffered)
+    with open_input(file) as fh:
+        try:
+            lm = load_for_inference(
+                model,
+                device=device,
+                dtype=dtype,
+                load_4bit=load_4bit,
+                allow_untrained=allow_untrained,
+                trust_remote_code=trust_remote_code,
+                quiet=quiet,
+            )
+        except ModelError as e:
+            raise fail(str(e)) from None
+        encoder = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
+        scorer = Scorer(
+            lm.model,
+            encoder,
+            lm.token_map,
+            device=lm.device,
+            batch_tokens=batch_tokens,
+            batch_size=batch_size,
+            temperature=temperature,
+            pad_id=lm.tokenizer.pad_token_id or 0,
+        )
+        bar = None
+        if show_progress(quiet):
+            from tqdm import tqdm
+
+            bar = tqdm(desc="rt-score", unit="prompt", dynamic_ncols=True, file=sys.stderr)
+        pending: RecordError | None = None
+
+        def encoded():
+            nonlocal pending
+            try:
+                for line, rec in iter_records(fh, name):
+                    yield line, rec, encoder.encode_prompt(record_messages(rec, name, line))
+            except RecordError as e:
+                pending = e  # score and write everything before the bad line first
+
+        for win in windows(encoded(), window):
+            probs = scorer.probabilities([seq for _, _, seq in win])
+            for (line, rec, _), p in zip(win, probs, strict=True):
+                fields = scorer.fields(p)
+                for k in ("p_refuse", "p_respond"):
+                    check_finite(fields[k], k, name, line)
+                rec.update(fields)
+                writer.write(rec)
+            writer.flush()
+            if bar is not None:
+                bar.update(len(win))
+        if bar is not None:
+            bar.close()
+        if pending is not None:
+            raise pending
+
+
+MAN = {
+    "FIELDS READ": (
+        "prompt (string) or messages (list of {role, content} ending with the user turn to decide on). "
+        "Every other field is passed through untouched, in its original key order."
+    ),
+    "FIELDS WRITTEN": (
+        "p_refuse: total probability of the refusal token(s). "
+        "p_respond: probability of the respond token. "
+        "p_cat: {category: probability of its refusal token} (category-token models only). "
+        "An existing field of the same name is replaced in place."
+    ),
+    "ENVIRONMENT": (
+        "RT_MODEL: the model when --model is not given. XDG_CACHE_HOME: where the embedded default model "
+        "is cached as safetensors (default ~/.cache/rtools/models)."
+    ),
+    "EXAMPLES": (
+        "rt-score test.jsonl --model runs/adapter > scored.jsonl\n"
+        "RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n"
+        "rt-score --batch-size 1 prompts.jsonl   # a fixed batch size; scores do not depend on it"
+    ),
+}
+
+main = entry_point(command, "rt-score")

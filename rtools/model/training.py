@@ -1,0 +1,699 @@
+"""rt-lora's training: LoRA / QLoRA supervised fine-tuning that learns the refusal *decision*.
+
+What plain next-token SFT gets wrong (../docs/FINDINGS): the control token is one position among
+~100 answer tokens, so it receives ~1% of the gradient and the model learns the marginal rate of
+refusals, not the decision. The loss here is, per example,
+
+    answer_loss                                  mean CE over the answer tokens (after the token)
+  + control_weight  * CE(control token)          full-vocabulary CE at the first assistant position
+  + decision_weight * CE(restricted)             CE over the control tokens only (the decision)
+
+with examples re-weighted so that refusal and respond rows count equally (``balance``), and the
+new token rows trained at their own learning rate (``token_lr``). The defaults are the ones that
+measured best (see bench/recipe.py and the README).
+
+Loss is computed only on assistant tokens: the control token and the answer, never the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ..records import RecordError, atomic_directory, atomic_write_json
+from ..tokens import CATEGORY, SINGLE, TokenMap, category_token
+from .chat import ChatEncoder, record_messages
+from .loading import (
+    CONFIG_FILE,
+    DEFAULT_MODEL,
+    ModelError,
+    add_control_tokens,
+    load_base,
+    load_tokenizer,
+    model_directory,
+    pick_device,
+    resolve_model,
+    torch_dtype,
+)
+
+CHECKPOINT_SUFFIX = ".checkpoint"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    model: str | None = None
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    token_lr: float = 5e-3
+    weight_decay: float = 0.0
+    warmup: float = 0.05
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str = "all-linear"
+    control_weight: float = 2.0
+    decision_weight: float = 2.0
+    balance: bool = True
+    max_answer_tokens: int | None = 128
+    max_length: int = 1024
+    eval_fraction: float = 0.1
+    seed: int = 0
+    load_4bit: bool | None = None  # None: on CUDA yes, on CPU no
+    dtype: str | None = None
+    gradient_checkpointing: bool | None = None  # None: on CUDA yes, on CPU no
+    save_every: int = 0  # steps between checkpoints; 0 = every 10% of training
+    device: str | None = None
+    trust_remote_code: bool = False
+    merge: bool = False
+
+    def resolved(self, device: str) -> dict[str, Any]:
+        d = asdict(self)
+        d["device"] = device
+        d["load_4bit"] = self.load_4bit if self.load_4bit is not None else device.startswith("cuda")
+        d["gradient_checkpointing"] = (
+            self.gradient_checkpointing
+            if self.gradient_checkpointing is not None
+            else device.startswith("cuda")
+        )
+        return d
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels_from: int  # index of the control token; loss on ids[labels_from:]
+    label: str  # refuse / respond
+    control: int  # index into token_map.tokens()
+    line: int
+    weight: float = 1.0
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def infer_token_map(records: list[tuple[int, dict[str, Any]]]) -> TokenMap:
+    """The token map implied by tagged data: category mode if any answer starts with [refuse:slug]."""
+    slugs: list[str] = []
+    for _, r in records:
+        msgs = r.get("messages")
+        if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict):
+            c = msgs[-1].get("content")
+            if isinstance(c, str) and c.startswith("[refuse:"):
+                slug = c[len("[refuse:") :].split("]", 1)[0]
+                if slug and slug not in slugs:
+                    slugs.append(slug)
+    if slugs:
+        return TokenMap.category(slugs=slugs, tokens={s: category_token(s) for s in slugs})
+    return TokenMap.single()
+
+
+def build_examples(
+    records: list[tuple[int, dict[str, Any]]],
+    encoder: ChatEncoder,
+    token_map: TokenMap,
+    name: str,
+    max_answer_tokens: int | None,
+    max_length: int,
+) -> tuple[list[Example], int]:
+    """Tagged chat records -> token ids with the loss span. Returns (examples, number skipped as too long)."""
+    tokens = token_map.tokens()
+    n_ref = len(tokens) - 1
+    out: list[Example] = []
+    skipped = 0
+    for line, r in records:
+        msgs = r.get("messages")
+        if not isinstance(msgs, list) or len(msgs) < 2:
+            raise RecordError(
+                "expected 'messages' ending with a tagged assistant answer (run rt-tag first)", name, line
+            )
+        last = msgs[-1]
+        if (
+            not isinstance(last, dict)
+            or last.get("role") != "assistant"
+            or not isinstance(last.get("content"), str)
+        ):
+            raise RecordError(
+                "the last message must be the assistant answer {role: assistant, content}", name, line
+            )
+        content = last["content"]
+        control = next((i for i, t in enumerate(tokens) if content.startswith(t)), None)
+        if control is None:
+            raise RecordError(
+                f"the assistant answer does not start with a control token ({', '.join(tokens)})",
+                name,
+                line,
+                hint="tag the data with rt-tag, or pass the --token-map that rt-tag wrote",
+            )
+        answer = content[len(tokens[control]) :]
+        prompt = record_messages({"messages": msgs[:-1]}, name, line)
+        p_ids = encoder.encode_prompt(prompt)
+        truncated = max_answer_tokens is not None and len(encoder.encode_text(answer)) > max_answer_tokens
+        a_ids = encoder.encode_answer(answer, max_tokens=max_answer_tokens, close=not truncated)
+        ids = p_ids + [encoder.control_ids[control]] + a_ids
+        if len(ids) > max_length:
+            if len(p_ids) + 2 > max_length:
+                skipped += 1
+                continue
+            ids = ids[:max_length]
+        label = "refuse" if control < n_ref else "respond"
+        out.append(Example(ids=ids, labels_from=len(p_ids), label=label, control=control, line=line))
+    return out, skipped
+
+
+def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out a stratified (by label) slice for evaluation."""
+    if fraction <= 0:
+        return examples, []
+    rng = random.Random(seed + 7919)
+    train, held = [], []
+    for label in ("refuse", "respond"):
+        group = [e for e in examples if e.label == label]
+        rng.shuffle(group)
+        k = int(round(len(group) * fraction))
+        if len(group) >= 2:
+            k = max(1, min(k, len(group) - 1))
+        else:
+            k = 0
+        held += group[:k]
+        train += group[k:]
+    train.sort(key=lambda e: e.line)
+    held.sort(key=lambda e: e.line)
+    return train, held
+
+
+def apply_balance(examples: list[Example]) -> None:
+    n = len(examples)
+    counts = {lab: sum(e.label == lab for e in examples) for lab in ("refuse", "respond")}
+    present = [lab for lab, c in counts.items() if c]
+    for e in examples:
+        e.weight = n / (len(present) * counts[e.label])
+
+
+def epoch_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Deterministic length-bucketed batches for one epoch (same seed and epoch -> same batches)."""
+    rng = random.Random(seed * 1000003 + epoch)
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    chunk = batch_size * 16
+    batches: list[list[int]] = []
+    for s in range(0, len(idx), chunk):
+        group = sorted(idx[s : s + chunk], key=lambda i: len(examples[i].ids))
+        batches += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# ---------------------------------------------------------------------------
+# Model
+
+
+def _module_name(model: Any, module: Any) -> str:
+    for n, m in model.named_modules():
+        if m is module:
+            return n.split(".")[-1]
+    raise ModelError("cannot find the embedding module by name")
+
+
+def make_peft_model(model: Any, token_ids: list[int], cfg: dict[str, Any]) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg["load_4bit"]:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg["gradient_checkpointing"]
+        )
+    elif cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    inp = model.get_input_embeddings()
+    outp = model.get_output_embeddings()
+    tied = outp is not None and outp.weight is inp.weight
+    if tied or outp is None:
+        tti: Any = list(token_ids)
+    else:
+        tti = {_module_name(model, inp): list(token_ids), _module_name(model, outp): list(token_ids)}
+    lcfg = LoraConfig(
+        r=cfg["lora_r"],
+        lora_alpha=cfg["lora_alpha"],
+        lora_dropout=cfg["lora_dropout"],
+        target_modules=cfg["target_modules"],
+        task_type="CAUSAL_LM",
+        trainable_token_indices=tti,
+    )
+    return get_peft_model(model, lcfg)
+
+
+def param_groups(model: Any, lr: float, token_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    tok, other = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (tok if "trainable_tokens" in n else other).append(p)
+    groups = [{"params": other, "lr": lr, "weight_decay": weight_decay, "name": "lora"}]
+    if tok:
+        groups.append({"params": tok, "lr": token_lr, "weight_decay": 0.0, "name": "tokens"})
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def batch_loss(
+    model: Any,
+    examples: list[Example],
+    batch: list[int],
+    control_ids: Any,
+    cfg: dict[str, Any],
+    pad_id: int,
+    device: str,
+) -> tuple[Any, dict[str, float], int]:
+    """Weighted loss of one batch. Returns (loss, parts, tokens).
+
+    The vocabulary head runs only on the assistant span (control token + answer): the prompt
+    positions never reach it, which saves most of the head's time and memory.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .scoring import decoder_and_head, hidden_at, right_pad
+
+    exs = [examples[i] for i in batch]
+    B = len(exs)
+    ids, mask = right_pad([e.ids for e in exs], pad_id)
+    # positions predicting the control token and every answer token: [labels_from - 1, len - 1)
+    K = max(len(e.ids) - e.labels_from for e in exs)
+    pos = torch.zeros((B, K), dtype=torch.long)
+    tgt = torch.zeros((B, K), dtype=torch.long)
+    span = torch.zeros((B, K), dtype=torch.bool)
+    for k, e in enumerate(exs):
+        n = len(e.ids) - e.labels_from
+        pos[k, :n] = torch.arange(e.labels_from - 1, len(e.ids) - 1)
+        tgt[k, :n] = torch.tensor(e.ids[e.labels_from :])
+        span[k, :n] = True
+    ids, mask, pos, tgt, span = (
+        ids.to(device),
+        mask.to(device),
+        pos.to(device),
+        tgt.to(device),
+        span.to(device),
+    )
+    use_amp = device.startswith("cuda")
+    _, head = decoder_and_head(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        logits = head(hidden_at(model, ids, mask, pos))
+    logits = logits.float()
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none").view(B, K)
+    ce = torch.where(span, ce, torch.zeros_like(ce))
+    ctrl_at = torch.zeros(B, dtype=torch.long, device=ce.device)
+    rows = torch.arange(B, device=ce.device)
+    assistant = ce.sum(1) / span.sum(1)  # mean over control token + answer (plain SFT)
+    ctrl = ce[rows, ctrl_at]
+    sel = logits[rows, ctrl_at].index_select(-1, control_ids)
+    dec = F.cross_entropy(sel, torch.tensor([e.control for e in exs], device=sel.device), reduction="none")
+    w = torch.tensor([e.weight for e in exs], device=ce.device)
+    per_ex = assistant + cfg["control_weight"] * ctrl + cfg["decision_weight"] * dec
+    loss = (w * per_ex).sum() / w.sum()
+    parts = {
+        "assistant": float(assistant.detach().mean()),
+        "control": float(ctrl.detach().mean()),
+        "decision": float(dec.detach().mean()),
+    }
+    return loss, parts, int(mask.sum())
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def save_checkpoint(path: str, model: Any, opt: Any, progress: Progress, cfg: dict[str, Any]) -> None:
+    import torch
+
+    with atomic_directory(path, overwrite=True) as tmp:
+        state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save(
+            {"params": state, "optimizer": opt.state_dict(), "rng": _rng_state()},
+            os.path.join(tmp, "state.pt"),
+        )
+        with open(os.path.join(tmp, "progress.json"), "wb") as fh:
+            fh.write(
+                orjson.dumps(
+                    {
+                        "step": progress.step,
+                        "epoch": progress.epoch,
+                        "batch_in_epoch": progress.batch_in_epoch,
+                        "tokens": progress.tokens,
+                        "log": progress.log,
+                        "config": cfg,
+                    }
+                )
+            )
+
+
+def load_checkpoint(path: str, model: Any, opt: Any) -> Progress:
+    import torch
+
+    with open(os.path.join(path, "progress.json"), "rb") as fh:
+        pr = orjson.loads(fh.read())
+    st = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in st["params"].items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    opt.load_state_dict(st["optimizer"])
+    rng = st["rng"]
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return Progress(
+        step=pr["step"],
+        epoch=pr["epoch"],
+        batch_in_epoch=pr["batch_in_epoch"],
+        tokens=pr["tokens"],
+        log=pr["log"],
+    )
+
+
+def checkpoint_config(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "progress.json"), "rb") as fh:
+        return orjson.loads(fh.read())["config"]
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+def evaluate(
+    model: Any,
+    examples: list[Example],
+    control_ids: Any,
+    cfg: dict[str, Any],
+    pad_id: int,
+    device: str,
+    batch_size: int,
+) -> dict[str, float]:
+    """Held-out loss, and the decision's AUROC from p(refusal tokens) at the control position."""
+    import torch
+
+    if not examples:
+        return {}
+    model.eval()
+    losses, wsum, scores, gold = 0.0, 0.0, [], []
+    n_ref = len(control_ids) - 1
+    with torch.no_grad():
+        for s in range(0, len(examples), batch_size):
+            batch = list(range(s, min(len(examples), s + batch_size)))
+            loss, _, _ = batch_loss(model, examples, batch, control_ids, cfg, pad_id, device)
+            w = sum(examples[i].weight for i in batch)
+            losses += float(loss) * w
+            wsum += w
+    # decision scores with the inference code path (left padding, last position)
+    from .scoring import control_probabilities
+
+    probs = control_probabilities(
+        model, [e.ids[: e.labels_from] for e in examples], control_ids.tolist(), device=device, pad_id=pad_id
+    )
+    for e, p in zip(examples, probs, strict=True):
+        scores.append(sum(p[:n_ref]))
+        gold.append(1 if e.label == "refuse" else 0)
+    model.train()
+    out = {"eval_loss": losses / max(wsum, 1e-12)}
+    auc = _auroc(gold, scores)
+    if auc is not None:
+        out["eval_auroc"] = auc
+    out["eval_refusal_rate_refuse"] = _mean([s >= 0.5 for s, g in zip(scores, gold, strict=True) if g == 1])
+    out["eval_refusal_rate_respond"] = _mean([s >= 0.5 for s, g in zip(scores, gold, strict=True) if g == 0])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _mean(xs: list[bool]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _auroc(gold: list[int], scores: list[float]) -> float | None:
+    """Mann-Whitney AUROC (ties count half), without sklearn."""
+    n_pos = sum(gold)
+    n_neg = len(gold) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):
+        j = i
+        while j < len(order) and scores[order[j]] == scores[order[i]]:
+            j += 1
+        avg_rank = (i + j + 1) / 2
+        rank_sum += avg_rank * sum(gold[order[k]] for k in range(i, j))
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def train(
+    records: list[tuple[int, dict[str, Any]]],
+    config: TrainConfig,
+    name: str = "<stdin>",
+    token_map: TokenMap | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress_bar: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train and write the output directory. Returns a summary."""
+    import torch
+
+    say = log or (lambda s: None)
+    out = os.path.abspath(config.out)
+    ckpt = out + CHECKPOINT_SUFFIX
+    if os.path.exists(out) and not overwrite:
+        raise ModelError(f"{config.out} already exists (use --overwrite to replace it)")
+    if resume:
+        if not os.path.isdir(ckpt):
+            raise ModelError(f"nothing to resume: no checkpoint at {ckpt}")
+        saved = checkpoint_config(ckpt)
+        for key in (
+            "model",
+            "lr",
+            "token_lr",
+            "batch_size",
+            "seed",
+            "lora_r",
+            "lora_alpha",
+            "control_weight",
+            "decision_weight",
+            "balance",
+            "max_answer_tokens",
+            "epochs",
+            "max_steps",
+            "eval_fraction",
+        ):
+            if saved.get(key) != getattr(config, key):
+                raise ModelError(
+                    f"--resume with a different setting: {key}={getattr(config, key)!r}, checkpoint has {saved.get(key)!r}"
+                )
+
+    device = pick_device(config.device)
+    cfg = config.resolved(device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    spec = resolve_model(config.model)
+    base_dir = model_directory(spec, quiet=not progress_bar)
+    tok = load_tokenizer(base_dir, config.trust_remote_code)
+    if token_map is None:
+        token_map = infer_token_map(records)
+    dtype = torch_dtype(config.dtype, device)
+    model = load_base(base_dir, device, dtype, cfg["load_4bit"], config.trust_remote_code)
+    if not cfg["load_4bit"] and dtype != torch.float32 and device.startswith("cuda"):
+        pass
+    control_ids = add_control_tokens(model, tok, token_map)
+    encoder = ChatEncoder(tok, token_map.tokens())
+
+    examples, skipped = build_examples(
+        records, encoder, token_map, name, config.max_answer_tokens, config.max_length
+    )
+    if not examples:
+        raise ModelError("no training examples (empty input?)")
+    if skipped:
+        say(f"skipped {skipped} examples whose prompt is longer than --max-length {config.max_length}")
+    train_ex, eval_ex = split_eval(examples, config.eval_fraction, config.seed)
+    if config.balance:
+        apply_balance(train_ex)
+        apply_balance(eval_ex)
+    counts = {lab: sum(e.label == lab for e in train_ex) for lab in ("refuse", "respond")}
+    if min(counts.values()) == 0:
+        say(f"warning: the training rows have only one class ({counts}); the decision cannot be learned")
+
+    model = make_peft_model(model, control_ids, cfg)
+    if cfg["load_4bit"] or not device.startswith("cuda"):
+        pass
+    opt = torch.optim.AdamW(
+        param_groups(model, config.lr, config.token_lr, config.weight_decay), betas=(0.9, 0.999)
+    )
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    per_epoch = math.ceil(len(train_ex) / config.batch_size)
+    steps_per_epoch = math.ceil(per_epoch / config.grad_accum)
+    total = config.max_steps if config.max_steps else max(1, math.ceil(steps_per_epoch * config.epochs))
+    warmup = int(total * config.warmup)
+    save_every = config.save_every or max(1, total // 10)
+    ctrl_ids_t = torch.tensor(control_ids, device=device)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    progress = Progress()
+    if resume:
+        progress = load_checkpoint(ckpt, model, opt)
+        say(f"resuming at step {progress.step}/{total}")
+
+    model.train()
+    bar = None
+    if progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=progress.step, desc="rt-lora", unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    tok_start = progress.tokens
+    epoch = progress.epoch
+    batch_in_epoch = progress.batch_in_epoch
+    done = progress.step >= total
+    while not done:
+        batches = epoch_batches(train_ex, config.batch_size, config.seed, epoch)
+        while batch_in_epoch < len(batches) and not done:
+            t0 = time.perf_counter()
+            group = batches[batch_in_epoch : batch_in_epoch + config.grad_accum]
+            f = lr_factor(progress.step, total, warmup)
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
+                g["lr"] = base * f
+            loss_v, ntok = 0.0, 0
+            parts_acc: dict[str, float] = {}
+            for b in group:
+                loss, parts, nt = batch_loss(model, train_ex, b, ctrl_ids_t, cfg, pad_id, device)
+                (loss / len(group)).backward()
+                loss_v += float(loss) / len(group)
+                ntok += nt
+                for k, v in parts.items():
+                    parts_acc[k] = parts_acc.get(k, 0.0) + v / len(group)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            batch_in_epoch += len(group)
+            progress.step += 1
+            progress.tokens += ntok
+            dt = time.perf_counter() - t0
+            entry = {
+                "step": progress.step,
+                "epoch": epoch + batch_in_epoch / len(batches),
+                "loss": round(loss_v, 6),
+                **{f"loss_{k}": round(v, 6) for k, v in parts_acc.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "tokens_per_s": round(ntok / max(dt, 1e-9), 1),
+            }
+            progress.log.append(entry)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
+                bar.update(1)
+            if progress.step >= total:
+                done = True
+            elif progress.step % save_every == 0:
+                progress.epoch, progress.batch_in_epoch = epoch, batch_in_epoch
+                save_checkpoint(ckpt, model, opt, progress, cfg)
+        if batch_in_epoch >= len(batches):
+            epoch += 1
+            batch_in_epoch = 0
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t_start
+    ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size)
+    if ev:
+        progress.log.append({"step": progress.step, **{k: round(v, 6) for k, v in ev.items()}})
+    summary = {
+        "steps": progress.step,
+        "examples": len(train_ex),
+        "eval_examples": len(eval_ex),
+        "tokens_per_s": round((progress.tokens - tok_start) / max(elapsed, 1e-9), 1),
+        **ev,
+    }
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        # the resized embedding is rebuilt exactly at load time; the trained rows travel in the adapter
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        _fix_adapter_base(tmp, spec)
+        tok.save_pretrained(tmp)
+        token_map.save(tmp)
+        atomic_write_json(
+            os.path.join(tmp, CONFIG_FILE),
+            {
+                "base_model": spec if spec == DEFAULT_MODEL else os.path.abspath(base_dir),
+                "control_token_ids": control_ids,
+                "token_map": token_map.to_dict(),
+                "training": {k: v for k, v in cfg.items() if k != "out"},
+                "summary": summary,
+                "rtools_version": _version(),
+            },
+        )
+        with open(os.path.join(tmp, LOG_FILE), "wb") as fh:
+            for e in progress.log:
+                fh.write(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE))
+        if config.merge:
+            if cfg["load_4bit"]:
+                raise ModelError("--merge needs a full-precision model (use --no-4bit)")
+            merged = model.merge_and_unload()
+            mdir = os.path.join(tmp, "merged")
+            merged.save_pretrained(mdir, safe_serialization=True)
+            tok.save_pretrained(mdir)
+            token_map.save(mdir)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return summary
+
+
+def _fix_adapter_base(directory: str, spec: str) -> None:
+    """Record the portable base-model spec (not a cache path) in adapter_config.json."""
+    p = os.path.join(directory, "adapter_config.json")
+    with open(p) as fh:
+        d = json.load(fh)
+    d["base_model_name_or_path"] = spec
+    with open(p, "w") as fh:
+        json.dump(d, fh, indent=2, sort_keys=True)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+__all__ = ["TrainConfig", "train", "SINGLE", "CATEGORY"]
