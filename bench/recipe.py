@@ -131,13 +131,13 @@ def main() -> None:
             "test_rows": len(test),
             "auroc": round(roc_auc_score(gold, p), 4),
             "own_choice_refusal_rate_refusal_rows": round(
-                sum(o for o, g in zip(own, gold) if g) / max(1, sum(gold)), 4
+                sum(o for o, g in zip(own, gold, strict=True) if g) / max(1, sum(gold)), 4
             ),
             "own_choice_refusal_rate_contrast_rows": round(
-                sum(o for o, g in zip(own, gold) if not g) / max(1, len(gold) - sum(gold)), 4
+                sum(o for o, g in zip(own, gold, strict=True) if not g) / max(1, len(gold) - sum(gold)), 4
             ),
-            "p_refuse_q10_50_90_refusal": q([v for v, g in zip(p, gold) if g]),
-            "p_refuse_q10_50_90_contrast": q([v for v, g in zip(p, gold) if not g]),
+            "p_refuse_q10_50_90_refusal": q([v for v, g in zip(p, gold, strict=True) if g]),
+            "p_refuse_q10_50_90_contrast": q([v for v, g in zip(p, gold, strict=True) if not g]),
             "train_s": round(t_train, 1),
             "score_s": round(t_score, 1),
             "steps": summary["steps"],
