@@ -284,6 +284,59 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def _token_adapter(module: Any) -> Any:
+    """peft's trainable-token layer inside a wrapper, when it is active, unmerged and simple."""
+    adapter = getattr(module, "token_adapter", None)
+    if adapter is None or getattr(adapter, "merged", False) or getattr(adapter, "disable_adapters", False):
+        return None
+    names = adapter.active_adapters
+    if len(names) != 1 or names[0] not in adapter.trainable_tokens_delta:
+        return None
+    base = adapter.get_base_layer()
+    if getattr(base, "bias", None) is not None or hasattr(base, "embed_scale"):
+        return None
+    return adapter, names[0]
+
+
+def fast_embed(model: Any, ids: Any) -> Any:
+    """Input embeddings: the frozen table, with the trainable control-token rows put in place.
+
+    Same values as peft's wrapper, which rebuilds the whole table and makes a dense gradient for it
+    on every step; here only the few control-token rows carry a gradient.
+    """
+    import torch
+
+    emb = model.get_input_embeddings()
+    found = _token_adapter(emb)
+    if found is None:
+        return emb(ids)
+    adapter, name = found
+    out = torch.nn.functional.embedding(ids, adapter.get_base_layer().weight)
+    rows = adapter.trainable_tokens_delta[name]
+    for j, tid in enumerate(adapter.token_indices[name]):
+        out = torch.where((ids == tid).unsqueeze(-1), rows[j].to(out.dtype), out)
+    return out
+
+
+def fast_head(head: Any, h: Any) -> Any:
+    """Vocabulary logits: a matmul with the frozen head, then the control-token columns from their rows.
+
+    Same values as peft's wrapper, without the full-vocabulary weight gradient it computes.
+    """
+    import torch
+
+    found = _token_adapter(head)
+    if found is None:
+        return head(h)
+    adapter, name = found
+    W = adapter.get_base_layer().weight
+    logits = torch.nn.functional.linear(h, W)
+    rows = adapter.trainable_tokens_delta[name]
+    cols = torch.nn.functional.linear(h, rows.to(h.dtype))
+    idx = torch.tensor(adapter.token_indices[name], device=logits.device)
+    return logits.index_copy(-1, idx, cols.to(logits.dtype))
+
+
 def batch_loss(
     model: Any,
     examples: list[Example],
@@ -301,7 +354,7 @@ def batch_loss(
     import torch
     import torch.nn.functional as F
 
-    from .scoring import decoder_and_head, hidden_at, right_pad
+    from .scoring import decoder_and_head, right_pad
 
     exs = [examples[i] for i in batch]
     B = len(exs)
@@ -324,9 +377,11 @@ def batch_loss(
         span.to(device),
     )
     use_amp = device.startswith("cuda")
-    _, head = decoder_and_head(model)
+    decoder, head = decoder_and_head(model)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-        logits = head(hidden_at(model, ids, mask, pos))
+        h = decoder(inputs_embeds=fast_embed(model, ids), attention_mask=mask, use_cache=False).last_hidden_state
+        h = torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        logits = fast_head(head, h)
     logits = logits.float()
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none").view(B, K)
