@@ -576,6 +576,12 @@ def train(
             "epochs",
             "max_steps",
             "eval_fraction",
+            "grad_accum",
+            "lora_dropout",
+            "target_modules",
+            "max_length",
+            "warmup",
+            "weight_decay",
         ):
             if saved.get(key) != getattr(config, key):
                 raise ModelError(
