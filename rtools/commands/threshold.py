@@ -147,6 +147,42 @@ def _objective_option(ctx: click.Context, param: click.Parameter, value: str | N
         raise click.BadParameter(str(e)) from None
 
 
+def rule_options(fn):
+    """The decision-rule flags -t/--threshold, -c/--cat and -T/--thresholds (shared with rt-generate).
+
+    The command receives ``threshold``, ``cats`` and ``thresholds_file``; :func:`build_rule` turns
+    them into a :class:`Thresholds`.
+    """
+    fn = click.option(
+        "-T",
+        "--thresholds",
+        "thresholds_file",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the thresholds from a JSON file (as written by --fit --save).",
+    )(fn)
+    fn = click.option(
+        "-c",
+        "--cat",
+        "cats",
+        multiple=True,
+        metavar="SLUG=T",
+        callback=_cat_options,
+        help="Per-category threshold: SLUG fires iff p_cat[SLUG] >= T (repeatable; '*=T' for every "
+        "category not named). Unknown slugs are an error.",
+    )(fn)
+    return click.option(
+        "-t",
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        callback=_threshold_option,
+        help="Global threshold: refuse iff p_refuse >= T (T in [0, 1]).",
+    )(fn)
+
+
 def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file: str | None) -> Thresholds:
     """The flags -> a rule; conflicting flags are usage errors (exit 2)."""
     flags = (
@@ -167,34 +203,7 @@ def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file:
 
 @click.command(help=HELP, short_help="Turn refusal scores into decisions, or fit thresholds.")
 @input_argument
-@click.option(
-    "-t",
-    "--threshold",
-    type=float,
-    default=None,
-    metavar="T",
-    callback=_threshold_option,
-    help="Global threshold: refuse iff p_refuse >= T (T in [0, 1]).",
-)
-@click.option(
-    "-c",
-    "--cat",
-    "cats",
-    multiple=True,
-    metavar="SLUG=T",
-    callback=_cat_options,
-    help="Per-category threshold: SLUG fires iff p_cat[SLUG] >= T (repeatable; '*=T' for every "
-    "category not named). Unknown slugs are an error.",
-)
-@click.option(
-    "-T",
-    "--thresholds",
-    "thresholds_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Read the thresholds from a JSON file (as written by --fit --save).",
-)
+@rule_options
 @click.option(
     "--fit", "objective", metavar="OBJECTIVE", default=None, callback=_objective_option, help=FIT_HELP
 )

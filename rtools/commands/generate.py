@@ -1,0 +1,361 @@
+"""rt-generate: answers that obey the thresholds (force the control token, then generate)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import common_options, entry_point, fail, input_argument, show_progress, unbuffered_option
+from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
+from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
+from .threshold import build_rule, rule_options
+
+HELP = """Generate answers after a forced control token, so that they obey the thresholds.
+
+Reads prompt records (`prompt`, or `messages` ending with a user turn) from FILE, or stdin
+when FILE is `-` or missing. For each one it scores the control tokens at the first
+assistant position (p_refuse, p_respond and, for a category-token model, p_cat, as rt-score
+does), decides which control token to force, appends that token to the prompt by id, and
+generates the answer after it. Each record is written back, in input order, with the scores,
+`decision`, `decision_cat`, `control`, `forced`, `response`, `refusal` and `consistent`.
+
+\b
+The control token, first rule that applies:
+  --threshold/--cat/--thresholds  the rt-threshold rule on this model's scores
+  --logit-bias TOKEN=B            the most likely control token after adding
+                                  B to TOKEN's logit
+  the record's `decision`         e.g. from rt-threshold; `decision_cat` picks
+                                  the category token (null: the most likely)
+  (none of these)                 the model's own choice, the most likely
+                                  control token (the only unforced case)
+
+The scores and the start of generation come from one forward pass over the prompt: its KV
+cache is kept, so forcing the token costs no second pass. Greedy decoding by default
+(--temperature 0); sampling is seeded per record (--seed), so an answer does not depend on
+the batch it is in. Records are read in windows (--window), batched by length, and written
+window by window.
+
+`refusal` says whether the answer starts with a refusal phrase (see REFUSAL DETECTOR in the
+man page) and `consistent` whether that agrees with the decision; rt-metrics reports their
+agreement rate.
+
+\b
+  rt-generate prompts.jsonl --model out/adapter > answers.jsonl
+  rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-generate | rt-metrics
+"""
+
+MAN = {
+    "FIELDS READ": (
+        "prompt: a single-turn user request (string), or\n\n"
+        "messages: a conversation, a list of {role, content} ending with the user turn to answer.\n\n"
+        'decision: "refuse" or "respond" (optional, e.g. from rt-threshold). Used to choose the control '
+        "token when no --threshold, --cat, --thresholds or --logit-bias is given; null counts as absent.\n\n"
+        "decision_cat: with a category-token model, the category of a refusal decision (a slug of the "
+        "model's token map); null picks the model's most likely category. Ignored by single-token models.\n\n"
+        "Every other field is passed through untouched, in its original key order. User text that spells "
+        "a control token (e.g. [refuse]) is encoded as ordinary text, so it can neither force nor suppress "
+        "a refusal. Blank lines are skipped."
+    ),
+    "FIELDS WRITTEN": (
+        "p_refuse: total probability of the refusal token(s) at the first assistant position "
+        "(full-vocabulary softmax at temperature 1, as rt-score; --temperature does not change it).\n\n"
+        "p_respond: probability of the respond token.\n\n"
+        "p_cat: {category: probability of its refusal token} (category-token models only).\n\n"
+        'decision: "refuse" or "respond", the decision the forced token stands for.\n\n'
+        "decision_cat: the category of the forced refusal token (category-token models), else null.\n\n"
+        "control: the control token forced as the first assistant token, e.g. [refuse].\n\n"
+        "forced: true when a threshold, --logit-bias or the record's decision chose the token; false "
+        "when it is the model's own choice.\n\n"
+        "response: the answer after the control token: special tokens removed, cut at the first --stop "
+        "string, surrounding whitespace stripped. The control token is not part of it.\n\n"
+        "refusal: true when the response starts with a refusal phrase (REFUSAL DETECTOR).\n\n"
+        'consistent: refusal == (decision == "refuse"); rt-metrics reports its mean as agreement_rate.\n\n'
+        "An existing field of the same name is replaced in place; the others are added at the end."
+    ),
+    "REFUSAL DETECTOR": (
+        "An answer is a refusal when, after leading whitespace, quotes and markdown emphasis are "
+        "stripped, it starts with one of the refusal phrases, compared case-insensitively (curly "
+        "apostrophes read as straight ones, runs of whitespace as one space), the phrase ending at a "
+        "word boundary. Only the start counts. The default phrases:\n\n"
+        + "; ".join(REFUSAL_PHRASES)
+        + ".\n\n"
+        "Requests for clarification count as refusals, as in CoCoNot, where asking for the missing part "
+        "of an incomplete request is the expected non-compliance: "
+        + "; ".join(CLARIFICATION_PHRASES)
+        + ".\n\n"
+        "--refusal-phrases FILE replaces the list, --refusal-phrases +FILE extends it: one phrase a "
+        "line, blank lines and lines starting with # skipped. The detector is deterministic, unlike the "
+        "paper's LLM judge sampled at temperature 0.6, and it is a screen, not a judge: an answer that "
+        "complies after an apology, or refuses without a listed opening, is misread."
+    ),
+    "ENVIRONMENT": (
+        "RT_MODEL: the model when --model is not given. XDG_CACHE_HOME: where the embedded default model "
+        "is cached as safetensors (default ~/.cache/rtools/models)."
+    ),
+    "EXAMPLES": (
+        "Answer with the model's own choice of control token:\n"
+        "    rt-generate prompts.jsonl --model runs/adapter > answers.jsonl\n\n"
+        "Refuse whenever the refusal token gets at least 30%, and check the answers agree:\n"
+        "    rt-generate --threshold 0.3 test.jsonl | rt-metrics\n\n"
+        "Decide with fitted per-category thresholds, then generate (the records carry the decision):\n"
+        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate > answers.jsonl\n\n"
+        "Nudge towards refusing instead of thresholding:\n"
+        "    rt-generate --logit-bias '[refuse]=2.0' prompts.jsonl\n\n"
+        "Sample, reproducibly, and stop at a blank line:\n"
+        "    rt-generate --temperature 0.7 --top-p 0.9 --seed 1 --stop $'\\n\\n' prompts.jsonl"
+    ),
+}
+
+
+def _logit_bias_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    from ..model.generation import parse_logit_bias
+
+    bias: dict[str, float] = {}
+    for value in values:
+        try:
+            token, b = parse_logit_bias(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        if token in bias:
+            raise click.BadParameter(f"{token!r} is given twice")
+        bias[token] = b
+    return bias
+
+
+def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: str | None):
+    from ..refusal_detector import RefusalDetector
+
+    try:
+        return RefusalDetector.from_option(value)
+    except OSError as e:
+        raise click.BadParameter(f"{value}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command("rt-generate", help=HELP, short_help="generate answers after a forced control token")
+@input_argument
+@click.option(
+    "-m",
+    "--model",
+    envvar="RT_MODEL",
+    metavar="DIR",
+    help="An rt-lora output directory (or a merged model). Default: $RT_MODEL.",
+)
+@rule_options
+@click.option(
+    "--logit-bias",
+    "logit_bias",
+    multiple=True,
+    metavar="TOKEN=B",
+    callback=_logit_bias_options,
+    help="Add B to control token TOKEN's logit before choosing (repeatable), e.g. '[refuse]=2.0'.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=0),
+    default=128,
+    show_default=True,
+    help="Most answer tokens to generate after the control token.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature; 0 is greedy decoding.",
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling: sample from the most likely tokens whose probability reaches P.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for sampling (with the record's position)."
+)
+@click.option(
+    "--stop",
+    multiple=True,
+    metavar="STRING",
+    help="Cut the answer at the first occurrence of STRING (repeatable; the earliest wins).",
+)
+@click.option(
+    "--refusal-phrases",
+    "detector",
+    metavar="[+]FILE",
+    default=None,
+    callback=_refusal_phrases_option,
+    help="Refusal phrases for the detector, one a line: FILE replaces the defaults, +FILE extends them.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Prompts generated together.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Records read, batched by length and generated together before they are written.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 on GPU, fp32 on CPU.",
+)
+@click.option("--4bit", "load_4bit", is_flag=True, help="Load the base model in 4-bit NF4 (bitsandbytes).")
+@click.option(
+    "--allow-untrained",
+    is_flag=True,
+    help="Use a model without control tokens by adding untrained ones (benchmarks and tests only).",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+@unbuffered_option
+@common_options
+def command(
+    file,
+    model,
+    threshold,
+    cats,
+    thresholds_file,
+    logit_bias,
+    max_new_tokens,
+    temperature,
+    top_p,
+    seed,
+    stop,
+    detector,
+    batch_size,
+    window,
+    device,
+    dtype,
+    load_4bit,
+    allow_untrained,
+    trust_remote_code,
+    unbuffered,
+    quiet,
+):
+    rule = build_rule(threshold, cats, thresholds_file)
+    if logit_bias and rule.mode != "own":
+        raise click.UsageError("--logit-bias cannot be combined with --threshold, --cat or --thresholds")
+
+    from ..model.chat import ChatEncoder, record_messages
+    from ..model.generation import ControlChooser, Generator, Sampling, end_ids, record_decision
+    from ..model.loading import ModelError, load_for_inference
+    from ..model.scoring import windows
+    from ..tokens import CATEGORY
+
+    name = display_name(file)
+    writer = RecordWriter(unbuffered=unbuffered)
+    with open_input(file) as fh:
+        try:
+            lm = load_for_inference(
+                model,
+                device=device,
+                dtype=dtype,
+                load_4bit=load_4bit,
+                allow_untrained=allow_untrained,
+                trust_remote_code=trust_remote_code,
+                quiet=quiet,
+            )
+        except ModelError as e:
+            raise fail(str(e)) from None
+        token_map = lm.token_map
+        if rule.mode == "category":
+            if token_map.mode != CATEGORY:
+                raise fail(
+                    "--cat and per-category thresholds need a category-token model "
+                    f"(this one has the single refusal token {token_map.refuse})",
+                    hint="use --threshold",
+                )
+            try:
+                rule = rule.resolve(token_map.categories)
+            except RecordError as e:
+                raise fail(e.message.replace("p_cat has", "the model has")) from None
+        try:
+            chooser = ControlChooser(token_map, rule=rule, bias=logit_bias)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        encoder = ChatEncoder(lm.tokenizer, token_map.tokens())
+        pad_id = lm.tokenizer.pad_token_id
+        generator = Generator(
+            lm.model,
+            encoder,
+            device=lm.device,
+            pad_id=0 if pad_id is None else pad_id,
+            eos_ids=end_ids(lm.model, lm.tokenizer, encoder),
+            batch_size=batch_size,
+        )
+        sampling = Sampling(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
+        )
+        tokens = token_map.tokens()
+        bar = None
+        if show_progress(quiet):
+            from tqdm import tqdm
+
+            bar = tqdm(desc="rt-generate", unit="answer", dynamic_ncols=True, file=sys.stderr)
+        pending: RecordError | None = None
+        count = 0
+
+        def encoded():
+            nonlocal pending, count
+            try:
+                for line, rec in iter_records(fh, name):
+                    msgs = record_messages(rec, name, line)
+                    recorded = record_decision(rec, token_map, name, line)
+                    yield count, line, rec, recorded, encoder.encode_prompt(msgs)
+                    count += 1
+            except RecordError as e:
+                pending = e  # generate and write everything before the bad line first
+
+        for win in windows(encoded(), window):
+            choices: dict[int, object] = {}
+            fields: dict[int, dict] = {}
+
+            def choose(j, probs, logprobs, win=win, choices=choices, fields=fields):
+                _, line, _, recorded, _ = win[j]
+                f = chooser.fields(probs)
+                for k in ("p_refuse", "p_respond"):
+                    check_finite(f[k], k, name, line)
+                try:
+                    c = chooser.choose(f, logprobs, recorded)
+                except RecordError as e:
+                    raise RecordError(e.message, path=name, line=line, hint=e.hint) from None
+                fields[j], choices[j] = f, c
+                return c.index
+
+            gens = generator.generate(
+                [seq for *_, seq in win], choose, sampling, seeds=[ordinal for ordinal, *_ in win]
+            )
+            for j, ((_, _, rec, _, _), g) in enumerate(zip(win, gens, strict=True)):
+                c = choices[j]
+                refusal = detector(g.text)
+                rec.update(fields[j])
+                rec["decision"] = c.decision
+                rec["decision_cat"] = c.decision_cat
+                rec["control"] = tokens[c.index]
+                rec["forced"] = c.forced
+                rec["response"] = g.text
+                rec["refusal"] = refusal
+                rec["consistent"] = refusal == (c.decision == "refuse")
+                writer.write(rec)
+            writer.flush()
+            if bar is not None:
+                bar.update(len(win))
+        if bar is not None:
+            bar.close()
+        if pending is not None:
+            raise pending
+
+
+main = entry_point(command, "rt-generate")
