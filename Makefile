@@ -62,5 +62,13 @@ bench: install
 	$(BIN)/python bench/bench_lora.py --coconot $(COCONOT_DIR)
 	$(BIN)/python bench/bench_generate.py
 
+# the paper's experiments on CoCoNot (examples/coconot/run.py); SCALE=small|medium|full
+SCALE ?= medium
+coconot: install
+	$(BIN)/python examples/coconot/run.py --data $(COCONOT_DIR) --out work/coconot-$(SCALE) --scale $(SCALE)
+
+coconot-small: install
+	$(BIN)/python examples/coconot/run.py --data $(COCONOT_DIR) --out work/coconot-small --scale small
+
 clean:
 	rm -rf work .pytest_cache .ruff_cache .hypothesis build *.egg-info

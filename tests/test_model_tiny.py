@@ -123,11 +123,6 @@ def test_typed_control_tokens_encode_like_the_base_tokenizer(encoders):
 MERGE_RICH = ["say [refuse]. or [respond]. and [refuse:safety] with [respond]! " * 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chat.py bug: a typed control token is re-encoded in isolation, so BPE merges across its "
-    "edges (' [' -> 'Ġ[', '].') differ from the base tokenizer's encoding of the same text",
-)
 def test_typed_control_tokens_encode_like_the_base_tokenizer_across_merges(tmp_path, monkeypatch):
     """As above, with a tokenizer that has merges spanning the control tokens' edges (real BPEs do)."""
     monkeypatch.setattr(tiny, "CORPUS", tiny.CORPUS + MERGE_RICH)

@@ -17,7 +17,8 @@ FILE is `-` or missing, and writes each record back, in input order, with `p_ref
 are the full-vocabulary softmax at temperature 1 (see --temperature), as in the paper.
 
 One forward pass per prompt: records are read in windows (--window), sorted by length, batched
-under a token budget and left-padded, with logits kept only at the last position. Results
+under a token budget and right-padded, with the vocabulary head applied only at each prompt's
+last position. Results
 stream out window by window, so a file larger than memory works. CPU or CUDA is picked
 automatically (bf16 on GPU; --4bit for NF4).
 

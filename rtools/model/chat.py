@@ -34,6 +34,13 @@ def record_messages(
                     f"messages[{i}] must be an object with string 'role' and 'content'", path=name, line=line
                 )
             out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "user":
+            raise RecordError(
+                f"'messages' must end with the user turn to decide on, not a {out[-1]['role']!r} turn",
+                path=name,
+                line=line,
+                hint="drop the answer, or score the prompt field",
+            )
         return out
     prompt = record.get("prompt")
     if prompt is None:
@@ -61,22 +68,45 @@ class ChatEncoder:
 
     # -- text -> ids ---------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        """Encode text (template special tokens allowed) with control tokens neutralised."""
+        """Encode text (template special tokens allowed) with control tokens neutralised.
+
+        Where a control token comes out of the tokenizer, the whole stretch of text between the
+        template's own special tokens around it is encoded again as ordinary text, so the result is
+        what a tokenizer without the control tokens would give (BPE merges across the typed token's
+        edges included).
+        """
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         if not self._control.intersection(ids):
             return list(ids)
+        offsets = enc["offset_mapping"]
+        other_special = set(getattr(self.tok, "all_special_ids", []) or []) - self._control
         out: list[int] = []
-        for tid, (s, e) in zip(ids, enc["offset_mapping"], strict=True):
-            if tid in self._control:
-                out.extend(self._plain(text[s:e]))
-            else:
-                out.append(tid)
+        i = 0
+        while i < len(ids):
+            if ids[i] in other_special or not self._segment_has_control(ids, i, other_special):
+                out.append(ids[i])
+                i += 1
+                continue
+            j = i
+            while j < len(ids) and ids[j] not in other_special:
+                j += 1
+            start, end = offsets[i][0], offsets[j - 1][1]
+            out.extend(self._plain(text[start:end]))
+            i = j
         return out
 
     def _plain(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return [i for i in ids if i not in self._control]
+
+    def _segment_has_control(self, ids: list[int], i: int, stops: set[int]) -> bool:
+        for k in range(i, len(ids)):
+            if ids[k] in stops:
+                return False
+            if ids[k] in self._control:
+                return True
+        return False
 
     # -- chat template -------------------------------------------------------------------------
     def render_prompt(self, messages: list[dict[str, str]]) -> str:

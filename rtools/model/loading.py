@@ -230,7 +230,7 @@ def load_base(
         kwargs["device_map"] = {"": 0} if device.startswith("cuda") else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (a corrupt file), ...
         raise ModelError(f"{directory}: cannot load the model: {e}") from e
     if not load_4bit:
         model.to(device)
@@ -313,7 +313,10 @@ def load_for_inference(
     if is_adapter_dir(directory):
         cfg = read_rtools_config(directory)
         base_spec = cfg.get("base_model") or _adapter_base(directory)
-        base_dir = model_directory(base_spec, quiet=quiet)
+        try:
+            base_dir = model_directory(base_spec, quiet=quiet)
+        except ModelError as e:
+            raise ModelError(f"{directory}: its base model cannot be loaded: {e}") from None
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
             TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map

@@ -379,7 +379,9 @@ def batch_loss(
     use_amp = device.startswith("cuda")
     decoder, head = decoder_and_head(model)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-        h = decoder(inputs_embeds=fast_embed(model, ids), attention_mask=mask, use_cache=False).last_hidden_state
+        h = decoder(
+            inputs_embeds=fast_embed(model, ids), attention_mask=mask, use_cache=False
+        ).last_hidden_state
         h = torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
         logits = fast_head(head, h)
     logits = logits.float()
@@ -498,7 +500,7 @@ def evaluate(
             w = sum(examples[i].weight for i in batch)
             losses += float(loss) * w
             wsum += w
-    # decision scores with the inference code path (left padding, last position)
+    # decision scores with the inference code path (rt-score's batching, last prompt position)
     from .scoring import control_probabilities
 
     probs = control_probabilities(
