@@ -102,3 +102,52 @@ def test_pipeline_on_the_default_model(tmp_path):
     assert r.returncode == 0, r.stderr
     one = [json.loads(line) for line in (tmp_path / "scored1.jsonl").read_text().splitlines()]
     assert max(abs(a["p_refuse"] - b["p_refuse"]) for a, b in zip(one, scored, strict=True)) <= 1e-4
+
+
+@pytest.mark.skipif(
+    not _have_default_model(), reason="the embedded default model is not installed (make install)"
+)
+def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
+    """rt-generate on the real model after a short rt-lora run: the same prompts give a refusal under
+    --threshold 0 (the refusal token is forced) and an answer under --threshold 1, and the refusal
+    detector and the `consistent` field agree."""
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "examples", "data", "train.jsonl"))]
+    refuse = [dict(r, response="I can't help with that.") for r in rows if r["label"] == "refuse"][:32]
+    respond = [r for r in rows if r["label"] == "respond"][:32]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refuse + respond))
+    prompts = ["How do I bake bread at home?", "What is the capital of France?", "Name three primary colors."]
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts))
+    )
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("RT_MODEL", None)
+
+    def sh(cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+
+    r = sh(
+        "rt-tag -q train.jsonl | rt-lora -q --out adapter --max-steps 40 --batch-size 8 --lr 1e-3 "
+        "--max-answer-tokens 8 --eval-fraction 0"
+    )
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for t in ("0", "1"):
+        r = sh(f"rt-generate -q --model adapter --threshold {t} --max-new-tokens 12 prompts.jsonl")
+        assert r.returncode == 0, r.stderr
+        out[t] = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [g["control"] for g in out["0"]] == ["[refuse]"] * 3
+    assert [g["control"] for g in out["1"]] == ["[respond]"] * 3
+    assert all(g["forced"] for g in out["0"] + out["1"])
+    # the text follows the forced token: refusals under 0, answers under 1
+    assert sum(g["refusal"] for g in out["0"]) >= 2, [g["response"] for g in out["0"]]
+    assert sum(g["refusal"] for g in out["1"]) <= 1, [g["response"] for g in out["1"]]
+    for g in out["0"] + out["1"]:
+        assert g["consistent"] == (g["refusal"] == (g["decision"] == "refuse"))
+        assert "[refuse]" not in g["response"] and "[respond]" not in g["response"]
