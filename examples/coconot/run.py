@@ -76,14 +76,17 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 class Runner:
-    def __init__(self, out: str):
+    def __init__(self, out: str, reuse: bool = False):
         self.out = out
+        self.reuse = reuse
         self.log = os.path.join(out, "commands.sh")
         self.bin = os.path.dirname(sys.executable)
         with open(self.log, "w") as fh:
             fh.write("#!/usr/bin/env bash\n# every command this run executed, in order\nset -euo pipefail\n")
 
     def __call__(self, args: list[str], stdout: str | None = None, stdin: str | None = None) -> float:
+        if self.reuse and stdout and os.path.exists(stdout) and args[0] in ("rt-tag", "rt-lora", "rt-score"):
+            return 0.0  # --reuse: keep what an earlier run of the same stage wrote
         exe = os.path.join(self.bin, args[0]) if args[0].startswith("rt-") else args[0]
         args = [os.path.relpath(a, self.out) if a.startswith(self.out + os.sep) else a for a in args]
         shown = " ".join(shlex.quote(a) for a in args)
@@ -325,6 +328,11 @@ def main() -> None:
     ap.add_argument("--out", default="work/coconot")
     ap.add_argument("--scale", choices=sorted(SCALES), default="medium")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep models and scores an earlier run wrote in OUT; redo only the analyses",
+    )
     ap.add_argument("--lora-flags", default="", help="extra rt-lora flags for every model")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
@@ -336,7 +344,7 @@ def main() -> None:
         ap.error("give --data DIR or --fetch")
     data_dir = os.path.abspath(data_dir)
     scale = SCALES[args.scale]
-    run = Runner(out)
+    run = Runner(out, reuse=args.reuse)
     paths = prepare(data_dir, out, scale, args.seed)
     lora = scale["lora"] + shlex.split(args.lora_flags) + ["--seed", str(args.seed), "--overwrite", "-q"]
     times: dict[str, float] = {}
@@ -412,7 +420,10 @@ def main() -> None:
     f1_global = f1_of(read_jsonl(os.path.join(out, "category.test.global.jsonl")))
     with open(fit_cat, "rb") as fh:
         fitted = orjson.loads(fh.read())
-    base = {s: float(t) for s, t in fitted["categories"].items()}
+    fitted_base = {s: float(t) for s, t in fitted["categories"].items()}
+    # independence is measured from a neutral start, every category at 0.5 (fitted thresholds near 0
+    # make every category fire on almost every row, which hides any single category's move)
+    base = {s: 0.5 for s in fitted_base}
     cc = category_control(sc[("category", "test")], base)
 
     # 3. contrast data: the false-refusal rate at equal missed-refusal rates
@@ -422,12 +433,14 @@ def main() -> None:
         tn, frr_n = at_missed_rate(sc[("single_nocontrast", "test")], missed)
         contrast_rows.append((missed, tw, frr_w, tn, frr_n))
 
-    write_report(out, args, scale, paths, ctl, rocs, f1_percat, f1_global, base, cc, contrast_rows, times)
+    write_report(
+        out, args, scale, paths, ctl, rocs, f1_percat, f1_global, fitted_base, base, cc, contrast_rows, times
+    )
     print(os.path.join(out, "REPORT.md"))
 
 
 def write_report(
-    out, args, scale, paths, ctl, rocs, f1_percat, f1_global, base, cc, contrast_rows, times
+    out, args, scale, paths, ctl, rocs, f1_percat, f1_global, fitted_base, base, cc, contrast_rows, times
 ) -> None:
     n = {k: sum(1 for _ in open(v)) for k, v in paths.items()}
     L = []
@@ -470,9 +483,7 @@ def write_report(
     )
     w("## 2. Independent category control (category tokens)\n")
     w(
-        "Base: per-category thresholds fitted for F1 on the dev split (`rt-threshold --fit f1 --per-category`): "
-        + ", ".join(f"{s} {t:.3f}" for s, t in base.items())
-        + ". For each category, only its threshold moves, "
+        "Base: every category's threshold at 0.5. For each category, only its threshold moves, "
         "to the nearest value that changes its own refusal rate (on its refusal test rows) by at least 30 points; "
         "the other categories' rates are measured under the same thresholds (`category_control()` in run.py, "
         "decisions by `rtools.thresholds.category_rule`, the rule `rt-threshold --cat` applies).\n"
@@ -488,6 +499,12 @@ def write_report(
             f"| {r['category']} | {r['base_threshold']:.3f} → {r['new_threshold']:.3f} | {r['own_change']:+.1%} | "
             f"{r['max_other_change']:.1%} | {r['contrast_change']:+.1%} | {'yes' if r['max_other_change'] <= 0.05 else 'no'} |"
         )
+    w(
+        "\nPer-category thresholds fitted for F1 on the dev split (`rt-threshold --fit f1 --per-category`): "
+        + ", ".join(f"{s} {t:.3f}" for s, t in fitted_base.items())
+        + " (thresholds near 0 let a category fire on almost every row, which is why independence is measured "
+        "from 0.5 above)."
+    )
     w(
         f"\nF1 on the test split: per-category thresholds fitted on dev **{f1_percat:.4f}** vs one global threshold "
         f"fitted on dev **{f1_global:.4f}** (difference {100 * (f1_percat - f1_global):+.2f} points; the paper "
