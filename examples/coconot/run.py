@@ -86,7 +86,9 @@ class Runner:
 
     def __call__(self, args: list[str], stdout: str | None = None, stdin: str | None = None) -> float:
         if self.reuse and stdout and os.path.exists(stdout) and args[0] in ("rt-tag", "rt-lora", "rt-score"):
-            return 0.0  # --reuse: keep what an earlier run of the same stage wrote
+            with open(self.log, "a") as fh:  # --reuse: keep what an earlier run of the same stage wrote
+                fh.write("# reused: " + " ".join(shlex.quote(a) for a in args) + "\n")
+            return 0.0
         exe = os.path.join(self.bin, args[0]) if args[0].startswith("rt-") else args[0]
         args = [os.path.relpath(a, self.out) if a.startswith(self.out + os.sep) else a for a in args]
         shown = " ".join(shlex.quote(a) for a in args)
