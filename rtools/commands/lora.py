@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from ..cli import common_options, entry_point, fail, input_argument, show_progress, warn
+from ..model.training import TrainConfig
 from ..records import RecordError, display_name, read_records
 
+_D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
 HELP = """Fine-tune a model on rt-tag's output so that its control tokens carry the refusal decision.
 
 Reads tagged chat records (FILE, or stdin when FILE is `-` or missing; it reads everything
@@ -48,10 +50,14 @@ without repeating or skipping steps.
     type=click.Path(dir_okay=False, exists=True),
     help="The token map rt-tag wrote (--token-map); default: inferred from the data.",
 )
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=_D.epochs, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Examples per micro-batch."
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_D.batch_size,
+    show_default=True,
+    help="Examples per micro-batch.",
 )
 @click.option(
     "--grad-accum",
@@ -60,16 +66,16 @@ without repeating or skipping steps.
     show_default=True,
     help="Micro-batches per optimizer step.",
 )
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of the LoRA weights.")
+@click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of the LoRA weights.")
 @click.option(
     "--token-lr",
     type=float,
-    default=2e-3,
+    default=_D.token_lr,
     show_default=True,
     help="Learning rate of the control-token embedding rows.",
 )
-@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lora-alpha", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lora-r", type=click.IntRange(min=1), default=_D.lora_r, show_default=True)
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=_D.lora_alpha, show_default=True)
 @click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option(
     "--target-modules",
@@ -80,14 +86,14 @@ without repeating or skipping steps.
 @click.option(
     "--control-weight",
     type=click.FloatRange(min=0),
-    default=1.0,
+    default=_D.control_weight,
     show_default=True,
     help="Weight of the control token's cross-entropy, added to the per-example answer loss.",
 )
 @click.option(
     "--decision-weight",
     type=click.FloatRange(min=0),
-    default=1.0,
+    default=_D.decision_weight,
     show_default=True,
     help="Weight of the cross-entropy restricted to the control tokens (the decision itself).",
 )
@@ -100,7 +106,7 @@ without repeating or skipping steps.
 @click.option(
     "--max-answer-tokens",
     type=click.IntRange(min=1),
-    default=128,
+    default=_D.max_answer_tokens,
     show_default=True,
     help="Cut each answer to N tokens (a cut answer gets no end-of-turn).",
 )
@@ -114,7 +120,7 @@ without repeating or skipping steps.
 @click.option(
     "--eval-fraction",
     type=click.FloatRange(0, 0.5),
-    default=0.1,
+    default=_D.eval_fraction,
     show_default=True,
     help="Held-out slice (stratified by label) for the evaluation loss and AUROC.",
 )

@@ -46,9 +46,8 @@ automatically (bf16 on GPU; --4bit for NF4).
 @click.option(
     "--batch-tokens",
     type=click.IntRange(min=1),
-    default=8192,
-    show_default=True,
-    help="Token budget of a batch (padded length x prompts).",
+    default=None,
+    help="Token budget of a batch (padded length x prompts). Default: 1024 on CPU, 8192 on GPU.",
 )
 @click.option(
     "--window",
