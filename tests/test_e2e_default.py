@@ -134,7 +134,7 @@ def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
 
     r = sh(
         "rt-tag -q train.jsonl | rt-lora -q --out adapter --max-steps 40 --batch-size 8 --lr 1e-3 "
-        "--max-answer-tokens 8 --eval-fraction 0"
+        "--max-answer-tokens 8 --eval-fraction 0 --control-weight 1 --decision-weight 1 --token-lr 2e-3"
     )
     assert r.returncode == 0, r.stderr
     out = {}
