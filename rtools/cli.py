@@ -97,6 +97,34 @@ def unbuffered_option(fn: Callable) -> Callable:
     return click.option("-u", "--unbuffered", is_flag=True, help="Flush stdout after every record.")(fn)
 
 
+def model_options(fn: Callable) -> Callable:
+    """--device, --dtype, --4bit, --allow-untrained, --trust-remote-code: what every model command takes."""
+    options = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 on GPU, fp32 on CPU.",
+        ),
+        click.option(
+            "--4bit", "load_4bit", is_flag=True, help="Load the base model in 4-bit NF4 (bitsandbytes)."
+        ),
+        click.option(
+            "--allow-untrained",
+            is_flag=True,
+            help="Use a model without control tokens by adding untrained ones (benchmarks and tests only).",
+        ),
+        click.option(
+            "--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def common_options(fn: Callable) -> Callable:
     """-q, -v (the input argument is added separately, since not every command takes one)."""
     return quiet_option(verbose_option(fn))

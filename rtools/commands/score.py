@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from ..cli import common_options, entry_point, fail, input_argument, show_progress, unbuffered_option
+from ..cli import (
+    common_options,
+    entry_point,
+    fail,
+    input_argument,
+    model_options,
+    show_progress,
+    unbuffered_option,
+)
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
 
 HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
@@ -56,15 +64,6 @@ automatically (bf16 on GPU; --4bit for NF4).
     show_default=True,
     help="Records read, sorted and scored together before they are written.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 on GPU, fp32 on CPU.",
-)
-@click.option("--4bit", "load_4bit", is_flag=True, help="Load the base model in 4-bit NF4 (bitsandbytes).")
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
@@ -72,12 +71,7 @@ automatically (bf16 on GPU; --4bit for NF4).
     show_default=True,
     help="Softmax temperature for the probabilities.",
 )
-@click.option(
-    "--allow-untrained",
-    is_flag=True,
-    help="Score a model without control tokens by adding untrained ones (benchmarks and tests only).",
-)
-@click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+@model_options
 @unbuffered_option
 @common_options
 def command(
