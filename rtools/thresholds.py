@@ -833,8 +833,40 @@ def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objecti
                 fit_threshold(col[pos_rows], col[neg_rows], objective, scores=col[pos_rows | neg_rows])
             )
     if objective.kind == "f1" and k > 1:
-        thresholds = _coordinate_ascent_f1(scores, y, thresholds)
+        thresholds = _best_f1_start(scores, y, thresholds)
     return thresholds
+
+
+def _best_f1_start(scores: np.ndarray, y: np.ndarray, own_fits: list[float]) -> list[float]:
+    """Coordinate ascent from two starts; the one with the higher overall F1 wins.
+
+    Start 1 is each category fitted on its own rows. Those fits are often near 0 (with mostly
+    refuse rows, refusing everything is a good F1), and when every category fires on almost every
+    row no single threshold can move the decision: a local optimum of "refuse everything". Start 2
+    is one shared threshold, fitted on the highest category probability (which is exactly the
+    any-category-fires rule with equal thresholds), so the per-category fit is never worse on the
+    fitting data than one threshold for all categories. Ties go to start 2 (fewer free choices).
+    """
+
+    shared = fit_threshold(scores.max(axis=1)[y], scores.max(axis=1)[~y], Objective("f1"))
+    best: tuple[float, list[float]] | None = None
+    for start in ([shared] * scores.shape[1], own_fits):
+        t = _coordinate_ascent_f1(scores, y, start)
+        f1 = _any_fires_f1(scores, y, t)
+        if best is None or f1 > best[0] + TIE_TOLERANCE:
+            best = (f1, t)
+    assert best is not None
+    return best[1]
+
+
+def _any_fires_f1(scores: np.ndarray, y: np.ndarray, thresholds: list[float]) -> float:
+    import numpy as np
+
+    refused = (scores >= np.array(thresholds)).any(axis=1)
+    tp = int((refused & y).sum())
+    fp = int((refused & ~y).sum())
+    n_pos = int(y.sum())
+    return 2 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0
 
 
 def _coordinate_ascent_f1(

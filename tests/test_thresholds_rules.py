@@ -337,7 +337,8 @@ def test_fit_per_category_f1_improves_the_overall_f1():
         ]
     )
     t = fit(data, Objective("f1"), per_category=True)
-    assert t.categories == {"a": pytest.approx(0.55), "b": pytest.approx(0.45)}
+    # one shared threshold (0.55, on the highest category probability) already separates: it wins the tie
+    assert t.categories == {"a": pytest.approx(0.55), "b": pytest.approx(0.55)}
     assert t.meta["objective_value"] == 1.0 and t.meta["n"] == 4
     assert t.meta["metrics"]["tp"] == 2 and t.meta["metrics"]["fp"] == 0
 
@@ -489,3 +490,39 @@ def test_per_category_f1_fit_is_a_local_optimum(rows):
     for j, slug in enumerate(data.slugs):
         for other in candidate_thresholds(scores[:, j]).tolist():
             assert best >= overall_f1({**t.categories, slug: other}) - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from([*SLUGS, None]), p_cats),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_per_category_f1_fit_is_never_worse_than_one_shared_threshold(rows):
+    data = fit_data([("refuse" if y else "respond", c, pc) for y, c, pc in rows])
+    t = fit(data, Objective("f1"), per_category=True)
+    top = np.array(data.p_cat).max(axis=1)
+    for shared in candidate_thresholds(top).tolist():
+        refused = (top >= shared).tolist()
+        assert t.meta["objective_value"] >= confusion(refused, data.labels)["f1"] - 1e-9
+
+
+def test_per_category_f1_fit_escapes_refuse_everything():
+    # Within each category refusing everything is its best own-rows F1 (3 refuse rows, 1 respond row,
+    # scores barely separated), so the own-rows fits are 0 and, with every category firing on every
+    # row, no single threshold can move the decision. One shared threshold separates the classes.
+    rows = []
+    for c in ("a", "b"):
+        other = "b" if c == "a" else "a"
+        for p in (0.9, 0.8, 0.25):
+            rows.append(("refuse", c, {c: p, other: 0.05}))
+        rows.append(("respond", c, {c: 0.3, other: 0.2}))
+    for _ in range(6):  # plain respond rows, no category, low everywhere
+        rows.append(("respond", None, {"a": 0.1, "b": 0.1}))
+    data = fit_data(rows)
+    t = fit(data, Objective("f1"), per_category=True)
+    refused = t.meta["metrics"]["tp"] + t.meta["metrics"]["fp"]
+    assert refused < len(rows), t.categories
+    assert t.meta["objective_value"] > confusion([True] * len(rows), data.labels)["f1"]
