@@ -26,7 +26,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	@mkdir -p $(DEMO)
+	@mkdir -p $(DEMO) && date +%s > $(DEMO)/.started
 	$(BIN)/rt-tag examples/data/train.jsonl --token-map $(DEMO)/tokens.json > $(DEMO)/train.tagged.jsonl
 	$(BIN)/rt-lora $(DEMO)/train.tagged.jsonl --token-map $(DEMO)/tokens.json --out $(DEMO)/adapter --overwrite \
 		$(DEMO_TRAIN_FLAGS)
@@ -35,6 +35,7 @@ demo: install
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --plot $(DEMO)/metrics.png > $(DEMO)/metrics.json
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --format table
 	@echo "scores: $(DEMO)/test.scored.jsonl  metrics: $(DEMO)/metrics.json  plot: $(DEMO)/metrics.png"
+	@echo "demo pipeline: $$(( $$(date +%s) - $$(cat $(DEMO)/.started) )) s (installation not counted)"
 
 test: install
 	$(BIN)/python -m pytest -q
