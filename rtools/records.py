@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 import orjson
@@ -109,6 +109,69 @@ def check_finite(value: float, what: str, name: str | None = None, line: int | N
     if not math.isfinite(value):
         raise RecordError(f"{what} is {value}: NaN and infinity are not valid output", path=name, line=line)
     return value
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value's type reads in an error message ("a number", "an object", "null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def conversation(
+    record: Mapping[str, Any],
+    name: str | None = None,
+    line: int | None = None,
+    hint: str | None = None,
+) -> list[dict[str, Any]]:
+    """The conversation a record asks about: ``messages`` (ending with a non-empty user turn) or
+    ``prompt`` (one user turn). Each message is copied (extra keys kept); ``hint`` is shown when
+    the messages end with another role's turn."""
+    msgs = record.get("messages")
+    if msgs is not None:
+        if not isinstance(msgs, list) or not msgs:
+            raise RecordError(
+                "'messages' must be a non-empty list of {role, content} objects", path=name, line=line
+            )
+        out = []
+        for i, m in enumerate(msgs):
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
+                raise RecordError(
+                    f"messages[{i}] must be an object with string 'role' and 'content'", path=name, line=line
+                )
+            out.append(dict(m))
+        if out[-1]["role"] != "user":
+            raise RecordError(
+                f"'messages' must end with the user turn to decide on, not a {out[-1]['role']!r} turn",
+                path=name,
+                line=line,
+                hint=hint,
+            )
+        if not out[-1]["content"].strip():
+            raise RecordError("the last user turn in 'messages' is empty", path=name, line=line)
+        return out
+    prompt = record.get("prompt")
+    if prompt is None:
+        raise RecordError("missing 'prompt' (or 'messages')", path=name, line=line)
+    if not isinstance(prompt, str):
+        raise RecordError(f"'prompt' must be a string, got {json_type(prompt)}", path=name, line=line)
+    if not prompt.strip():
+        raise RecordError("empty 'prompt'", path=name, line=line)
+    return [{"role": "user", "content": prompt}]
 
 
 def dumps(obj: Any) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import RecordError
+from .records import RecordError, conversation, json_type
 from .tokens import CATEGORY, LABELS, TokenMap, slugify
 
 #: What separates the control token from the answer, by name.
@@ -129,43 +129,7 @@ class Tagger:
     # -- one field at a time -------------------------------------------------------------
 
     def _conversation(self, rec: Mapping[str, Any], name: str, line: int) -> list[dict[str, Any]]:
-        if "messages" in rec and rec["messages"] is not None:
-            msgs = rec["messages"]
-            if not isinstance(msgs, list) or not msgs:
-                raise RecordError(
-                    "'messages' must be a non-empty list of {role, content} objects", path=name, line=line
-                )
-            out = []
-            for i, m in enumerate(msgs):
-                if (
-                    not isinstance(m, dict)
-                    or not isinstance(m.get("role"), str)
-                    or not isinstance(m.get("content"), str)
-                ):
-                    raise RecordError(
-                        f"messages[{i}] must be an object with string 'role' and 'content'",
-                        path=name,
-                        line=line,
-                    )
-                out.append(dict(m))
-            if out[-1]["role"] != "user":
-                raise RecordError(
-                    f"'messages' must end with a user turn, not {out[-1]['role']!r}",
-                    path=name,
-                    line=line,
-                    hint="put the assistant answer in 'response', not in 'messages'",
-                )
-            if not out[-1]["content"].strip():
-                raise RecordError("the last user turn in 'messages' is empty", path=name, line=line)
-            return out
-        prompt = rec.get("prompt")
-        if prompt is None:
-            raise RecordError("no 'prompt' or 'messages' field", path=name, line=line)
-        if not isinstance(prompt, str):
-            raise RecordError(f"'prompt' must be a string, got {_type(prompt)}", path=name, line=line)
-        if not prompt.strip():
-            raise RecordError("empty 'prompt'", path=name, line=line)
-        return [{"role": "user", "content": prompt}]
+        return conversation(rec, name, line, hint="put the assistant answer in 'response', not in 'messages'")
 
     def _label(self, rec: Mapping[str, Any], name: str, line: int) -> tuple[str, bool]:
         """The row's label, and whether it came from the default (``--label``)."""
@@ -205,7 +169,9 @@ class Tagger:
         fieldname = self.options.response_field
         answer = rec.get(fieldname)
         if answer is not None and not isinstance(answer, str):
-            raise RecordError(f"{fieldname!r} must be a string, got {_type(answer)}", path=name, line=line)
+            raise RecordError(
+                f"{fieldname!r} must be a string, got {json_type(answer)}", path=name, line=line
+            )
         if answer is None or not answer.strip():
             if label == "refuse":
                 self.stats.default_refusals += 1
@@ -256,9 +222,3 @@ class Tagger:
         """Yield the tagged record for each ``(line_number, record)``."""
         for line, rec in records:
             yield self.tag(rec, name, line)
-
-
-def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )

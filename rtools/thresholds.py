@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .records import RecordError, atomic_write_json, parse_line
+from .records import RecordError, atomic_write_json, json_type, parse_line
 from .tokens import slugify
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,7 +117,7 @@ def check_probability(value: Any, what: str) -> float:
     if value is None:
         raise RecordError(f"{what} is null, expected a probability")
     if value.__class__ is bool or not isinstance(value, int | float):
-        raise RecordError(f"{what} must be a number, got {_json_type(value)}")
+        raise RecordError(f"{what} must be a number, got {json_type(value)}")
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise RecordError(f"{what} is {value}, outside [0, 1]")
     return float(value)
@@ -140,26 +140,12 @@ def get_p_cat(record: Mapping[str, Any], required: bool = True) -> dict[str, flo
             )
         return None
     if not isinstance(pc, dict):
-        raise RecordError(f"p_cat must be an object {{slug: probability}}, got {_json_type(pc)}")
+        raise RecordError(f"p_cat must be an object {{slug: probability}}, got {json_type(pc)}")
     if not pc:
         raise RecordError("p_cat is empty")
     for slug, p in pc.items():
         check_probability(p, f"p_cat.{slug}")
     return pc
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +193,7 @@ class Thresholds:
     def from_dict(cls, d: Any) -> Thresholds:
         """Parse ``{"threshold": T}`` or ``{"categories": {...}, "default": T}`` (+ metadata)."""
         if not isinstance(d, dict):
-            raise ValueError(f"expected a JSON object, got {_json_type(d)}")
+            raise ValueError(f"expected a JSON object, got {json_type(d)}")
         if "threshold" in d and ("categories" in d or "default" in d):
             raise ValueError('give either "threshold" or "categories"/"default", not both')
         if "threshold" not in d and "categories" not in d and "default" not in d:
@@ -217,7 +203,7 @@ class Thresholds:
             return cls(threshold=check_threshold(d["threshold"], "threshold"), meta=meta)
         cats = d.get("categories", {})
         if not isinstance(cats, dict):
-            raise ValueError(f'"categories" must be an object {{slug: threshold}}, got {_json_type(cats)}')
+            raise ValueError(f'"categories" must be an object {{slug: threshold}}, got {json_type(cats)}')
         default = check_threshold(d["default"], "default") if d.get("default") is not None else None
         categories: dict[str, float] = {}
         for slug, t in cats.items():
@@ -318,7 +304,7 @@ def _slug_or_none(name: str) -> str | None:
 def check_threshold(value: Any, what: str = "threshold") -> float:
     """A threshold: a number in [0, 1]; ValueError otherwise."""
     if value.__class__ is bool or not isinstance(value, int | float):
-        raise ValueError(f"{what} must be a number in [0, 1], got {_json_type(value)}")
+        raise ValueError(f"{what} must be a number in [0, 1], got {json_type(value)}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{what} must be in [0, 1], got {value}")
     return float(value)

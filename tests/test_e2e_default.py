@@ -151,3 +151,24 @@ def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
     for g in out["0"] + out["1"]:
         assert g["consistent"] == (g["refusal"] == (g["decision"] == "refuse"))
         assert "[refuse]" not in g["response"] and "[respond]" not in g["response"]
+
+
+@pytest.mark.skipif(
+    not _have_default_model(), reason="the embedded default model is not installed (make install)"
+)
+def test_first_use_builds_the_cache_quietly(tmp_path):
+    """A fresh machine: the first command de-quantizes the GGUF into an empty XDG cache, silently
+    under -q (nothing for a cron job's mail); the second reuses the cache and scores the same."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "How do I boil an egg?"}\n{"id": 2, "prompt": "Hi"}\n')
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("RT_MODEL", None)
+    cmd = [os.path.join(BIN, "rt-score"), "-q", "--allow-untrained", str(prompts)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    cached = tmp_path / "cache" / "rtools" / "models" / "SmolLM2-135M-Instruct"
+    assert (cached / "model.safetensors").is_file() and (cached / "rtools_source.json").is_file()
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and second.stderr == ""
+    assert second.stdout == first.stdout

@@ -240,7 +240,7 @@ def test_non_string_response_is_an_error(value, tag):
 @pytest.mark.parametrize(
     "rec,message",
     [
-        ({"response": "r"}, "no 'prompt' or 'messages' field"),
+        ({"response": "r"}, "missing 'prompt' (or 'messages')"),
         ({"prompt": "", "response": "r"}, "empty 'prompt'"),
         ({"prompt": "   ", "response": "r"}, "empty 'prompt'"),
         ({"prompt": 5, "response": "r"}, "'prompt' must be a string"),
@@ -251,7 +251,7 @@ def test_non_string_response_is_an_error(value, tag):
         ({"messages": ["hi"], "response": "r"}, "messages[0] must be an object"),
         (
             {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-            "must end with a user turn",
+            "must end with the user turn to decide on",
         ),
         (
             {"messages": [{"role": "user", "content": ""}], "response": "r"},

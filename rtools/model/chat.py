@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import RecordError
+from ..records import conversation
 
 SENTINEL = "\u2063RTOOLS\u2063ANSWER\u2063"
 
@@ -19,37 +19,8 @@ def record_messages(
     record: dict[str, Any], name: str | None = None, line: int | None = None
 ) -> list[dict[str, str]]:
     """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``."""
-    msgs = record.get("messages")
-    if msgs is not None:
-        if not isinstance(msgs, list) or not msgs:
-            raise RecordError("'messages' must be a non-empty list of {role, content}", path=name, line=line)
-        out = []
-        for i, m in enumerate(msgs):
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)
-            ):
-                raise RecordError(
-                    f"messages[{i}] must be an object with string 'role' and 'content'", path=name, line=line
-                )
-            out.append({"role": m["role"], "content": m["content"]})
-        if out[-1]["role"] != "user":
-            raise RecordError(
-                f"'messages' must end with the user turn to decide on, not a {out[-1]['role']!r} turn",
-                path=name,
-                line=line,
-                hint="drop the answer, or score the prompt field",
-            )
-        return out
-    prompt = record.get("prompt")
-    if prompt is None:
-        raise RecordError("missing 'prompt' (or 'messages')", path=name, line=line)
-    if not isinstance(prompt, str):
-        raise RecordError(f"'prompt' must be a string, got {type(prompt).__name__}", path=name, line=line)
-    if not prompt.strip():
-        raise RecordError("empty 'prompt'", path=name, line=line)
-    return [{"role": "user", "content": prompt}]
+    msgs = conversation(record, name, line, hint="drop the answer, or score the prompt field")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 class ChatEncoder:

@@ -12,12 +12,15 @@ Model resolution, first match wins:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +69,26 @@ def _file_digest(path: str, limit: int = 1 << 20) -> str:
     return f"{os.path.getsize(path)}:{h.hexdigest()[:16]}"
 
 
+@contextlib.contextmanager
+def _gguf_progress(disable: bool | None) -> Iterator[None]:
+    """transformers' GGUF reader draws a plain tqdm bar that disable_progress_bar() does not reach
+    (it would land in a cron job's mail): hide it when quiet, else show it on a terminal only."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - another transformers layout
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=disable)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def default_model_dir(quiet: bool = True) -> str:
     """The embedded default as a plain safetensors model directory (built once, atomically)."""
     gguf = embedded_gguf_path()
@@ -86,8 +109,9 @@ def default_model_dir(quiet: bool = True) -> str:
 
     hf_logging.disable_progress_bar()
     directory, name = os.path.split(gguf)
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
+    with _gguf_progress(None if not quiet else True):
+        tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
     # the weights are de-quantized by now: drop the GGUF marker so they save as plain safetensors
     model.hf_quantizer = None
     model.is_quantized = False
