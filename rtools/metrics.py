@@ -437,20 +437,25 @@ def summarize(data: EvalData) -> dict[str, Any]:
         raise ValueError("summarize needs decisions")
     out = summarize_rows(data.y, data.pred, data.score, data.cat_match, data.consistent)
     by_cat: dict[str, Any] = {}
-    if data.categories:
-        order = np.argsort(data.cat, kind="stable")
-        bounds = np.searchsorted(data.cat[order], np.arange(len(data.categories) + 1))
-        for code, slug in enumerate(data.categories):
-            rows = order[bounds[code] : bounds[code + 1]]
-            by_cat[slug] = summarize_rows(
-                data.y[rows],
-                data.pred[rows],
-                None if data.score is None else data.score[rows],
-                None if data.cat_match is None else data.cat_match[rows],
-                None if data.consistent is None else data.consistent[rows],
-            )
+    for slug, rows in category_rows(data).items():
+        by_cat[slug] = summarize_rows(
+            data.y[rows],
+            data.pred[rows],
+            None if data.score is None else data.score[rows],
+            None if data.cat_match is None else data.cat_match[rows],
+            None if data.consistent is None else data.consistent[rows],
+        )
     out["by_category"] = by_cat
     return out
+
+
+def category_rows(data: EvalData) -> dict[str, np.ndarray]:
+    """{slug: indices of the rows of that gold category}, in input order within each category."""
+    if not data.categories:
+        return {}
+    order = np.argsort(data.cat, kind="stable")
+    bounds = np.searchsorted(data.cat[order], np.arange(len(data.categories) + 1))
+    return {slug: order[bounds[code] : bounds[code + 1]] for code, slug in enumerate(data.categories)}
 
 
 # ---------------------------------------------------------------------------

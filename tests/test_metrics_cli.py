@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rtools import metrics as M
 from rtools.cli import run
 from rtools.commands import metrics as cmd
+from rtools.tokens import COCONOT_CATEGORIES
 
 
 def rt(args: list[str], input: bytes | str | None = None) -> tuple[int, str, str]:
@@ -174,7 +175,8 @@ def test_table_format(data_file):
     assert [ln.split()[0] for ln in lines[2:5]] == ["humanizing", "incomplete", "safety"]
     assert len({len(ln) for ln in lines[:5]}) == 1  # aligned
     code, out, _ = rt(["--format", "table", "--bootstrap", "50", data_file])
-    assert "95% bootstrap CI: f1 [" in out
+    assert "95% bootstrap CI, all: f1 [" in out
+    assert "95% bootstrap CI, safety: f1 [" in out
 
 
 def test_sweep(data_file):
@@ -231,6 +233,27 @@ def test_bootstrap_deterministic(data_file):
     for m, (lo, hi) in a["ci"].items():
         assert lo <= a[m] <= hi, m
     assert "ci" not in orjson.loads(rt([data_file])[1])
+
+
+def test_bootstrap_per_category(data_file):
+    out = orjson.loads(rt(["--bootstrap", "300", "--seed", "1", data_file])[1])
+    assert out["by_category"]
+    for slug, scope in out["by_category"].items():
+        assert set(scope["ci"]) == set(M.CI_METRICS), slug
+        for m, bounds in scope["ci"].items():
+            if scope.get(m) is None or bounds is None:
+                continue
+            lo, hi = bounds
+            assert lo <= scope[m] <= hi, (slug, m)
+    # a category's interval comes from its own rows: it matches bootstrap_ci on those rows alone
+    rows = [orjson.loads(x) for x in open(data_file, "rb") if x.strip()]
+    slug = sorted(out["by_category"])[0]
+    mine = [r for r in rows if COCONOT_CATEGORIES.get(r.get("category")) == slug]
+    assert mine
+    y = np.array([r["label"] == "refuse" for r in mine])
+    pred = np.array([r["decision"] == "refuse" for r in mine])
+    score = np.array([r["p_refuse"] for r in mine])
+    assert out["by_category"][slug]["ci"] == M.bootstrap_ci(y, pred, score, 300, seed=1)
 
 
 def test_gates(data_file):

@@ -103,8 +103,11 @@ def summary_table(summary: dict[str, Any], ci_level: float | None = None) -> str
     text = format_table(["category"] + [h for h, _ in cols], rows)
     text += "FRR = false_refusal_rate fp/(fp+tn); MRR = missed_refusal_rate fn/(fn+tp); - = undefined\n"
     if "ci" in summary and ci_level is not None:
-        parts = [f"{m} [{_fmt(b[0])}, {_fmt(b[1])}]" if b else f"{m} -" for m, b in summary["ci"].items()]
-        text += f"{ci_level:.0%} bootstrap CI: " + ", ".join(parts) + "\n"
+        for name, scope in scopes:
+            if "ci" not in scope:
+                continue
+            parts = [f"{m} [{_fmt(b[0])}, {_fmt(b[1])}]" if b else f"{m} -" for m, b in scope["ci"].items()]
+            text += f"{ci_level:.0%} bootstrap CI, {name}: " + ", ".join(parts) + "\n"
     return text
 
 
@@ -262,6 +265,15 @@ def command(
     if bootstrap:
         assert data.pred is not None
         summary["ci"] = M.bootstrap_ci(data.y, data.pred, data.score, bootstrap, seed=seed, ci=ci_level)
+        for slug, rows in M.category_rows(data).items():  # each category resampled on its own rows
+            summary["by_category"][slug]["ci"] = M.bootstrap_ci(
+                data.y[rows],
+                data.pred[rows],
+                None if data.score is None else data.score[rows],
+                bootstrap,
+                seed=seed,
+                ci=ci_level,
+            )
     if fmt == "table":
         out.write(summary_table(summary, ci_level if bootstrap else None).encode())
     else:
@@ -319,8 +331,9 @@ by_category          {slug: the keys above for that category's rows}; {} when no
 threshold            the --threshold value, when given
 ci                   with --bootstrap N: {metric: [lo, hi]} percentile intervals at level --ci
                      for f1, precision, recall, false_refusal_rate, missed_refusal_rate,
-                     refusal_rate, accuracy, auroc, auprc (overall only; null when the metric
-                     is undefined in every resample). Same --seed, same intervals.
+                     refusal_rate, accuracy, auroc, auprc (null when the metric is undefined
+                     in every resample); also in each by_category entry, resampled from that
+                     category's rows alone. Same --seed, same intervals.
 
 Empty input prints a summary with n = 0 and null ratios, and exits 0.
 
