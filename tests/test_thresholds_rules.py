@@ -468,14 +468,14 @@ def test_fitted_fpr_threshold_keeps_the_rate_and_maximises_recall(rows, target):
         assert tp == max(feasible)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.booleans(), st.sampled_from([*SLUGS, None]), p_cats),
-        min_size=1,
-        max_size=25,
-    )
+#: labelled rows for the per-category fits: (refuse?, category or None, {slug: p})
+labelled_cat_rows = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([*SLUGS, None]), p_cats), min_size=1, max_size=25
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(labelled_cat_rows)
 def test_per_category_f1_fit_is_a_local_optimum(rows):
     data = fit_data([("refuse" if y else "respond", c, pc) for y, c, pc in rows])
     t = fit(data, Objective("f1"), per_category=True)
@@ -493,13 +493,7 @@ def test_per_category_f1_fit_is_a_local_optimum(rows):
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.booleans(), st.sampled_from([*SLUGS, None]), p_cats),
-        min_size=1,
-        max_size=25,
-    )
-)
+@given(labelled_cat_rows)
 def test_per_category_f1_fit_is_never_worse_than_one_shared_threshold(rows):
     data = fit_data([("refuse" if y else "respond", c, pc) for y, c, pc in rows])
     t = fit(data, Objective("f1"), per_category=True)
