@@ -350,16 +350,19 @@ def main() -> None:
     run = Runner(out, reuse=args.reuse)
     paths = prepare(data_dir, out, scale, args.seed)
     lora = scale["lora"] + shlex.split(args.lora_flags) + ["--seed", str(args.seed), "--overwrite", "-q"]
-    # seconds per stage; a --reuse run keeps the times of the run that produced what it reuses
-    times_path = os.path.join(out, "times.json")
-    earlier: dict[str, float] = {}
-    if args.reuse and os.path.exists(times_path):
-        with open(times_path, "rb") as fh:
+    # seconds per stage and the machine; a --reuse run keeps those of the run that made what it reuses
+    info_path = os.path.join(out, "run.json")
+    earlier: dict[str, Any] = {"times": {}}
+    if args.reuse and os.path.exists(info_path):
+        with open(info_path, "rb") as fh:
             earlier = orjson.loads(fh.read())
     times: dict[str, float] = {}
+    ran = False
 
     def timed(stage: str, seconds: float | None) -> None:
-        times[stage] = earlier.get(stage, 0.0) if seconds is None else seconds
+        nonlocal ran
+        ran = ran or seconds is not None
+        times[stage] = earlier["times"].get(stage, 0.0) if seconds is None else seconds
 
     models = {
         "single": ("train_contrast", ["--mode", "single"]),
@@ -385,9 +388,10 @@ def main() -> None:
                     stdout=os.path.join(out, f"{name}.{split}.scored.jsonl"),
                 ),
             )
-    with open(times_path + ".tmp", "wb") as fh:
-        fh.write(orjson.dumps(times, option=orjson.OPT_INDENT_2))
-    os.replace(times_path + ".tmp", times_path)
+    where = machine() if ran or "machine" not in earlier else earlier["machine"]
+    with open(info_path + ".tmp", "wb") as fh:
+        fh.write(orjson.dumps({"machine": where, "times": times}, option=orjson.OPT_INDENT_2))
+    os.replace(info_path + ".tmp", info_path)
     sc = {
         (m, s): read_jsonl(os.path.join(out, f"{m}.{s}.scored.jsonl"))
         for m in models
@@ -455,13 +459,75 @@ def main() -> None:
         contrast_rows.append((missed, tw, frr_w, tn, frr_n))
 
     write_report(
-        out, args, scale, paths, ctl, rocs, f1_percat, f1_global, fitted_base, base, cc, contrast_rows, times
+        out,
+        args,
+        scale,
+        paths,
+        ctl,
+        rocs,
+        f1_percat,
+        f1_global,
+        fitted_base,
+        base,
+        cc,
+        contrast_rows,
+        times,
+        where,
     )
     print(os.path.join(out, "REPORT.md"))
 
 
+def machine() -> str:
+    """Where the models were trained and scored, for the report (CPU count, torch, threads)."""
+    import platform
+
+    import torch
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), {where}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}"
+    )
+
+
+def gpu_reference() -> str:
+    """What an H200 measured for the single-token recipe (bench/results/recipe_h200.jsonl), if present."""
+    path = os.path.join(ROOT, "bench", "results", "recipe_h200.jsonl")
+    rows = read_jsonl(path) if os.path.exists(path) else []
+    strong = [r for r in rows if r["recipe"] == "strong"]
+    naive = [r for r in rows if r["recipe"] == "naive"]
+    if not strong:
+        return "No GPU run is recorded.\n"
+    s = strong[0]
+    text = (
+        f"This report's runs are CPU runs. The single-token recipe with today's default loss settings was "
+        f"also trained on an H200 by `bench/recipe.py` (bench/results/recipe_h200.jsonl, recipe `strong`): "
+        f"a similar but not identical split (half of coconot_eval's refusal rows + every coconot_pref row, "
+        f"{s['train_rows']} training rows, 3 epochs, bf16 LoRA; test: the other half vs all of "
+        f"coconot_contrast_eval, {s['test_rows']} rows): AUROC **{s['auroc']:.3f}**, own choice refusing "
+        f"{s['own_choice_refusal_rate_refusal_rows']:.1%} of the refusal rows and "
+        f"{s['own_choice_refusal_rate_contrast_rows']:.1%} of the contrast rows"
+    )
+    if naive:
+        text += f" (plain SFT on the same split: AUROC {naive[0]['auroc']:.3f})"
+    return text + ". The category and no-contrast models have not been run on a GPU yet.\n"
+
+
 def write_report(
-    out, args, scale, paths, ctl, rocs, f1_percat, f1_global, fitted_base, base, cc, contrast_rows, times
+    out,
+    args,
+    scale,
+    paths,
+    ctl,
+    rocs,
+    f1_percat,
+    f1_global,
+    fitted_base,
+    base,
+    cc,
+    contrast_rows,
+    times,
+    where,
 ) -> None:
     n = {k: sum(1 for _ in open(v)) for k, v in paths.items()}
     L = []
@@ -473,6 +539,7 @@ def write_report(
         f"SmolLM2-135M-Instruct, LoRA via rt-lora with its default loss; rt-lora flags: "
         f"`{' '.join(scale['lora'] + shlex.split(args.lora_flags))}`.\n"
     )
+    w(f"Machine: {where}.\n")
     w(
         f"Rows: train with contrast {n['train_contrast']}, train without contrast {n['train_nocontrast']}, "
         f"dev {n['dev']}, test {n['test']} (split by subcategory, seed {args.seed}; no test prompt is trained on).\n"
@@ -520,6 +587,20 @@ def write_report(
             f"| {r['category']} | {r['base_threshold']:.3f} → {r['new_threshold']:.3f} | {r['own_change']:+.1%} | "
             f"{r['max_other_change']:.1%} | {r['contrast_change']:+.1%} | {'yes' if r['max_other_change'] <= 0.05 else 'no'} |"
         )
+    moved = [r for r in cc if r.get("new_threshold") is not None]
+    indep = [r["category"] for r in moved if r["max_other_change"] <= 0.05]
+    verdict = "yes" if cc and len(indep) == len(cc) else "partly" if indep else "no"
+    w(
+        f"\nIndependent (one category moved >= 30 points, every other <= 5 points) for {len(indep)} of "
+        f"{len(cc)} categories (claim reproduced: **{verdict}**)."
+        + (
+            " Where it fails, the other category's rows carry the moved category's probability: the model "
+            "confuses the two categories on those rows (see cat_acc in `rt-metrics` on "
+            "category.test.scored.jsonl)."
+            if verdict != "yes"
+            else ""
+        )
+    )
     w(
         "\nPer-category thresholds fitted for F1 on the dev split (`rt-threshold --fit f1 --per-category`): "
         + ", ".join(f"{s} {t:.3f}" for s, t in fitted_base.items())
@@ -548,9 +629,11 @@ def write_report(
         f"\nContrast data lowers the false-refusal rate at {lower} of {len(contrast_rows)} operating points "
         f"(claim reproduced: **{'yes' if lower == len(contrast_rows) else 'partly' if lower else 'no'}**).\n"
     )
+    w("## On a GPU\n")
+    w(gpu_reference())
     w("## Time\n")
     w(
-        "Wall time of each stage in the run that produced the models and scores (times.json; a `--reuse` "
+        "Wall time of each stage in the run that produced the models and scores (run.json; a `--reuse` "
         "run keeps them): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
         + f"; {sum(times.values()) / 60:.1f} min in all.\n"
