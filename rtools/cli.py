@@ -126,8 +126,20 @@ def model_options(fn: Callable) -> Callable:
 
 
 def common_options(fn: Callable) -> Callable:
-    """-q, -v (the input argument is added separately, since not every command takes one)."""
-    return quiet_option(verbose_option(fn))
+    """-q, -v, -V (the input argument is added separately, since not every command takes one)."""
+    return quiet_option(verbose_option(version_option(fn)))
+
+
+def version_option(fn: Callable) -> Callable:
+    from . import __version__
+
+    return click.version_option(
+        __version__,
+        "-V",
+        "--version",
+        message="%(prog)s (rtools) %(version)s",
+        help="Show the version and exit.",
+    )(fn)
 
 
 def show_progress(quiet: bool) -> bool:

@@ -305,3 +305,13 @@ def test_every_light_command_has_a_console_script():
     for name in LIGHT:
         if _exists(name):
             assert os.path.exists(os.path.join(os.path.dirname(sys.executable), name)), name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version(name, flag, invoke):
+    from rtools import __version__
+
+    r = invoke(name, [flag])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"{name} (rtools) {__version__}\n"
