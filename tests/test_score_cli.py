@@ -147,6 +147,8 @@ GOOD = [{"id": 1, "prompt": "Hi"}, {"id": 2, "prompt": "What is the capital of F
         ('{"messages": []}', "'messages' must be a non-empty list"),
         ('{"messages": ["Hi"]}', "messages[0] must be an object"),
         ('{"messages": [{"role": "user", "content": 7}]}', "messages[0] must be an object"),
+        ('{"messages": [{"role": "user", "content": " "}]}', "the last user turn in 'messages' is empty"),
+        ('{"prompt": 42}', "got a number"),
         ('{"prompt": "Hi"', "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
     ],
