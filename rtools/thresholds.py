@@ -833,32 +833,16 @@ def _best_f1_start(scores: np.ndarray, y: np.ndarray, own_fits: list[float]) -> 
     any-category-fires rule with equal thresholds), so the per-category fit is never worse on the
     fitting data than one threshold for all categories. Ties go to start 2 (fewer free choices).
     """
-
     shared = fit_threshold(scores.max(axis=1)[y], scores.max(axis=1)[~y], Objective("f1"))
-    best: tuple[float, list[float]] | None = None
-    for start in ([shared] * scores.shape[1], own_fits):
-        t = _coordinate_ascent_f1(scores, y, start)
-        f1 = _any_fires_f1(scores, y, t)
-        if best is None or f1 > best[0] + TIE_TOLERANCE:
-            best = (f1, t)
-    assert best is not None
-    return best[1]
-
-
-def _any_fires_f1(scores: np.ndarray, y: np.ndarray, thresholds: list[float]) -> float:
-    import numpy as np
-
-    refused = (scores >= np.array(thresholds)).any(axis=1)
-    tp = int((refused & y).sum())
-    fp = int((refused & ~y).sum())
-    n_pos = int(y.sum())
-    return 2 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0
+    best_f1, best = _coordinate_ascent_f1(scores, y, [shared] * scores.shape[1])
+    f1, t = _coordinate_ascent_f1(scores, y, own_fits)
+    return t if f1 > best_f1 + TIE_TOLERANCE else best
 
 
 def _coordinate_ascent_f1(
     scores: np.ndarray, y: np.ndarray, thresholds: list[float], max_sweeps: int = 50
-) -> list[float]:
-    """Improve the overall F1 of the any-category-fires rule one category at a time.
+) -> tuple[float, list[float]]:
+    """Improve the overall F1 of the any-category-fires rule one category at a time; (F1, thresholds).
 
     Each step moves one category's threshold to its best value given the others, and is taken
     only when it strictly improves F1, so the search ends; ties keep the current threshold.
@@ -894,7 +878,7 @@ def _coordinate_ascent_f1(
                 improved = True
         if not improved:
             break
-    return [float(x) for x in t]
+    return current, [float(x) for x in t]
 
 
 def iter_decided(records: Iterable[dict[str, Any]], rule: Thresholds) -> Iterator[dict[str, Any]]:
