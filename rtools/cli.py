@@ -147,6 +147,25 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def progress_bar(quiet: bool, unit: str) -> Any:
+    """A tqdm bar on stderr named after the program, or None (see show_progress)."""
+    if not show_progress(quiet):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=prog(), unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def load_model(model: str | None, quiet: bool, **options: Any) -> Any:
+    """load_for_inference with the model_options values; a ModelError becomes the usual error exit."""
+    from .model.loading import ModelError, load_for_inference
+
+    try:
+        return load_for_inference(model, quiet=quiet, **options)
+    except ModelError as e:
+        raise fail(str(e)) from None
+
+
 def warn(message: str) -> None:
     click.echo(f"{prog()}: {message}", err=True)
 

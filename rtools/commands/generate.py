@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..cli import (
@@ -11,8 +9,9 @@ from ..cli import (
     entry_point,
     fail,
     input_argument,
+    load_model,
     model_options,
-    show_progress,
+    progress_bar,
     unbuffered_option,
 )
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
@@ -244,25 +243,21 @@ def command(
 
     from ..model.chat import ChatEncoder, record_messages
     from ..model.generation import ControlChooser, Generator, Sampling, end_ids, record_decision
-    from ..model.loading import ModelError, load_for_inference
     from ..model.scoring import windows
     from ..tokens import CATEGORY
 
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
-        try:
-            lm = load_for_inference(
-                model,
-                device=device,
-                dtype=dtype,
-                load_4bit=load_4bit,
-                allow_untrained=allow_untrained,
-                trust_remote_code=trust_remote_code,
-                quiet=quiet,
-            )
-        except ModelError as e:
-            raise fail(str(e)) from None
+        lm = load_model(
+            model,
+            quiet,
+            device=device,
+            dtype=dtype,
+            load_4bit=load_4bit,
+            allow_untrained=allow_untrained,
+            trust_remote_code=trust_remote_code,
+        )
         token_map = lm.token_map
         if rule.mode == "category":
             if token_map.mode != CATEGORY:
@@ -293,11 +288,7 @@ def command(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
         )
         tokens = token_map.tokens()
-        bar = None
-        if show_progress(quiet):
-            from tqdm import tqdm
-
-            bar = tqdm(desc="rt-generate", unit="answer", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(quiet, "answer")
         pending: RecordError | None = None
         count = 0
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..cli import (
     common_options,
     entry_point,
-    fail,
     input_argument,
+    load_model,
     model_options,
-    show_progress,
+    progress_bar,
     unbuffered_option,
 )
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
@@ -90,24 +88,20 @@ def command(
     quiet,
 ):
     from ..model.chat import ChatEncoder, record_messages
-    from ..model.loading import ModelError, load_for_inference
     from ..model.scoring import Scorer, windows
 
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
-        try:
-            lm = load_for_inference(
-                model,
-                device=device,
-                dtype=dtype,
-                load_4bit=load_4bit,
-                allow_untrained=allow_untrained,
-                trust_remote_code=trust_remote_code,
-                quiet=quiet,
-            )
-        except ModelError as e:
-            raise fail(str(e)) from None
+        lm = load_model(
+            model,
+            quiet,
+            device=device,
+            dtype=dtype,
+            load_4bit=load_4bit,
+            allow_untrained=allow_untrained,
+            trust_remote_code=trust_remote_code,
+        )
         encoder = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
         scorer = Scorer(
             lm.model,
@@ -119,11 +113,7 @@ def command(
             temperature=temperature,
             pad_id=lm.tokenizer.pad_token_id or 0,
         )
-        bar = None
-        if show_progress(quiet):
-            from tqdm import tqdm
-
-            bar = tqdm(desc="rt-score", unit="prompt", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(quiet, "prompt")
         pending: RecordError | None = None
 
         def encoded():
