@@ -514,7 +514,20 @@ def test_man_sections():
     assert set(threshold.MAN) == {"FIELDS READ", "FIELDS WRITTEN", "THRESHOLD FILE", "EXAMPLES"}
     assert all(isinstance(v, str) and v.strip() for v in threshold.MAN.values())
     assert EXIT_STATUS_DOC  # rendered with the man page by rtools.cli's table
-    assert threshold.command.name == "rt-threshold" or threshold.main
+
+
+def test_main_runs_rt_threshold(monkeypatch, capsys):
+    """Issue 9, bug 3: the entry point runs this command under its own name (the old assertion,
+    ``command.name == "rt-threshold" or threshold.main``, was true whatever the name)."""
+    from rtools import __version__
+    from rtools.commands import threshold
+
+    assert threshold.command.name == "rt-threshold"
+    monkeypatch.setattr(sys, "argv", ["whatever", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        threshold.main()
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"rt-threshold (rtools) {__version__}\n"
 
 
 def test_unbuffered_streams_record_by_record(script):

@@ -130,7 +130,7 @@ def build_options(
     )
 
 
-@click.command(help=HELP, short_help="Prefix every assistant answer with its control token.")
+@click.command("rt-tag", help=HELP, short_help="Prefix every assistant answer with its control token.")
 @input_argument
 @click.option(
     "-m",

@@ -202,7 +202,7 @@ def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file:
     return Thresholds(categories=cats, default=default)
 
 
-@click.command(help=HELP, short_help="Turn refusal scores into decisions, or fit thresholds.")
+@click.command("rt-threshold", help=HELP, short_help="Turn refusal scores into decisions, or fit thresholds.")
 @input_argument
 @rule_options
 @click.option(
