@@ -129,10 +129,14 @@ class TokenMap:
             return cls.single(refuse=d.get("refuse", "[refuse]"), respond=d.get("respond", "[respond]"))
         return cls(mode=CATEGORY, respond=d.get("respond", "[respond]"), categories=dict(d["categories"]))
 
-    def save(self, directory: str | os.PathLike) -> str:
-        """Write rtools_tokens.json; key order is kept, since category order fixes token ids."""
-        path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the map as JSON to ``path``; key order is kept, since category order fixes token ids."""
         atomic_write_bytes(path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+
+    def save(self, directory: str | os.PathLike) -> str:
+        """Write rtools_tokens.json into ``directory`` (see :meth:`write`)."""
+        path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
+        self.write(path)
         return path
 
     @classmethod

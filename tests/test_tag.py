@@ -500,3 +500,28 @@ def test_runs_as_module_free_of_heavy_imports():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tag_token_map_keeps_category_order(tmp_path, tag):
+    """Issue 9, bug 2: rt-tag wrote its --token-map with sorted keys, so the categories came out
+    alphabetical, unlike TokenMap.save; category order fixes the token ids, p_cat order and ties."""
+    tm = tmp_path / "tokens.json"
+    tag([], "-m", "category", "--categories", "unsupported,safety,Humanizing", "--token-map", str(tm))
+    text = tm.read_text()
+    assert list(json.loads(text)["categories"]) == ["unsupported", "safety", "humanizing"]
+    loaded = TokenMap.from_dict(json.loads(text))
+    assert loaded.tokens() == ["[refuse:unsupported]", "[refuse:safety]", "[refuse:humanizing]", "[respond]"]
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with open(loaded.save(adapter)) as fh:  # what rt-lora saves next to the adapter
+        assert fh.read() == text
+    assert TokenMap.load(adapter) == loaded
+    tm.unlink()
+    tag([], "-m", "category", "--token-map", str(tm))  # the default categories, in CoCoNot's order
+    assert list(json.loads(tm.read_text())["categories"]) == [
+        "safety",
+        "humanizing",
+        "incomplete",
+        "indeterminate",
+        "unsupported",
+    ]

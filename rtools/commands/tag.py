@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
-from ..records import RecordWriter, atomic_write_json, display_name, read_records
+from ..records import RecordWriter, display_name, read_records
 from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT, SEPARATORS, Tagger, TagOptions
 from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, TokenMap, category_token, slugify
 
@@ -253,7 +253,7 @@ def command(
     )
     if token_map_path:
         # The map depends only on the flags: write it first, so that `rt-tag ... | head` still leaves it.
-        atomic_write_json(token_map_path, options.token_map.to_dict())
+        options.token_map.write(token_map_path)  # category order kept: it fixes the token ids
     tagger = Tagger(options)
     out = RecordWriter(unbuffered=unbuffered)
     name = display_name(file)
