@@ -315,3 +315,33 @@ def test_version(name, flag, invoke):
     r = invoke(name, [flag])
     assert r.exit_code == 0, r.stderr
     assert r.stdout == f"{name} (rtools) {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "args,records,sklearn",
+    [
+        (["--help"], None, False),
+        (["--version"], None, False),
+        (
+            ["-q"],
+            [{"label": "refuse", "decision": "refuse"}, {"label": "respond", "decision": "refuse"}],
+            False,
+        ),
+        (["-q"], LIGHT["rt-metrics"]["records"], True),  # scores present: AUROC needs scikit-learn
+    ],
+    ids=["help", "version", "no-scores", "scores"],
+)
+def test_metrics_imports_sklearn_only_for_scores(args, records, sklearn, infile, tmp_path):
+    """Issue 9: rt-metrics does not pay for importing scikit-learn when nothing asks for it."""
+    result = tmp_path / "probe.json"
+    files = [infile(records)] if records is not None else []
+    probe = _PROBE.format(heavy=repr(("sklearn", "scipy", "matplotlib")))
+    r = subprocess.run(
+        [sys.executable, "-c", probe, "rt-metrics", str(result), *args, *files], capture_output=True
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(result.read_text())
+    assert got["code"] == 0, r.stderr
+    assert got["at_import"] == []
+    assert ("sklearn" in got["after_run"]) is sklearn, got
+    assert "matplotlib" not in got["after_run"]
