@@ -16,11 +16,23 @@ and ``decision_cat`` (a slug or None):
   firing slug with the highest ``p_cat`` (first in ``p_cat`` order on ties). Categories are
   independent: one category's threshold never changes whether another one fires.
 
-Fitting chooses thresholds on labelled records for an objective: ``f1`` (positive class =
-refuse), ``rate=R`` (refusal rate closest to R) or ``fpr=R`` (maximum recall with
-false_refusal_rate = fp/(fp+tn) <= R). Candidate thresholds are 0, 1 and the midpoints
-between consecutive distinct scores, so fits are deterministic; among equally good
-candidates the highest threshold (fewest refusals) wins. Fitting imports numpy lazily;
+Fitting chooses thresholds for an objective, named by rt-metrics' summary keys: ``f1``
+(positive class = refuse), ``refusal_rate=R`` (alias ``rate=R``: the refusal rate closest to
+R), ``false_refusal_rate=R`` (alias ``fpr=R``: maximum recall with fp/(fp+tn) <= R),
+``missed_refusal_rate=R`` (alias ``missed=R``; ``recall=R`` is ``missed=1-R``: the highest
+threshold, so the fewest refusals and the lowest false-refusal rate, with fn/(fn+tp) <= R)
+and ``budget=B`` (the lowest threshold with refusal rate <= B, a quantile of the scores; the
+only objective that needs no labels). Candidate thresholds are 0, 1 and the midpoints between
+consecutive distinct scores, so fits are deterministic; among equally good candidates the
+highest threshold (fewest refusals) wins.
+
+Ties: ``p >= t`` refuses, so rows with the same score are always decided together and a
+rate counts every tied row on the same side: when a tie straddles the target (say 10 rows
+at one score and room for 3 within the budget), the whole tie stays below the threshold and
+the reached rate is below the target. Nothing is split at random. When no candidate meets a
+constraint (a budget smaller than the share of rows at p = 1, a false-refusal target below
+the rate of respond rows at p = 1), the fit falls back to the fewest violations (threshold 1
+for a budget, the lowest false-refusal rate for ``fpr``). Fitting imports numpy lazily;
 applying rules needs nothing but the standard library and orjson.
 """
 
@@ -575,38 +587,83 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
 
 @dataclass(frozen=True)
 class Objective:
-    """What a fit maximises: ``f1``, ``rate`` (target refusal rate) or ``fpr`` (max false-refusal rate)."""
+    """What a fit optimises; ``kind`` is one of :data:`OBJECTIVES`, ``target`` its number.
+
+    ``f1``: maximise F1. ``rate``: refusal rate closest to the target. ``fpr``: maximise recall
+    with false_refusal_rate <= target. ``missed``: the highest threshold (fewest refusals, so the
+    lowest false-refusal rate) with missed_refusal_rate <= target. ``budget``: the lowest threshold
+    with refusal_rate <= target, needing no labels. ``spelled`` is how the objective is written
+    (``recall=0.95`` is ``missed`` with target 0.05); it does not take part in comparisons.
+    """
 
     kind: str
     target: float | None = None
+    spelled: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        return self.kind if self.target is None else f"{self.kind}={self.target:g}"
+        if self.spelled is not None:
+            return self.spelled
+        name = OBJECTIVE_NAMES[self.kind]
+        return name if self.target is None else f"{name}={self.target:g}"
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.kind != "budget"
 
     @classmethod
     def parse(cls, text: str) -> Objective:
-        kind, sep, value = text.strip().partition("=")
-        kind = kind.strip().lower()
+        """``f1``, ``false_refusal_rate=R`` (alias ``fpr=R``), ``missed_refusal_rate=R`` (``missed=R``),
+        ``recall=R``, ``refusal_rate=R`` (``rate=R``) or ``budget=B``; ValueError otherwise."""
+        name, sep, value = text.strip().partition("=")
+        name = name.strip().lower()
+        kind = OBJECTIVE_ALIASES.get(name)
         if kind == "f1" and not sep:
             return cls("f1")
-        if kind in ("rate", "fpr"):
+        if kind is not None and kind != "f1":
             if not sep:
-                raise ValueError(f"{kind} needs a target, e.g. {kind}=0.05")
+                raise ValueError(f"{name} needs a target, e.g. {name}={0.95 if name == 'recall' else 0.05}")
             try:
                 target = float(value)
             except ValueError:
-                raise ValueError(f"{kind} target is not a number: {value!r}") from None
-            if not 0.0 <= target <= 1.0:
-                raise ValueError(f"{kind} target must be in [0, 1], got {value}")
+                raise ValueError(f"{name} target is not a number: {value!r}") from None
+            if not 0.0 <= target <= 1.0:  # also rejects NaN
+                raise ValueError(f"{name} target must be in [0, 1], got {value.strip()}")
+            if name == "recall":  # recall=R is missed_refusal_rate=1-R
+                return cls("missed", 1.0 - target, spelled=f"recall={target:g}")
             return cls(kind, target)
-        raise ValueError(f"unknown objective {text!r}: expected f1, rate=R or fpr=R")
+        raise ValueError(
+            f"unknown objective {text!r}: expected f1, false_refusal_rate=R (fpr=R), "
+            "missed_refusal_rate=R (missed=R), recall=R, refusal_rate=R (rate=R) or budget=B"
+        )
+
+
+#: Each objective kind's name in the thresholds file and the summary: rt-metrics' keys.
+OBJECTIVE_NAMES = {
+    "f1": "f1",
+    "rate": "refusal_rate",
+    "fpr": "false_refusal_rate",
+    "missed": "missed_refusal_rate",
+    "budget": "budget",
+}
+#: Every accepted spelling -> kind (the short names are aliases of rt-metrics' keys).
+OBJECTIVE_ALIASES = {
+    "f1": "f1",
+    "refusal_rate": "rate",
+    "rate": "rate",
+    "false_refusal_rate": "fpr",
+    "fpr": "fpr",
+    "missed_refusal_rate": "missed",
+    "missed": "missed",
+    "recall": "missed",
+    "budget": "budget",
+}
 
 
 @dataclass
 class FitData:
     """Labelled scores for fitting: one row per record."""
 
-    labels: list[bool]  # True = gold refuse
+    labels: list[bool | None]  # True = gold refuse; None = no label (only a budget fit allows it)
     categories: list[str | None]  # gold category slug, if any
     p_refuse: list[float] = field(default_factory=list)
     slugs: list[str] = field(default_factory=list)  # p_cat columns (per-category fits)
@@ -618,19 +675,27 @@ class FitData:
 
 
 def collect_fit_data(
-    records: Iterable[tuple[int, dict[str, Any]]], name: str, per_category: bool, keep: list | None = None
+    records: Iterable[tuple[int, dict[str, Any]]],
+    name: str,
+    per_category: bool,
+    keep: list | None = None,
+    need_labels: bool = True,
 ) -> FitData:
     """Read what a fit needs from ``(line, record)`` pairs; RecordError with file:line on bad rows.
 
     ``keep``, when given, receives the records (to write them out after the fit).
+    ``need_labels=False`` (a budget fit) lets records go without a ``label`` (stored as None).
     """
     data = FitData(labels=[], categories=[])
     for lineno, r in records:
         try:
             label = r.get("label")
-            if label not in (REFUSE, RESPOND):
+            if label not in (REFUSE, RESPOND) and (need_labels or label is not None):
                 if label is None:
-                    raise RecordError("missing label: fitting needs a gold label on every record")
+                    raise RecordError(
+                        "missing label: fitting needs a gold label on every record",
+                        hint="--fit budget=B needs no labels",
+                    )
                 raise RecordError(f"label must be 'refuse' or 'respond', got {label!r}")
             try:
                 cat = slugify(r.get("category"))
@@ -653,7 +718,7 @@ def collect_fit_data(
                 data.p_refuse.append(get_probability(r, "p_refuse"))
         except RecordError as e:
             raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
-        data.labels.append(label == REFUSE)
+        data.labels.append(None if label is None else label == REFUSE)
         data.categories.append(cat)
         if keep is not None:
             keep.append(r)
@@ -699,6 +764,16 @@ def objective_scores(
         if not feasible.any():  # nothing meets the target: the lowest false-refusal rate
             return -fpr
         return np.where(feasible, recall, -np.inf)
+    if objective.kind == "missed":  # every candidate within the target ties: the highest wins
+        missed = (n_pos - tp) / n_pos if n_pos else np.zeros_like(tp)
+        return np.where(missed <= objective.target + TIE_TOLERANCE, 0.0, -np.inf)
+    if objective.kind == "budget":  # the most refusals within the budget (labels are not read)
+        n = n_pos + n_neg
+        rate = (tp + fp) / n if n else np.zeros_like(tp)
+        feasible = rate <= objective.target + TIE_TOLERANCE
+        if not feasible.any():  # rows at p = 1 alone exceed the budget: the fewest refusals
+            return -rate
+        return np.where(feasible, rate, -np.inf)
     raise ValueError(f"unknown objective {objective}")
 
 
@@ -754,11 +829,18 @@ def confusion(refused: Iterable[bool], labels: Iterable[bool]) -> dict[str, Any]
         "f1": f1,
         "refusal_rate": (tp + fp) / n if n else 0.0,
         "false_refusal_rate": fp / (fp + tn) if fp + tn else 0.0,
+        "missed_refusal_rate": fn / (fn + tp) if fn + tp else 0.0,
     }
 
 
 #: The metric each objective reports as its value.
-OBJECTIVE_METRIC = {"f1": "f1", "rate": "refusal_rate", "fpr": "recall"}
+OBJECTIVE_METRIC = {
+    "f1": "f1",
+    "rate": "refusal_rate",
+    "fpr": "recall",
+    "missed": "false_refusal_rate",
+    "budget": "refusal_rate",
+}
 
 
 def fit(data: FitData, objective: Objective, per_category: bool, fitted_on: str | None = None) -> Thresholds:
@@ -771,7 +853,11 @@ def fit(data: FitData, objective: Objective, per_category: bool, fitted_on: str 
 
     if data.n == 0:
         raise RecordError("no records to fit on", path=fitted_on)
-    y = np.array(data.labels, dtype=bool)
+    labelled = None not in data.labels
+    if objective.needs_labels and not labelled:
+        raise ValueError(f"{objective} needs a label on every record")
+    # a budget fit reads no labels: every row counts as "positive", so tp + fp = refusals
+    y = np.array(data.labels, dtype=bool) if objective.needs_labels else np.ones(data.n, dtype=bool)
     if per_category:
         scores = np.array(data.p_cat, dtype=np.float64).reshape(data.n, len(data.slugs))
         cats = np.array([data.slugs.index(c) if c in data.slugs else -1 for c in data.categories])
@@ -783,7 +869,10 @@ def fit(data: FitData, objective: Objective, per_category: bool, fitted_on: str 
         t = fit_threshold(s[y], s[~y], objective)
         result = Thresholds(threshold=t)
         refused = s >= t
-    metrics = confusion(refused.tolist(), data.labels)
+    if labelled:
+        metrics = confusion(refused.tolist(), data.labels)
+    else:  # an unlabelled budget fit: only the refusal rate is known
+        metrics = {"n": data.n, "refusal_rate": float(refused.mean())}
     result.meta = {
         "objective": str(objective),
         "objective_value": metrics[OBJECTIVE_METRIC[objective.kind]],
@@ -808,10 +897,14 @@ def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objecti
         if objective.kind == "f1":
             rows = own if (own & y).any() else everyone
             thresholds.append(fit_threshold(col[rows & y], col[rows & ~y], objective))
-        elif objective.kind == "rate":
+        elif objective.kind in ("rate", "budget"):
             rows = own if own.any() else everyone
             # the category's refusal rate among its own rows: every row counts as "positive"
             thresholds.append(fit_threshold(col[rows], col[:0], objective))
+        elif objective.kind == "missed":  # the missed rate among the category's refuse rows
+            pos_rows = own & y if (own & y).any() else y
+            # candidates from the whole column, so the threshold sits just below the kept scores
+            thresholds.append(fit_threshold(col[pos_rows], col[:0], objective, scores=col))
         else:  # fpr: recall on the category's refuse rows, FPR on its respond rows
             neg_rows = own & ~y if (own & ~y).any() else ~y
             pos_rows = own & y if (own & y).any() else y

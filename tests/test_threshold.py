@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from rtools.cli import EXIT_STATUS_DOC
+from rtools.thresholds import Objective
 
 CATS = ("safety", "humanizing", "incomplete")
 
@@ -463,7 +464,7 @@ def test_fit_save_then_apply_round_trip(objective, tmp_path, invoke):
     fitted_out = r.stdout
     t = json.loads(saved.read_text())
     assert set(t["categories"]) == {"safety", "humanizing"}
-    assert t["objective"] == objective and t["n"] == 4 and t["fitted_on"] == str(data)
+    assert t["objective"] == str(Objective.parse(objective)) and t["n"] == 4 and t["fitted_on"] == str(data)
     assert not [p for p in os.listdir(saved.parent) if p != "cats.json"]  # no temporary file left
     applied = invoke("rt-threshold", ["--thresholds", str(saved), str(data)])
     assert applied.exit_code == 0, applied.stderr

@@ -183,7 +183,7 @@ def test_parse_cat_option():
 def test_objective_parse():
     assert Objective.parse("f1") == Objective("f1")
     assert Objective.parse("rate=0.25") == Objective("rate", 0.25)
-    assert str(Objective.parse("FPR=0.05")) == "fpr=0.05"
+    assert str(Objective.parse("FPR=0.05")) == "false_refusal_rate=0.05"  # named by rt-metrics' key
     for bad in ("f2", "rate", "fpr=x", "rate=-0.1", "f1=0.5"):
         with pytest.raises(ValueError):
             Objective.parse(bad)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
-import orjson
 
 from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
-from ..records import display_name, open_input, read_records
+from ..records import display_name, dumps, open_input, read_records
 from ..thresholds import (
     DEFAULT_KEY,
     Objective,
@@ -42,8 +41,8 @@ Rules:
                   own choice. Refuse iff any category fires; decision_cat
                   is the firing category with the highest p_cat.
 
-Fitting (--fit) chooses thresholds on records with a gold `label`, and so reads all of
-its input before it writes anything. It prints the thresholds as JSON (the format
+Fitting (--fit) chooses thresholds on records with a gold `label` (budget=B needs none),
+and so reads all of its input before it writes anything. It prints the thresholds as JSON (the format
 --thresholds reads), or with --save writes them to FILE and prints the records with the
 fitted decisions. A one-line summary goes to stderr unless -q.
 
@@ -56,8 +55,12 @@ Examples:
 """
 
 FIT_HELP = (
-    "Fit thresholds on labelled records (needs all records): 'f1' (maximise F1, positive class refuse), "
-    "'rate=R' (refusal rate closest to R), 'fpr=R' (maximise recall with false refusal rate <= R)."
+    "Fit thresholds (reads all records first): 'f1' (maximise F1, positive class refuse); "
+    "'missed_refusal_rate=R' or 'missed=R' (the highest threshold, so the fewest false refusals, "
+    "with missed refusal rate <= R; 'recall=R' is missed=1-R); 'false_refusal_rate=R' or 'fpr=R' "
+    "(maximise recall with false refusal rate <= R); 'refusal_rate=R' or 'rate=R' (refusal rate "
+    "closest to R); 'budget=B' (refuse at most a share B of the records: a quantile of the scores, "
+    "no labels needed). Ties: p >= t refuses, so tied rows are decided together."
 )
 
 MAN = {
@@ -68,7 +71,8 @@ MAN = {
         "--cat for categories that have no threshold.\n\n"
         "p_cat: {slug: probability} for each refusal category (category mode). Read by --cat, "
         "--per-category, the own-choice rule when present, and --threshold to name decision_cat.\n\n"
-        "label: refuse or respond, the gold answer. Required on every record by --fit.\n\n"
+        "label: refuse or respond, the gold answer. Required on every record by --fit, except "
+        "--fit budget=B, which reads labels only to report metrics when every record has one.\n\n"
         "category: the gold refusal category (CoCoNot's names map to slugs). Read by --fit "
         "--per-category: each category's threshold is fitted on the records of that category.\n\n"
         "A field is checked when a rule reads it: a missing or non-numeric probability, or one outside "
@@ -86,10 +90,27 @@ MAN = {
         '{"categories": {SLUG: T, ...}} with an optional "default": T for every category not named '
         "(the same as --cat '*=T'). Thresholds are numbers in [0, 1]. Any other keys are metadata and "
         "are ignored when reading.\n\n"
-        "--fit writes this format with the metadata: objective (f1, rate=R or fpr=R), objective_value "
-        "(F1, the refusal rate, or the recall for fpr=R), n (records fitted on), fitted_on (the input "
-        "file) and metrics (tp, fp, tn, fn, precision, recall, f1, refusal_rate, false_refusal_rate at the "
-        "fitted thresholds). The file is written to a temporary name and renamed into place.\n\n"
+        "--fit writes this format with the metadata: objective (its canonical name, the key rt-metrics "
+        "reports: f1, refusal_rate=R, false_refusal_rate=R, missed_refusal_rate=R, recall=R or "
+        "budget=B), objective_value (F1; the refusal rate for refusal_rate and budget; the recall for "
+        "false_refusal_rate; the false refusal rate for missed_refusal_rate and recall), n (records "
+        "fitted on), fitted_on (the input file) and metrics (tp, fp, tn, fn, precision, recall, f1, "
+        "refusal_rate, false_refusal_rate, missed_refusal_rate at the fitted thresholds; n and "
+        "refusal_rate only for a budget fit on records without labels). The file is written to a "
+        "temporary name and renamed into place.\n\n"
+        "Objectives, with the names of rt-metrics' keys (the short names are aliases): f1 maximises F1. "
+        "missed_refusal_rate=R (missed=R) is the safety fit: the highest threshold whose missed refusal "
+        "rate fn/(fn+tp) is at most R, which refuses the fewest records and so has the lowest false "
+        "refusal rate of every threshold that meets the target; recall=R is missed_refusal_rate=1-R. "
+        "false_refusal_rate=R (fpr=R) maximises recall with fp/(fp+tn) at most R (when no threshold "
+        "meets R, the lowest false refusal rate). refusal_rate=R (rate=R) brings the refusal rate "
+        "closest to R. budget=B needs no labels: the lowest threshold that refuses at most a share B of "
+        "the records (a quantile of p_refuse), for unlabelled traffic; when the records at p = 1 alone "
+        "exceed B, the threshold is 1.\n\n"
+        "Ties: a record is refused when p >= t, so records with the same score are always decided "
+        "together, and a rate counts every tied record on the same side; nothing is split at random. "
+        "When a tie straddles the target (ten records at one score and room for three in the budget), "
+        "the whole tie is answered and the rate reached is below the target.\n\n"
         "Candidate thresholds are 0, 1 and the midpoints between consecutive distinct scores, so a fit "
         "is deterministic; among equally good candidates the highest threshold (fewest refusals) wins. "
         "Without --per-category one threshold is fitted on p_refuse. With it, one threshold per p_cat "
@@ -98,7 +119,12 @@ MAN = {
         "it is never worse on the fitting data than one threshold for every category; rate=R gives each category the refusal rate R among its own records; "
         "fpr=R keeps each category's false refusal rate among its own respond records at most R (all "
         "respond records when a category has none) while maximising recall on its refuse records (all "
-        "refuse records when it has none)."
+        "refuse records when it has none); missed_refusal_rate=R keeps each category's missed refusal "
+        "rate among its own refuse records at most R (all refuse records when it has none), so each "
+        "category meets the target on its own records, and all records of such categories together do; budget=B lets "
+        "each category fire on at most a share B of its own records (all records when none has that "
+        "category, as on unlabelled traffic, where k categories can refuse up to k times B in all: "
+        "for an overall budget fit one threshold without --per-category)."
     ),
     "EXAMPLES": (
         "The model's own choice, measured:\n"
@@ -111,6 +137,11 @@ MAN = {
         "    rt-score dev.jsonl > dev-scored.jsonl\n"
         "    rt-threshold --fit fpr=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
         "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-metrics\n\n"
+        "The safety fit: miss at most 5% of the refusals on the dev split, refuse as little as possible "
+        "otherwise:\n"
+        "    rt-threshold --fit missed_refusal_rate=0.05 --save safety.json dev-scored.jsonl > /dev/null\n\n"
+        "A refusal budget on unlabelled traffic: refuse at most 2% of it:\n"
+        "    rt-score traffic.jsonl | rt-threshold --fit budget=0.02\n\n"
         "Print the global threshold that maximises F1:\n"
         "    rt-threshold --fit f1 dev-scored.jsonl"
     ),
@@ -253,13 +284,15 @@ def command(
         if given:
             raise click.UsageError(f"{opt} cannot be combined with --fit (it fits the thresholds)")
     kept: list | None = [] if save_path else None
-    data = collect_fit_data(read_records(file), name, per_category, keep=kept)
+    data = collect_fit_data(
+        read_records(file), name, per_category, keep=kept, need_labels=objective.needs_labels
+    )
     result = fit(data, objective, per_category, fitted_on=name)
     if save_path:
         result.save(save_path)
         rule = Thresholds(threshold=result.threshold, categories=result.categories, default=result.default)
         for r in iter_decided(kept or [], rule):
-            out.write(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE))
+            out.write(dumps(r))
             if unbuffered:
                 out.flush()
         out.flush()
@@ -275,9 +308,12 @@ def fit_summary(result: Thresholds) -> str:
     meta = result.meta
     m = meta["metrics"]
     objective = meta["objective"]
-    if objective.startswith("fpr"):
+    kind = Objective.parse(objective).kind
+    if kind == "fpr":
         reached = f"recall={m['recall']:.4f} false_refusal_rate={m['false_refusal_rate']:.4f}"
-    elif objective.startswith("rate"):
+    elif kind == "missed":
+        reached = f"missed_refusal_rate={m['missed_refusal_rate']:.4f} false_refusal_rate={m['false_refusal_rate']:.4f}"
+    elif kind in ("rate", "budget"):
         reached = f"refusal_rate={m['refusal_rate']:.4f}"
     else:
         reached = f"f1={m['f1']:.4f}"
