@@ -146,11 +146,11 @@ def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
     assert [g["control"] for g in out["1"]] == ["[respond]"] * 3
     assert all(g["forced"] for g in out["0"] + out["1"])
     # the text follows the forced token: refusals under 0, answers under 1
-    assert sum(g["refusal"] for g in out["0"]) >= 2, [g["response"] for g in out["0"]]
-    assert sum(g["refusal"] for g in out["1"]) <= 1, [g["response"] for g in out["1"]]
+    assert sum(g["refusal"] for g in out["0"]) >= 2, [g["generation"] for g in out["0"]]
+    assert sum(g["refusal"] for g in out["1"]) <= 1, [g["generation"] for g in out["1"]]
     for g in out["0"] + out["1"]:
         assert g["consistent"] == (g["refusal"] == (g["decision"] == "refuse"))
-        assert "[refuse]" not in g["response"] and "[respond]" not in g["response"]
+        assert "[refuse]" not in g["generation"] and "[respond]" not in g["generation"]
 
 
 @pytest.mark.skipif(

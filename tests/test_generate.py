@@ -271,9 +271,9 @@ def test_sampling_is_seeded_per_record(gen):
     b = gen(records, *args, "--seed", "3", "--batch-size", "6")
     c = gen(records, *args, "--seed", "4", "--batch-size", "6")
     greedy = gen(records, "--max-new-tokens", "10")
-    assert [o["response"] for o in a] == [o["response"] for o in b]
-    assert [o["response"] for o in a] != [o["response"] for o in c]
-    assert [o["response"] for o in a] != [o["response"] for o in greedy]
+    assert [o["generation"] for o in a] == [o["generation"] for o in b]
+    assert [o["generation"] for o in a] != [o["generation"] for o in c]
+    assert [o["generation"] for o in a] != [o["generation"] for o in greedy]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -426,9 +426,9 @@ def test_thresholds_file(gen, tmp_path):
 def test_max_new_tokens_and_stop(lm, encoder, gen):
     records = [{"prompt": p} for p in PROMPTS]
     none = gen(records, "--max-new-tokens", "0")
-    assert {o["response"] for o in none} == {""}
+    assert {o["generation"] for o in none} == {""}
     full = gen(records, "--max-new-tokens", "16")
-    texts = [o["response"] for o in full]
+    texts = [o["generation"] for o in full]
     # a stop string that occurs inside some answers, not at their start
     stop = next(
         t[i : i + 2]
@@ -438,7 +438,7 @@ def test_max_new_tokens_and_stop(lm, encoder, gen):
     )
     cut = gen(records, "--max-new-tokens", "16", "--stop", stop, "--stop", "\x00never")
     for t, o in zip(texts, cut, strict=True):
-        assert o["response"] == (t[: t.find(stop)].strip() if stop in t else t)
+        assert o["generation"] == (t[: t.find(stop)].strip() if stop in t else t)
     assert any(stop in t for t in texts)
 
 
@@ -448,19 +448,19 @@ def test_refusal_and_consistent_fields(gen, tmp_path):
     records = [{"prompt": p} for p in PROMPTS]
     out = gen(records, "-t", "0")
     default = RefusalDetector()
-    assert [o["refusal"] for o in out] == [default(o["response"]) for o in out]
+    assert [o["refusal"] for o in out] == [default(o["generation"]) for o in out]
     assert all(o["consistent"] == o["refusal"] for o in out)  # every decision is refuse
-    target = next(o["response"] for o in out if o["response"].split())
+    target = next(o["generation"] for o in out if o["generation"].split())
     phrase = target.split()[0]
     phrases = tmp_path / "phrases.txt"
     phrases.write_text(f"# a comment\n\n{phrase}\n")
     again = gen(records, "-t", "0", "--refusal-phrases", f"+{phrases}")
     extended = RefusalDetector([*DEFAULT_PHRASES, phrase])
-    assert [o["refusal"] for o in again] == [extended(o["response"]) for o in again]
+    assert [o["refusal"] for o in again] == [extended(o["generation"]) for o in again]
     assert all(o["consistent"] == o["refusal"] for o in again)
     assert any(o["refusal"] for o in again)
     only = gen(records, "-t", "0", "--refusal-phrases", str(phrases))
-    assert [o["refusal"] for o in only] == [RefusalDetector([phrase])(o["response"]) for o in only]
+    assert [o["refusal"] for o in only] == [RefusalDetector([phrase])(o["generation"]) for o in only]
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     r = gen(records, "--refusal-phrases", str(empty), ok=False)
@@ -542,10 +542,10 @@ def test_fields_pass_through_in_order(gen):
     out = gen(records)
     assert list(out[0]) == [
         "zz", "prompt", "response", "nested", "aa", "p_refuse", "p_respond", "decision", "decision_cat",
-        "control", "forced", "refusal", "consistent",
+        "control", "forced", "generation", "refusal", "consistent",
     ]  # fmt: skip
     assert out[0]["nested"] == records[0]["nested"] and out[0]["aa"] is True
-    assert out[0]["response"] != "old" or out[0]["response"] == ""
+    assert out[0]["response"] == "old"  # the gold answer is kept (issue 14 item 5)
     assert list(out[1])[:3] == ["messages", "id", "label"]
     assert out[1]["messages"] == records[1]["messages"]
 

@@ -25,7 +25,9 @@ when FILE is `-` or missing. For each one it scores the control tokens at the fi
 assistant position (p_refuse, p_respond and, for a category-token model, p_cat, as rt-score
 does), decides which control token to force, appends that token to the prompt by id, and
 generates the answer after it. Each record is written back, in input order, with the scores,
-`decision`, `decision_cat`, `control`, `forced`, `response`, `refusal` and `consistent`.
+`decision`, `decision_cat`, `control`, `forced`, `generation` (the answer; --output-field
+names another field), `refusal` and `consistent`. Every input field keeps its value, the
+gold `response` of training data included.
 
 \b
 The control token, first rule that applies:
@@ -74,9 +76,11 @@ MAN = {
         "control: the control token forced as the first assistant token, e.g. [refuse].\n\n"
         "forced: true when a threshold, --logit-bias or the record's decision chose the token; false "
         "when it is the model's own choice.\n\n"
-        "response: the answer after the control token: special tokens removed, cut at the first --stop "
-        "string, surrounding whitespace stripped. The control token is not part of it.\n\n"
-        "refusal: true when the response starts with a refusal phrase (REFUSAL DETECTOR).\n\n"
+        "generation: the answer after the control token: special tokens removed, cut at the first --stop "
+        "string, surrounding whitespace stripped. The control token is not part of it. --output-field "
+        "NAME writes it to NAME instead; an input `response` (the gold answer of training data) keeps "
+        "its value unless NAME is response.\n\n"
+        "refusal: true when the generation starts with a refusal phrase (REFUSAL DETECTOR).\n\n"
         'consistent: refusal == (decision == "refuse"); rt-metrics reports its mean as agreement_rate.\n\n'
         "An existing field of the same name is replaced in place; the others are added at the end."
     ),
@@ -128,6 +132,28 @@ def _logit_bias_options(ctx: click.Context, param: click.Parameter, values: tupl
             raise click.BadParameter(f"{token!r} is given twice")
         bias[token] = b
     return bias
+
+
+#: Fields rt-generate writes besides the answer; --output-field cannot be one of them.
+WRITTEN_FIELDS = (
+    "p_refuse",
+    "p_respond",
+    "p_cat",
+    "decision",
+    "decision_cat",
+    "control",
+    "forced",
+    "refusal",
+    "consistent",
+)
+
+
+def _output_field_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value:
+        raise click.BadParameter("the field name is empty")
+    if value in WRITTEN_FIELDS:
+        raise click.BadParameter(f"{value!r} is a field rt-generate writes itself; choose another name")
+    return value
 
 
 def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -190,6 +216,15 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     help="Cut the answer at the first occurrence of STRING (repeatable; the earliest wins).",
 )
 @click.option(
+    "--output-field",
+    default="generation",
+    show_default=True,
+    metavar="NAME",
+    callback=_output_field_option,
+    help="The field the answer is written to. Input fields keep their values unless NAME is one of "
+    "them (e.g. --output-field response replaces the gold answer).",
+)
+@click.option(
     "--refusal-phrases",
     "detector",
     metavar="[+]FILE",
@@ -226,6 +261,7 @@ def command(
     top_p,
     seed,
     stop,
+    output_field,
     detector,
     batch_size,
     window,
@@ -330,7 +366,7 @@ def command(
                 rec["decision_cat"] = c.decision_cat
                 rec["control"] = tokens[c.index]
                 rec["forced"] = c.forced
-                rec["response"] = g.text
+                rec[output_field] = g.text
                 rec["refusal"] = refusal
                 rec["consistent"] = refusal == (c.decision == "refuse")
                 writer.write(rec)
