@@ -1,4 +1,9 @@
-"""Plots for rt-metrics: ROC curves and refusal rate against threshold, overall and per category.
+"""Plots for rt-metrics: ROC curves and refusal rate per gold class against threshold.
+
+The right panel is the controllability plot: for each group (all rows, then each category) the
+refusal rate among its gold-refuse rows (solid; the recall) and among its gold-respond rows
+(dashed; the false refusal rate) as the threshold moves, so the gap between the two lines is
+what a threshold can buy. A group with one class has one line.
 
 matplotlib is imported only inside :func:`plot_curves`, through its object-oriented API with
 the Agg canvas (no pyplot, no display, no global backend switch). The PNG is rendered in
@@ -34,10 +39,38 @@ def _refusal_rate(score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return (s.size - np.searchsorted(s, thresholds, side="left")) / s.size
 
 
+#: The gold classes of the right panel: (name, y value, line style).
+CLASSES = (("refuse", True, "-"), ("respond", False, "--"))
+
+
+def class_rates(curve: Curve, thresholds: np.ndarray) -> list[tuple[str, int, np.ndarray, str]]:
+    """(gold class, rows, refusal rate at each threshold, line style) for each class the curve has."""
+    y = np.asarray(curve.y, dtype=bool)
+    score = np.asarray(curve.score, dtype=np.float64)
+    out = []
+    for name, value, style in CLASSES:
+        rows = y == value
+        if rows.any():
+            out.append((name, int(rows.sum()), _refusal_rate(score[rows], thresholds), style))
+    return out
+
+
 def plot_curves(
     path: str | os.PathLike, curves: Sequence[Curve], title: str | None = None, dpi: int = 100
 ) -> None:
-    """Write one PNG with two panels: ROC curves and refusal rate against threshold."""
+    """Write one PNG with two panels: ROC curves and refusal rate per gold class against threshold."""
+    fig = build_figure(curves, title, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    # the temporary file was created 0600; give the PNG the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def build_figure(curves: Sequence[Curve], title: str | None = None, dpi: int = 100):
+    """The matplotlib Figure of :func:`plot_curves` (axes: ROC, refusal rate per gold class)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
@@ -55,12 +88,10 @@ def plot_curves(
             roc_ax.plot(fpr, tpr, label=f"{c.name} (n={y.size})", **style)
         else:
             roc_ax.plot([], [], label=f"{c.name} (one class: no ROC)", linestyle=":", **style)
-        rate_ax.plot(
-            thresholds,
-            _refusal_rate(np.asarray(c.score, dtype=np.float64), thresholds),
-            label=c.name,
-            **style,
-        )
+        for cls, rows, rate, linestyle in class_rates(c, thresholds):
+            rate_ax.plot(
+                thresholds, rate, label=f"{c.name}: {cls} rows (n={rows})", linestyle=linestyle, **style
+            )
     roc_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     roc_ax.set(
         xlim=(0, 1),
@@ -74,20 +105,14 @@ def plot_curves(
         ylim=(0, 1.01),
         xlabel="threshold on score",
         ylabel="refusal rate",
-        title="refusal rate vs threshold (score >= threshold)",
+        title="refusal rate per gold class (solid: refuse rows, dashed: respond rows)",
     )
     for ax in (roc_ax, rate_ax):
         ax.grid(True, alpha=0.3)
         if curves:
-            ax.legend(fontsize="small", loc="lower right" if ax is roc_ax else "upper right")
+            ax.legend(fontsize="x-small", loc="lower right" if ax is roc_ax else "best")
+    rate_ax.title.set_fontsize("medium")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    # the temporary file was created 0600; give the PNG the usual permissions
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return fig

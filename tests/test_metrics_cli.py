@@ -170,13 +170,15 @@ def test_table_format(data_file):
     code, out, _ = rt(["--format", "table", data_file])
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].split()[:3] == ["category", "n", "refusal"]
+    assert lines[0].split()[:5] == ["category", "n", "n_refuse", "n_respond", "refusal"]
     assert lines[1].split()[:2] == ["all", "200"]
     assert [ln.split()[0] for ln in lines[2:5]] == ["humanizing", "incomplete", "safety"]
-    assert len({len(ln) for ln in lines[:5]}) == 1  # aligned
+    assert lines[5].startswith("(no category)")
+    assert len({len(ln) for ln in lines[:6]}) == 1  # aligned
     code, out, _ = rt(["--format", "table", "--bootstrap", "50", data_file])
-    assert "95% bootstrap CI, all: f1 [" in out
-    assert "95% bootstrap CI, safety: f1 [" in out
+    ci = out.split("\n\n")[1].splitlines()
+    assert ci[0].startswith("95% bootstrap intervals") and "f1" in ci[1].split()
+    assert [ln.split()[0] for ln in ci[2:6]] == ["all", "humanizing", "incomplete", "safety"]
 
 
 def test_sweep(data_file):

@@ -82,6 +82,8 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
 
 _TABLE_COLUMNS = [
     ("n", "n"),
+    ("n_refuse", "n_refuse"),
+    ("n_respond", "n_respond"),
     ("refusal", "refusal_rate"),
     ("prec", "precision"),
     ("recall", "recall"),
@@ -96,19 +98,73 @@ _TABLE_COLUMNS = [
 ]
 
 
-def summary_table(summary: dict[str, Any], ci_level: float | None = None) -> str:
-    cols = [(h, k) for h, k in _TABLE_COLUMNS if k in summary]
+#: The table's row for records without a category.
+NO_CATEGORY = "(no category)"
+
+
+def _with_class_counts(scope: dict[str, Any]) -> dict[str, Any]:
+    """The scope plus its gold-class counts: n_refuse = tp + fn, n_respond = fp + tn."""
+    return {**scope, "n_refuse": scope["tp"] + scope["fn"], "n_respond": scope["fp"] + scope["tn"]}
+
+
+def summary_table(
+    summary: dict[str, Any], ci_level: float | None = None, no_category: dict[str, Any] | None = None
+) -> str:
+    """The summary as an aligned table: one row overall, one per category, one for ``no_category``.
+
+    Each row has its gold-class counts (n_refuse, n_respond: the denominators of recall/MRR and of
+    FRR). With bootstrap intervals a second table follows with the same rows, one column per
+    metric, each cell ``[low, high]``.
+    """
     scopes = [("all", summary)] + sorted(summary.get("by_category", {}).items())
+    if no_category is not None:
+        scopes.append((NO_CATEGORY, no_category))
+    scopes = [(name, _with_class_counts(scope)) for name, scope in scopes]
+    cols = [(h, k) for h, k in _TABLE_COLUMNS if k in scopes[0][1]]
     rows = [[name] + [s.get(k) for _, k in cols] for name, s in scopes]
     text = format_table(["category"] + [h for h, _ in cols], rows)
-    text += "FRR = false_refusal_rate fp/(fp+tn); MRR = missed_refusal_rate fn/(fn+tp); - = undefined\n"
+    text += (
+        "n_refuse, n_respond = gold refuse / respond rows; - = undefined\n"
+        "FRR = false_refusal_rate fp/(fp+tn), of the n_respond rows; "
+        "MRR = missed_refusal_rate fn/(fn+tp), of the n_refuse rows\n"
+    )
     if "ci" in summary and ci_level is not None:
+        metrics = [(h, k) for h, k in _TABLE_COLUMNS if k in summary["ci"]]
+        ci_rows = []
         for name, scope in scopes:
-            if "ci" not in scope:
-                continue
-            parts = [f"{m} [{_fmt(b[0])}, {_fmt(b[1])}]" if b else f"{m} -" for m, b in scope["ci"].items()]
-            text += f"{ci_level:.0%} bootstrap CI, {name}: " + ", ".join(parts) + "\n"
+            ci = scope.get("ci") or {}
+            ci_rows.append([name] + [_interval(ci.get(k)) for _, k in metrics])
+        text += f"\n{ci_level:.0%} bootstrap intervals [low, high] (percentile; few rows give narrow, unreliable ones):\n"
+        text += format_table(["category"] + [h for h, _ in metrics], ci_rows)
     return text
+
+
+def _interval(bounds: list[float] | None) -> str | None:
+    return None if not bounds else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+
+
+def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fmt: str) -> None:
+    """An option that would be silently ignored is a usage error (exit 2)."""
+    from click.core import ParameterSource
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+    if do_sweep:
+        if given("threshold"):
+            raise click.UsageError(
+                "--threshold decides at one threshold and --sweep tries them all: give one of them"
+            )
+        if given("pretty"):
+            raise click.UsageError("--pretty indents the summary; --sweep prints JSON Lines")
+    elif given("sweep_points"):
+        raise click.UsageError("--sweep-points applies only to --sweep")
+    if not bootstrap:
+        for opt, name in (("--seed", "seed"), ("--ci", "ci_level")):
+            if given(name):
+                raise click.UsageError(f"{opt} applies only to --bootstrap N")
+    if fmt == "table" and given("pretty"):
+        raise click.UsageError("--pretty indents JSON; it does not apply to --format table")
 
 
 @click.command("rt-metrics", help=HELP, short_help="Measure refusal decisions against gold labels.")
@@ -128,7 +184,7 @@ def summary_table(summary: dict[str, Any], ci_level: float | None = None) -> str
     show_default=True,
     help="json: one JSON object (JSON Lines with --sweep); table: an aligned table for people.",
 )
-@click.option("--pretty", is_flag=True, help="Indent the JSON summary (default: one line).")
+@click.option("--pretty", is_flag=True, help="Indent the JSON summary (default: one line; not with --sweep).")
 @click.option(
     "--sweep",
     "do_sweep",
@@ -148,8 +204,9 @@ def summary_table(summary: dict[str, Any], ci_level: float | None = None) -> str
     "--plot",
     type=click.Path(dir_okay=False, writable=True),
     metavar="FILE.png",
-    help="Also write a PNG: ROC curves and refusal rate against threshold, overall and per category "
-    "(needs p_refuse on every row; written atomically).",
+    help="Also write a PNG: ROC curves, and the refusal rate against threshold for each gold class "
+    "(refuse rows solid, respond rows dashed), overall and per category (needs p_refuse on every row; "
+    "written atomically).",
 )
 @click.option(
     "--bootstrap",
@@ -206,7 +263,9 @@ def command(
         raise click.UsageError("--fail-under/--fail-over check the summary; they do not combine with --sweep")
     if do_sweep and bootstrap:
         raise click.UsageError("--bootstrap adds intervals to the summary; it does not combine with --sweep")
+    check_ignored_options(ctx, do_sweep, bootstrap, fmt)
 
+    import numpy as np
     import orjson
 
     from .. import metrics as M
@@ -275,7 +334,26 @@ def command(
                 ci=ci_level,
             )
     if fmt == "table":
-        out.write(summary_table(summary, ci_level if bootstrap else None).encode())
+        no_category = None
+        none_rows = np.flatnonzero(data.cat < 0)
+        if data.categories and none_rows.size:  # without any category the row would repeat "all"
+            no_category = M.summarize_rows(
+                data.y[none_rows],
+                data.pred[none_rows],
+                None if data.score is None else data.score[none_rows],
+                None if data.cat_match is None else data.cat_match[none_rows],
+                None if data.consistent is None else data.consistent[none_rows],
+            )
+            if bootstrap:
+                no_category["ci"] = M.bootstrap_ci(
+                    data.y[none_rows],
+                    data.pred[none_rows],
+                    None if data.score is None else data.score[none_rows],
+                    bootstrap,
+                    seed=seed,
+                    ci=ci_level,
+                )
+        out.write(summary_table(summary, ci_level if bootstrap else None, no_category).encode())
     else:
         option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
         out.write(orjson.dumps(summary, option=option) + b"\n")
@@ -336,6 +414,17 @@ ci                   with --bootstrap N: {metric: [lo, hi]} percentile intervals
                      category's rows alone. Same --seed, same intervals.
 
 Empty input prints a summary with n = 0 and null ratios, and exits 0.
+
+--format table prints one row for all records, one per category and, when some records have a
+category and others do not, one "(no category)" row. Its columns: n, n_refuse and n_respond (the
+gold refuse / respond rows: the denominators of recall and missed_refusal_rate, and of
+false_refusal_rate), refusal (refusal_rate), prec, recall, f1, acc, FRR (false_refusal_rate),
+MRR (missed_refusal_rate), auroc, auprc, cat_acc and agree when present. With --bootstrap a
+second table follows with the same rows and one [low, high] column per metric.
+
+Options that would be ignored are usage errors (exit status 2): --threshold, --pretty,
+--bootstrap and the gates with --sweep; --sweep-points without --sweep; --seed and --ci
+without --bootstrap; --pretty with --format table.
 
 --sweep prints JSON Lines instead, one row per threshold, ascending: category (null for all
 rows first, then each category's slug in order), score (the field swept: "p_refuse", or
