@@ -279,7 +279,7 @@ def test_category_mode_tokens_and_coconot_names(tmp_path, tag):
         {"prompt": "p", "label": "respond", "response": "sure"},
     ]
     tm = tmp_path / "tokens.json"
-    out = tag(recs, "-m", "category", "--token-map", str(tm))
+    out = tag(recs, "--mode", "category", "--token-map", str(tm))
     assert [assistant(o).split("]")[0] + "]" for o in out] == [
         "[refuse:safety]",
         "[refuse:humanizing]",
@@ -312,13 +312,13 @@ def test_category_mode_custom_categories_tokens_and_map(tag):
 
 
 def test_category_mode_refusal_without_category(tag):
-    r = tag([{"prompt": "p", "label": "refuse", "response": "no"}], "-m", "category", ok=False)
+    r = tag([{"prompt": "p", "label": "refuse", "response": "no"}], "--mode", "category", ok=False)
     assert r.exit_code == 1
     assert "<stdin>:1: a refusal row needs a 'category' in category mode" in r.stderr
 
 
 def test_category_mode_unknown_category(tag):
-    r = tag([{"prompt": "p", "label": "refuse", "category": "weird"}], "-m", "category", ok=False)
+    r = tag([{"prompt": "p", "label": "refuse", "category": "weird"}], "--mode", "category", ok=False)
     assert r.exit_code == 1
     assert "<stdin>:1: unknown category 'weird'" in r.stderr
     assert "--map" in r.stderr
@@ -341,14 +341,14 @@ def test_single_mode_token_map(tmp_path, tag):
     [
         (["--categories", "a,b"], "--categories applies only to --mode category"),
         (["--cat-token", "a=b"], "--cat-token applies only to --mode category"),
-        (["-m", "category", "--refuse-token", "[x]"], "--refuse-token applies only to --mode single"),
-        (["-m", "category", "--cat-token", "nope=[x]"], "'nope' is not one of the categories"),
-        (["-m", "category", "--cat-token", "safety"], "expected SLUG=TOKEN"),
-        (["-m", "category", "--refusal-text", "nope=No."], "'nope' is not one of the categories"),
+        (["--mode", "category", "--refuse-token", "[x]"], "--refuse-token applies only to --mode single"),
+        (["--mode", "category", "--cat-token", "nope=[x]"], "'nope' is not one of the categories"),
+        (["--mode", "category", "--cat-token", "safety"], "expected SLUG=TOKEN"),
+        (["--mode", "category", "--refusal-text", "nope=No."], "'nope' is not one of the categories"),
         (["--map", "nothing"], "expected NAME=SLUG"),
         (["--refuse-token", "[respond]"], "must be distinct"),
         (["--refuse-token", " x"], "without surrounding spaces"),
-        (["-m", "category", "--categories", ","], "no categories given"),
+        (["--mode", "category", "--categories", ","], "no categories given"),
         (["--refusal-text", ""], "empty refusal text"),
         (["--label", "maybe"], "Invalid value for '--label'"),
     ],
@@ -459,7 +459,7 @@ def test_unbuffered_streams_record_by_record(script):
 )
 def test_coconot_eval_in_category_mode(invoke):
     path = os.path.join(COCONOT, "coconot_eval.jsonl")
-    r = invoke("rt-tag", ["-m", "category", "--label", "refuse", path])
+    r = invoke("rt-tag", ["--mode", "category", "--label", "refuse", path])
     assert r.exit_code == 0, r.stderr
     out = [orjson.loads(line) for line in r.stdout.splitlines()]
     assert len(out) == 1001
@@ -506,7 +506,7 @@ def test_tag_token_map_keeps_category_order(tmp_path, tag):
     """Issue 9, bug 2: rt-tag wrote its --token-map with sorted keys, so the categories came out
     alphabetical, unlike TokenMap.save; category order fixes the token ids, p_cat order and ties."""
     tm = tmp_path / "tokens.json"
-    tag([], "-m", "category", "--categories", "unsupported,safety,Humanizing", "--token-map", str(tm))
+    tag([], "--mode", "category", "--categories", "unsupported,safety,Humanizing", "--token-map", str(tm))
     text = tm.read_text()
     assert list(json.loads(text)["categories"]) == ["unsupported", "safety", "humanizing"]
     loaded = TokenMap.from_dict(json.loads(text))
@@ -517,7 +517,7 @@ def test_tag_token_map_keeps_category_order(tmp_path, tag):
         assert fh.read() == text
     assert TokenMap.load(adapter) == loaded
     tm.unlink()
-    tag([], "-m", "category", "--token-map", str(tm))  # the default categories, in CoCoNot's order
+    tag([], "--mode", "category", "--token-map", str(tm))  # the default categories, in CoCoNot's order
     assert list(json.loads(tm.read_text())["categories"]) == [
         "safety",
         "humanizing",

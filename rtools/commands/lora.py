@@ -56,7 +56,13 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     type=click.Path(dir_okay=False, exists=True),
     help="The token map rt-tag wrote (--token-map); default: inferred from the data.",
 )
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=_D.epochs, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.epochs,
+    show_default=True,
+    help="Passes over the training data (a fraction stops part-way; --max-steps overrides).",
+)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
 @click.option(
     "--batch-size",
@@ -80,9 +86,27 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     show_default=True,
     help="Learning rate of the control-token embedding rows.",
 )
-@click.option("--lora-r", type=click.IntRange(min=1), default=_D.lora_r, show_default=True)
-@click.option("--lora-alpha", type=click.IntRange(min=1), default=_D.lora_alpha, show_default=True)
-@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--lora-r",
+    type=click.IntRange(min=1),
+    default=_D.lora_r,
+    show_default=True,
+    help="LoRA rank: the inner dimension of each low-rank update.",
+)
+@click.option(
+    "--lora-alpha",
+    type=click.IntRange(min=1),
+    default=_D.lora_alpha,
+    show_default=True,
+    help="LoRA scaling: each update is multiplied by alpha / r.",
+)
+@click.option(
+    "--lora-dropout",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Dropout on the LoRA input during training.",
+)
 @click.option(
     "--target-modules",
     default="all-linear",
@@ -132,7 +156,13 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     show_default=True,
     help="Held-out slice (stratified by label) for the evaluation loss and AUROC.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for the LoRA initialisation, the evaluation split and the batch order.",
+)
 @click.option(
     "--4bit/--no-4bit",
     "load_4bit",
@@ -149,7 +179,7 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Checkpoint every N steps (0: every 10%% of training).",
+    help="Checkpoint every N steps (0: every tenth of training).",
 )
 @click.option(
     "--resume",
@@ -161,7 +191,13 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     "--merge", is_flag=True, help="Also write DIR/merged: a full model that plain transformers loads."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Compute dtype of the base model: auto is bf16 on CUDA, fp32 on CPU.",
+)
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
 @common_options
 def command(

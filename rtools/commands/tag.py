@@ -130,10 +130,26 @@ def build_options(
     )
 
 
+def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``-m`` was rt-tag's --mode; every other command reads it as --model: say so instead of guessing."""
+    if value is not None:
+        raise click.UsageError(
+            f"-m is not an rt-tag option (in rt-lora, rt-score and rt-generate it is --model): "
+            f"for the tagging mode write --mode {value}"
+        )
+
+
 @click.command("rt-tag", help=HELP, short_help="Prefix every assistant answer with its control token.")
 @input_argument
 @click.option(
     "-m",
+    "short_mode",
+    hidden=True,
+    expose_value=False,
+    metavar="MODE",
+    callback=_short_mode,
+)
+@click.option(
     "--mode",
     type=click.Choice([SINGLE, CATEGORY]),
     default=SINGLE,
