@@ -120,6 +120,13 @@ def test_fit_budget_is_the_lowest_threshold_within_the_budget(scores, b):
         assert share_refused(scores, t) == min(share_refused(scores, u) for u in every_threshold(scores))
 
 
+def test_fit_recall_target_met_exactly_despite_rounding():
+    # recall=0.9 is missed <= 1 - 0.9 = 0.09999999999999998: 1 of 10 missed (0.1) must still count
+    pos = [i / 10 for i in range(1, 11)]
+    assert fit_threshold(pos, [], Objective.parse("recall=0.9")) == pytest.approx(0.15)
+    assert fit_threshold(pos, [], Objective.parse("recall=0.8")) == pytest.approx(0.25)
+
+
 def test_fit_budget_tie_straddling_the_budget_is_answered_whole():
     # 10 rows tie at 0.5; a budget of 30% has room for 3 of them: the whole tie stays answered
     scores = [0.9] + [0.5] * 10 + [0.1] * 9
