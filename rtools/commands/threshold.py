@@ -135,7 +135,7 @@ MAN = {
         "    rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
         "Fit per-category thresholds on a dev split, then apply them to the test split:\n"
         "    rt-score dev.jsonl > dev-scored.jsonl\n"
-        "    rt-threshold --fit fpr=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
+        "    rt-threshold --fit false_refusal_rate=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
         "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-metrics\n\n"
         "The safety fit: miss at most 5% of the refusals on the dev split, refuse as little as possible "
         "otherwise:\n"
