@@ -490,3 +490,15 @@ def test_rt_lora_refuses_an_adapter_as_base(invoke, tmp_path, trained_tied, monk
     assert f"{trained_tied.out} is an rt-lora adapter, not a base model" in r.stderr
     assert os.path.abspath(trained_tied.base) in r.stderr
     assert loaded == []
+
+
+def test_progress_bar_on_a_tty(monkeypatch, capsys):
+    """On a terminal the same reporter is a tqdm bar (with the loss), and prints no plain lines."""
+    monkeypatch.setitem(cli._state, "prog", "rtools")
+    p = cli.Progress("step", total=10, tty=True)
+    for _ in range(10):
+        p.update(1, loss=0.25)
+    p.close()
+    err = capsys.readouterr().err
+    assert "\r" in err and "10/10" in err and "loss=0.250" in err
+    assert "rtools: step " not in err
