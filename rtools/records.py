@@ -9,6 +9,7 @@ Files a command writes are written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -20,6 +21,13 @@ from typing import IO, Any
 import orjson
 
 STDIN_NAMES = ("-", None, "")
+
+#: orjson reads an integer beyond 64 bits as a float (18446744073709551616 and ...617 both become
+#: 1.8446744073709552e+19) and cannot write one. Such an integer has at least 19 digits, so a line
+#: with a run of 19 digits is parsed again with the standard library, which keeps every integer
+#: exact; a record holding one is written by the standard library too (see :func:`dumps`).
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * 19
 
 
 class RecordError(Exception):
@@ -55,6 +63,12 @@ def display_name(path: str | None) -> str:
 def open_input(path: str | None) -> Iterator[IO[bytes]]:
     """Open FILE for binary reading; ``-`` or None means stdin."""
     if path in STDIN_NAMES:
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise RecordError(
+                "standard input is closed: nothing to read",
+                path="<stdin>",
+                hint="give FILE, or pipe records in",
+            )
         yield sys.stdin.buffer
         return
     try:
@@ -69,32 +83,77 @@ def open_input(path: str | None) -> Iterator[IO[bytes]]:
         yield fh
 
 
+def may_hold_big_int(line: bytes) -> bool:
+    """True when ``line`` has a run of 19 or more digits (an integer orjson would turn into a float)."""
+    return _LONG_DIGIT_RUN in line.translate(_DIGITS_TO_ZERO)
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not valid JSON: NaN and infinity are not numbers in JSON")
+
+
+def loads_exact(line: bytes | str) -> Any:
+    """Parse JSON that orjson has accepted, keeping integers of any size exact.
+
+    Raises ValueError (an integer past Python's digit limit, nesting too deep for the standard
+    library) with a message for the user.
+    """
+    try:
+        return json.loads(line, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ValueError(
+                f"an integer of more than {sys.get_int_max_str_digits()} digits (Python's limit)"
+            ) from None
+        raise
+
+
+def loads(line: bytes) -> Any:
+    """One JSON value, as orjson reads it but with integers of any size exact.
+
+    Raises orjson.JSONDecodeError (a ValueError) on invalid JSON, NaN or infinity.
+    """
+    obj = orjson.loads(line)
+    if _LONG_DIGIT_RUN in line.translate(_DIGITS_TO_ZERO):
+        obj = loads_exact(line)
+    return obj
+
+
 def parse_line(line: bytes, name: str, lineno: int) -> dict[str, Any] | None:
     """Parse one JSONL line; None for a blank line. Raises RecordError with the position."""
     try:
-        obj = orjson.loads(line)
+        obj = loads(line)
     except orjson.JSONDecodeError as e:
         if not line.strip():
             return None
         raise RecordError(f"invalid JSON: {e}", path=name, line=lineno) from None
+    except ValueError as e:
+        raise RecordError(f"invalid JSON: {e}", path=name, line=lineno) from None
     if not isinstance(obj, dict):
-        raise RecordError(f"expected a JSON object, got {type(obj).__name__}", path=name, line=lineno)
+        raise RecordError(f"expected a JSON object, got {json_type(obj)}", path=name, line=lineno)
     return obj
 
 
 def iter_records(stream: IO[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line of a JSONL stream."""
-    loads = orjson.loads
+    loads_ = orjson.loads
     decode_error = orjson.JSONDecodeError
+    to_zero = _DIGITS_TO_ZERO
+    long_run = _LONG_DIGIT_RUN
     for lineno, line in enumerate(stream, 1):
         try:
-            obj = loads(line)
+            obj = loads_(line)
         except decode_error:
             obj = parse_line(line, name, lineno)
             if obj is None:
                 continue
+        else:
+            if long_run in line.translate(to_zero):
+                obj = parse_line(line, name, lineno)
         if type(obj) is not dict:
-            raise RecordError(f"expected a JSON object, got {type(obj).__name__}", path=name, line=lineno)
+            raise RecordError(f"expected a JSON object, got {json_type(obj)}", path=name, line=lineno)
         yield lineno, obj
 
 
@@ -128,6 +187,40 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_roles(messages: list[dict[str, Any]], name: str | None = None, line: int | None = None) -> None:
+    """Known roles, in the order chat templates require: an optional system turn first, then user and
+    assistant turns alternating, starting with a user turn."""
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role not in ROLES:
+            raise RecordError(
+                f"messages[{i}] has the role {role!r}; the roles are system, user and assistant",
+                path=name,
+                line=line,
+            )
+        if role == "system":
+            if i:
+                raise RecordError(
+                    f"messages[{i}] is a system turn; only the first message can be", path=name, line=line
+                )
+            continue
+        expected = "user" if (i - (messages[0]["role"] == "system")) % 2 == 0 else "assistant"
+        if role != expected:
+            raise RecordError(
+                f"messages[{i}] is {_article(role)} {role} turn where {_article(expected)} {expected} turn belongs "
+                "(after an optional system turn, user and assistant turns alternate, starting with user)",
+                path=name,
+                line=line,
+            )
+
+
+def _article(word: str) -> str:
+    return "an" if word == "assistant" else "a"
+
+
 def conversation(
     record: Mapping[str, Any],
     name: str | None = None,
@@ -154,6 +247,7 @@ def conversation(
                     f"messages[{i}] must be an object with string 'role' and 'content'", path=name, line=line
                 )
             out.append(dict(m))
+        check_roles(out, name, line)
         if out[-1]["role"] != "user":
             raise RecordError(
                 f"'messages' must end with the user turn to decide on, not a {out[-1]['role']!r} turn",
@@ -175,8 +269,26 @@ def conversation(
 
 
 def dumps(obj: Any) -> bytes:
-    """One compact JSON line (newline included)."""
-    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    """One compact JSON line (newline included); integers of any size are written exactly."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return dumps_exact(obj)
+
+
+def dumps_exact(obj: Any) -> bytes:
+    """The standard library's compact JSON line: for the records orjson cannot write (integers
+    beyond 64 bits). Floats are written as their shortest repr, the same value orjson writes;
+    NaN and infinity raise ValueError."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ValueError(
+                f"an integer of more than {sys.get_int_max_str_digits()} digits (Python's limit)"
+            ) from None
+        raise
+    return text.encode() + b"\n"
 
 
 class RecordWriter:
@@ -192,7 +304,11 @@ class RecordWriter:
         self.count = 0
 
     def write(self, record: Any) -> None:
-        self._write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        try:
+            data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:
+            data = dumps_exact(record)
+        self._write(data)
         self.count += 1
         if self.unbuffered:
             self.stream.flush()
@@ -261,8 +377,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(path)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    old: str | None = None
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp
         _ordinary_modes(tmp)
         if os.path.exists(path):
@@ -274,5 +391,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         else:
             os.replace(tmp, path)
     except BaseException:
+        # a signal between the two renames: put the old directory back before cleaning up
+        if old is not None and os.path.isdir(old) and not os.path.exists(path):
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise

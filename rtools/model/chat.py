@@ -1,18 +1,32 @@
 """Rendering records as token ids with the model's chat template.
 
-Control tokens are special tokens, so a tokenizer would turn the text ``[refuse]`` typed by a user
-into the control token itself. Every piece of text here is encoded with control tokens neutralised:
-wherever a control-token id comes out of the tokenizer, its characters are re-encoded as ordinary
-text. The only control-token ids in a sequence are the ones this module places explicitly.
+Only the template's own structure can become a special token. The template is rendered once with
+the record's text and once with each message's content between markers, which shows where every
+piece of content lies in the rendered text (after whatever the template does to it: trimming,
+joining the system prompt into the first user turn). The rendered text is then encoded with the
+tokenizer's special tokens allowed, and wherever a special or added token -- a control token
+anywhere, or any other one inside a message's content -- comes out, the whole stretch of text
+between the template's own tokens around it is encoded again as ordinary text. The result is what
+a tokenizer without those tokens would give for that stretch (BPE merges across the typed token's
+edges included); the only special ids in a prompt are those the template places, and the only
+control-token ids those this module places explicitly.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from ..records import conversation
+from ..records import RecordError, conversation
 
 SENTINEL = "\u2063RTOOLS\u2063ANSWER\u2063"
+
+TRUNCATE_HELP = (
+    "When a prompt is longer than the model's context: left drops turns from the start (the system "
+    "prompt, then the oldest exchanges) and keeps the most recent ones; right drops the exchanges just "
+    "before the last user turn, newest first, and keeps the start. Whole turns are dropped; the last "
+    "user turn is never cut (alone too long, it is still an error). Default: an error."
+)
 
 
 def record_messages(
@@ -21,6 +35,30 @@ def record_messages(
     """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``."""
     msgs = conversation(record, name, line, hint="drop the answer, or score the prompt field")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def context_limit(model: Any, tokenizer: Any = None) -> tuple[int, str] | None:
+    """The most tokens the model can attend to, and where that number comes from."""
+    limits: list[tuple[int, str]] = []
+    config = getattr(model, "config", None)
+    if config is not None:
+        get_text = getattr(config, "get_text_config", None)
+        text_config = get_text() if callable(get_text) else config
+        n = getattr(text_config, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            limits.append((n, "max_position_embeddings"))
+    n = getattr(tokenizer, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 10**7:
+        limits.append((n, "the tokenizer's model_max_length"))
+    return min(limits) if limits else None
+
+
+def _template_error() -> tuple[type[BaseException], ...]:
+    try:
+        from jinja2.exceptions import TemplateError
+    except ImportError:  # pragma: no cover
+        return ()
+    return (TemplateError,)
 
 
 class ChatEncoder:
@@ -34,57 +72,151 @@ class ChatEncoder:
         if any(i is None or (unk is not None and i == unk) for i in self.control_ids):
             raise ValueError(f"control tokens {control_tokens} are not in the tokenizer's vocabulary")
         self._control = set(self.control_ids)
+        # every id a piece of typed text could turn into without being ordinary text
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        self._added: dict[int, str] = {int(i): str(getattr(t, "content", t)) for i, t in decoder.items()}
+        for i in getattr(tokenizer, "all_special_ids", None) or []:
+            self._added.setdefault(int(i), tokenizer.convert_ids_to_tokens(int(i)))
+        for i, t in zip(self.control_ids, self.control_tokens, strict=True):
+            self._added.setdefault(i, t)
+        self.special_ids = frozenset(self._added)
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._mid_pre_tokenizer = self._pre_tokenizer_after_start()
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._suffix = self._answer_suffix()
 
     # -- text -> ids ---------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        """Encode text (template special tokens allowed) with control tokens neutralised.
+        """Encode template text (its special tokens allowed) with control tokens neutralised."""
+        return self._encode(text, [])
 
-        Where a control token comes out of the tokenizer, the whole stretch of text between the
-        template's own special tokens around it is encoded again as ordinary text, so the result is
-        what a tokenizer without the control tokens would give (BPE merges across the typed token's
-        edges included).
-        """
+    def encode_content(self, text: str, start: bool = True) -> list[int]:
+        """Encode a record's text as ordinary text: no special, added or control token can come out."""
+        return self._plain(text, start)
+
+    def _encode(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
+        """Encode text; special/added ids inside ``spans`` (content) and control ids are re-encoded as text."""
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        if not self._control.intersection(ids):
-            return list(ids)
-        offsets = enc["offset_mapping"]
-        other_special = set(getattr(self.tok, "all_special_ids", []) or []) - self._control
-        out: list[int] = []
-        i = 0
-        while i < len(ids):
-            if ids[i] in other_special or not self._segment_has_control(ids, i, other_special):
-                out.append(ids[i])
-                i += 1
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        structural = [False] * len(ids)
+        forged = False
+        for k, i in enumerate(ids):
+            if i not in self._added:
                 continue
-            j = i
-            while j < len(ids) and ids[j] not in other_special:
-                j += 1
-            start, end = offsets[i][0], offsets[j - 1][1]
-            out.extend(self._plain(text[start:end]))
-            i = j
+            if i in self._control or self._inside(text, offsets[k], self._added[i], spans):
+                forged = True
+            else:
+                structural[k] = True
+        if not forged:
+            return ids
+        out: list[int] = []
+        seg: list[int] = []
+        seg_start = 0
+
+        def flush(end: int) -> None:
+            if any(i in self._added for i in seg):
+                out.extend(self._plain(text[seg_start:end], seg_start == 0))
+            else:
+                out.extend(seg)
+
+        for k, i in enumerate(ids):
+            if structural[k]:
+                flush(offsets[k][0])
+                out.append(i)
+                seg, seg_start = [], offsets[k][1]
+            else:
+                seg.append(i)
+        flush(len(text))
         return out
 
-    def _plain(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        return [i for i in ids if i not in self._control]
+    @staticmethod
+    def _inside(text: str, offset: tuple[int, int], literal: str, spans: list[tuple[int, int]]) -> bool:
+        s, e = offset
+        at = text.find(literal, s, e) if literal else -1
+        if at >= 0:  # lstrip/rstrip tokens take whitespace around them: judge by the token's own text
+            s, e = at, at + len(literal)
+        return any(a < e and s < b for a, b in spans)
 
-    def _segment_has_control(self, ids: list[int], i: int, stops: set[int]) -> bool:
-        for k in range(i, len(ids)):
-            if ids[k] in stops:
-                return False
-            if ids[k] in self._control:
-                return True
-        return False
+    def _pre_tokenizer_after_start(self) -> Any:
+        """The pre-tokenizer for text that does not start the input (Metaspace 'first' adds no ▁)."""
+        bt = self._backend
+        pre = getattr(bt, "pre_tokenizer", None) if bt is not None else None
+        if pre is None or getattr(pre, "prepend_scheme", None) != "first":
+            return pre
+        from tokenizers.pre_tokenizers import Metaspace
+
+        return Metaspace(replacement=pre.replacement, prepend_scheme="never", split=pre.split)
+
+    def _plain(self, text: str, start: bool = True) -> list[int]:
+        """Ordinary text, as the tokenizer's normalizer, pre-tokenizer and model see it (no added tokens).
+
+        ``start`` says whether the text starts the input (some pre-tokenizers add a prefix there only).
+        """
+        if not text:
+            return []
+        bt = self._backend
+        if bt is None:  # a slow tokenizer: its own way of ignoring special tokens
+            ids = self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return [i for i in ids if i not in self._control]
+        norm = bt.normalizer.normalize_str(text) if bt.normalizer is not None else text
+        pre = bt.pre_tokenizer if start else self._mid_pre_tokenizer
+        pieces = pre.pre_tokenize_str(norm) if pre is not None else [(norm, (0, len(norm)))]
+        return [t.id for piece, _ in pieces for t in bt.model.tokenize(piece)]
 
     # -- chat template -------------------------------------------------------------------------
-    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
         if self.has_template:
-            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
         parts = [f"{m['role'].capitalize()}: {m['content']}\n" for m in messages]
-        return "".join(parts) + "Assistant: "
+        return "".join(parts) + ("Assistant: " if generation_prompt else "")
+
+    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self._render(messages)
+
+    def render_with_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered prompt and the character spans of the messages' content in it.
+
+        Raises ValueError when the template rejects the conversation or changes content in a way
+        that cannot be followed (then nothing is encoded rather than something unchecked).
+        """
+        errors = _template_error()
+        try:
+            text = self._render(messages)
+            msgs = [dict(m) for m in messages]
+            for m in msgs:  # a template that trims content renders the trimmed content the same
+                c = m["content"]
+                for variant in (c.strip(), c.lstrip(), c.rstrip()):
+                    if variant != c and self._render(_with(msgs, m, variant)) == text:
+                        m["content"] = variant
+                        break
+            used = "".join(m["content"] for m in msgs)
+            a, b = _marker_chars(used + text)
+            marked = [{**m, "content": f"{a}{k}<{b}{m['content']}{a}{k}>{b}"} for k, m in enumerate(msgs)]
+            marked_text = self._render(marked)
+        except errors as e:
+            raise ValueError(f"the model's chat template rejects this conversation: {e}") from None
+        pattern = re.compile(re.escape(a) + r"(\d+)([<>])" + re.escape(b))
+        pieces: list[str] = []
+        spans: list[tuple[int, int]] = []
+        opened: dict[str, int] = {}
+        pos = last = 0
+        for m in pattern.finditer(marked_text):
+            pieces.append(marked_text[last : m.start()])
+            pos += m.start() - last
+            last = m.end()
+            if m.group(2) == "<":
+                opened[m.group(1)] = pos
+            elif m.group(1) in opened:
+                spans.append((opened.pop(m.group(1)), pos))
+        pieces.append(marked_text[last:])
+        if "".join(pieces) != text or opened:
+            raise ValueError(
+                "the model's chat template changes message content in a way rtools cannot follow, "
+                "so special tokens typed in it could not be told from the template's own"
+            )
+        return text, sorted(spans)
 
     def _answer_suffix(self) -> str:
         """What the template puts after an assistant answer (e.g. ``<|im_end|>\\n``)."""
@@ -100,15 +232,106 @@ class ChatEncoder:
             return eos
         return full[len(prompt) :].split(SENTINEL, 1)[1]
 
-    def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the prompt up to the first assistant position (generation prompt included)."""
-        return self.encode_text(self.render_prompt(messages))
+    def encode_prompt(
+        self, messages: list[dict[str, str]], name: str | None = None, line: int | None = None
+    ) -> list[int]:
+        """Token ids of the prompt up to the first assistant position (generation prompt included).
+
+        Only the template's structure becomes special tokens; the messages' content is ordinary text.
+        A conversation the template rejects is a RecordError at ``name:line``.
+        """
+        try:
+            text, spans = self.render_with_spans(messages)
+        except ValueError as e:
+            raise RecordError(str(e), path=name, line=line) from None
+        return self._encode(text, spans)
+
+    def encode_prompt_within(
+        self,
+        messages: list[dict[str, str]],
+        limit: int | None,
+        truncate: str | None = None,
+        name: str | None = None,
+        line: int | None = None,
+        what: str = "the model's context",
+    ) -> tuple[list[int], int]:
+        """encode_prompt, at most ``limit`` tokens: (ids, number of messages dropped).
+
+        Past the limit it is a RecordError naming the length and the limit, unless ``truncate``
+        ('left' or 'right', see TRUNCATE_HELP) drops whole earlier turns until the prompt fits.
+        """
+        ids = self.encode_prompt(messages, name, line)
+        if limit is None or len(ids) <= limit:
+            return ids, 0
+        if truncate is None:
+            raise RecordError(
+                f"the prompt is {len(ids)} tokens, longer than {what} ({limit} tokens)",
+                path=name,
+                line=line,
+                hint="shorten it, or pass --truncate left|right to drop earlier turns",
+            )
+        steps = _drop_steps(messages, truncate)
+        lo, hi = 1, len(steps)  # the fewest steps that fit; steps[-1] leaves the last user turn alone
+        best: list[int] | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = self.encode_prompt(steps[mid - 1], name, line)
+            if len(cand) <= limit:
+                best, hi = cand, mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            alone = self.encode_prompt(messages[-1:], name, line)
+            raise RecordError(
+                f"the last user turn alone is {len(alone)} tokens as a prompt, longer than {what} "
+                f"({limit} tokens); --truncate never cuts it",
+                path=name,
+                line=line,
+                hint="shorten the last user turn",
+            )
+        kept = steps[lo - 1]
+        return best, len(messages) - len(kept)
 
     def encode_answer(self, answer: str, max_tokens: int | None = None, close: bool = True) -> list[int]:
-        """Token ids of an answer (without its control token), cut to max_tokens, then the end of turn."""
-        ids = self.encode_text(answer)
+        """Token ids of an answer (without its control token), cut to max_tokens, then the end of turn.
+
+        The answer is a record's text: it is encoded as ordinary text (it follows the control token)."""
+        ids = self._plain(answer, start=False)
         if max_tokens is not None and len(ids) > max_tokens:
             ids = ids[:max_tokens]
         if close and self._suffix:
             ids = ids + self.encode_text(self._suffix)
         return ids
+
+
+def _with(msgs: list[dict[str, str]], target: dict[str, str], content: str) -> list[dict[str, str]]:
+    return [{**m, "content": content} if m is target else m for m in msgs]
+
+
+def _marker_chars(text: str) -> tuple[str, str]:
+    """Two private-use characters that occur nowhere in text (so markers cannot be forged)."""
+    free = (chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
+    return next(free), next(free)
+
+
+def _drop_steps(messages: list[dict[str, str]], side: str) -> list[list[dict[str, str]]]:
+    """The conversations --truncate tries, each shorter than the one before; the last is the last
+    user turn alone. Turns go in user/assistant pairs so that the roles still alternate."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    history = messages[len(system) : -1]
+    last = messages[-1:]
+    pairs = [history[i : i + 2] for i in range(0, len(history), 2)]
+    out: list[list[dict[str, str]]] = []
+    if side == "left":
+        if system:
+            out.append([m for p in pairs for m in p] + last)
+        for k in range(1, len(pairs) + 1):
+            out.append([m for p in pairs[k:] for m in p] + last)
+    else:
+        for k in range(len(pairs) - 1, -1, -1):
+            out.append(system + [m for p in pairs[:k] for m in p] + last)
+        if system:
+            out.append(last)
+    if not out or out[-1] != last:
+        out.append(last)
+    return out
