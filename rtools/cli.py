@@ -5,23 +5,27 @@ Exit status (documented in every man page):
   1  bad input data, a failed run, or (rt-metrics) a failed --fail-under/--fail-over gate
   2  bad usage (unknown option, bad option value)
   130 interrupted (Ctrl-C)
+  143 terminated (SIGTERM, SIGHUP)
 A command piped into ``head`` ends quietly with status 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import os
+import signal
+import stat
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
 
-from .records import RecordError
+from .records import STDIN_NAMES, RecordError
 
 
 class ExitStatus(enum.IntEnum):
@@ -29,6 +33,7 @@ class ExitStatus(enum.IntEnum):
     ERROR = 1
     USAGE = 2
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 EXIT_STATUS_DOC = [
@@ -36,6 +41,7 @@ EXIT_STATUS_DOC = [
     ("1", "Bad input data (the message names the file and line), or a failed run."),
     ("2", "Bad usage: an unknown option or a bad option value."),
     ("130", "Interrupted (Ctrl-C). Files the command writes are never left half-written."),
+    ("143", "Terminated (SIGTERM or SIGHUP); as with Ctrl-C, no temporary or half-written file is left."),
 ]
 
 _state: dict[str, Any] = {"prog": "rtools", "verbose": False}
@@ -256,6 +262,160 @@ def warn(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Outputs that would overwrite an input.
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _fd_stat(stream: Any) -> os.stat_result | None:
+    """fstat of a standard stream's descriptor; None when it has none (closed, or a test's buffer)."""
+    try:
+        return os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _holds(directory: str, path: str) -> bool:
+    """True when ``path`` lies inside ``directory`` (after resolving symlinks)."""
+    d = os.path.realpath(directory)
+    try:
+        return os.path.commonpath([os.path.realpath(path), d]) == d
+    except ValueError:
+        return False
+
+
+def check_outputs(
+    outputs: Iterable[tuple[str, str | None, bool]], inputs: Iterable[tuple[str, str | None]]
+) -> None:
+    """A usage error (exit 2) when writing an output would destroy an input, before anything is written.
+
+    ``outputs``: ``(option, path, replaces_directory)``; ``inputs``: ``(option, path)``, where ``-``
+    or None is stdin. An output is refused when it is an input file (same device and inode, so also
+    through symlinks, hard links and relative paths), when it is a directory that is replaced whole
+    and holds an input, and stdout is refused when it is redirected onto an input file
+    (``rt-tag x.jsonl >> x.jsonl``). Only regular files count: a terminal or /dev/null as both
+    stdin and stdout is fine.
+    """
+    files: list[tuple[str, str, os.stat_result]] = []
+    for option, path in inputs:
+        if path in STDIN_NAMES:
+            st, shown = _fd_stat(sys.stdin), "standard input"
+        else:
+            st, shown = _stat(str(path)), f"{option} {path}" if option else str(path)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            files.append((shown, str(path), st))
+    if not files:
+        return
+    for option, path, replaces_directory in outputs:
+        if path is None:
+            continue
+        st = _stat(path)
+        for shown, in_path, in_st in files:
+            if st is not None and _same(st, in_st):
+                raise click.UsageError(
+                    f"{option} {path} is the same file as the input ({shown}): writing it would destroy "
+                    "the input; write to another file"
+                )
+            if (
+                replaces_directory
+                and st is not None
+                and stat.S_ISDIR(st.st_mode)
+                and in_path not in STDIN_NAMES
+            ):
+                if _holds(path, in_path):
+                    raise click.UsageError(
+                        f"{option} {path} holds the input ({shown}) and would be replaced whole; "
+                        "write to another directory"
+                    )
+    out = _fd_stat(sys.stdout)
+    if out is not None and stat.S_ISREG(out.st_mode):
+        for shown, _, in_st in files:
+            if _same(out, in_st):
+                raise click.UsageError(
+                    f"standard output is redirected onto the input ({shown}): the output would overwrite "
+                    "or grow the file it is read from; redirect it to another file"
+                )
+
+
+def _paths(value: Any) -> list[str | None]:
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return [value]
+
+
+def check_context_outputs(ctx: click.Context) -> None:
+    """:func:`check_outputs` for a parsed command line: the inputs are its click.Path options and
+    arguments that are not writable; the outputs are the writable ones and ``--out``, a directory
+    replaced whole (rt-lora)."""
+    inputs: list[tuple[str, str | None]] = []
+    outputs: list[tuple[str, str | None, bool]] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None:
+            continue
+        option = param.opts[-1] if isinstance(param, click.Option) else ""
+        if isinstance(param.type, click.Path) and param.type.writable:
+            outputs.extend((option, p, False) for p in _paths(value))
+        elif isinstance(param.type, click.Path):
+            inputs.extend((option, p) for p in _paths(value))
+        elif param.name == "out" and isinstance(value, str):
+            outputs.append((option, value, True))
+    check_outputs(outputs, inputs)
+
+
+# ---------------------------------------------------------------------------
+# Signals: SIGTERM and SIGHUP unwind like Ctrl-C, so that temporary files are removed.
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler so that every ``finally`` and cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While a command runs: SIGTERM and SIGHUP raise :class:`Terminated`, SIGINT KeyboardInterrupt
+    (Python's default, restored if something changed it); the previous handlers come back after."""
+    previous: dict[int, Any] = {}
+    wanted = {signal.SIGTERM: _raise_terminated, signal.SIGINT: signal.default_int_handler}
+    if hasattr(signal, "SIGHUP"):
+        wanted[signal.SIGHUP] = _raise_terminated
+    for signum, handler in wanted.items():
+        try:
+            old = signal.getsignal(signum)
+            if signum == signal.SIGINT and old == signal.SIG_IGN:
+                continue  # started with Ctrl-C ignored (nohup, a background job): keep it so
+            if signum == signal.SIGHUP and old == signal.SIG_IGN:
+                continue  # nohup
+            signal.signal(signum, handler)
+            previous[signum] = old
+        except (ValueError, OSError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, old)
+
+
+# ---------------------------------------------------------------------------
 # Entry point.
 
 
@@ -273,6 +433,12 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
     """Run a click command as ``name`` with the suite's error and exit-status rules."""
     _state["prog"] = name
     _state["verbose"] = bool(os.environ.get("RT_DEBUG"))
+    with _signals_unwind():
+        code = _run(command, name, args)
+    sys.exit(int(code or 0))
+
+
+def _run(command: click.Command, name: str, args: list[str] | None) -> int:
     try:
         try:
             # make_context + invoke rather than command.main: click's main turns EPIPE into exit
@@ -280,6 +446,11 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
             if os.environ.get(f"_{name.upper().replace('-', '_')}_COMPLETE"):
                 command.main(args=args, prog_name=name)  # shell completion is click's business
             with command.make_context(name, list(sys.argv[1:] if args is None else args)) as ctx:
+                check_context_outputs(ctx)
+                if sys.stdout is None:  # started with stdout closed (`>&-`)
+                    raise RtError(
+                        "standard output is closed: nowhere to write; redirect it to a file or pipe"
+                    )
                 code = command.invoke(ctx)
             sys.stdout.flush()
         except click.exceptions.Exit as e:  # --help
@@ -302,6 +473,10 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
         _silence_stdout()
         click.echo(f"{name}: interrupted", err=True)
         code = ExitStatus.INTERRUPTED
+    except Terminated as e:
+        _silence_stdout()
+        click.echo(f"{name}: terminated by {signal.Signals(e.signum).name}", err=True)
+        code = ExitStatus.TERMINATED
     except Exception as e:  # a bug or an environment failure: short message, traceback with -v
         if _state["verbose"]:
             traceback.print_exc()
@@ -311,7 +486,7 @@ def run(command: click.Command, name: str, args: list[str] | None = None) -> Non
             err=True,
         )
         code = ExitStatus.ERROR
-    sys.exit(int(code or 0))
+    return int(code or 0)
 
 
 def entry_point(command: click.Command, name: str) -> Callable[[], None]:

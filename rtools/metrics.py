@@ -239,7 +239,16 @@ def collect(
             ln_add(lineno)
             if category_scores:
                 pc = g("p_cat")
-                pc_add(pc.get(slugs[code]) if code >= 0 and type(pc) is dict else None)
+                if type(pc) is dict:
+                    pc_add(pc.get(slugs[code]) if code >= 0 else None)
+                elif pc is None:
+                    pc_add(None)
+                else:
+                    raise RecordError(
+                        f"invalid p_cat {_show(pc)}: expected an object {{slug: probability}}",
+                        path=name,
+                        line=lineno,
+                    )
     except (KeyError, TypeError, ValueError) as e:
         raise _diagnose(rec, name, lineno, e) from None
 
@@ -313,6 +322,13 @@ def collect(
         for code, slug in enumerate(slugs):
             rows = np.flatnonzero(cat == code)
             own = [pc_l[i] for i in rows]
+            for i, v in zip(rows, own, strict=True):
+                if v is not None and not _is_number(v):  # a bad value is an error, never a fallback
+                    raise RecordError(
+                        f"invalid p_cat.{slug} {_show(v)}: expected a number in [0, 1]",
+                        path=name,
+                        line=int(ln_l[i]),
+                    )
             if own and all(_is_number(v) for v in own):
                 arr, _ = _scores(own, f"p_cat.{slug}", name, [ln_l[i] for i in rows])
                 assert arr is not None

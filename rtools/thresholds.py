@@ -45,7 +45,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .records import RecordError, atomic_write_json, json_type, parse_line
+from .records import RecordError, atomic_write_json, json_type, may_hold_big_int, parse_line
+from .records import dumps as dump_record
 from .tokens import slugify
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -218,11 +219,20 @@ class Thresholds:
             raise ValueError(f'"categories" must be an object {{slug: threshold}}, got {json_type(cats)}')
         default = check_threshold(d["default"], "default") if d.get("default") is not None else None
         categories: dict[str, float] = {}
+        seen: dict[str, str] = {}
         for slug, t in cats.items():
             if slug == DEFAULT_KEY:
                 default = check_threshold(t, "categories.*")
             else:
                 categories[slug] = check_threshold(t, f"categories.{slug}")
+                same = seen.setdefault(_slug_or_none(slug) or slug, slug)
+                if same != slug:
+                    raise ValueError(f"categories {same!r} and {slug!r} are the same category")
+        if not categories and default is None:
+            raise ValueError(
+                'sets no threshold: "categories" is empty and there is no "default" '
+                '(give "threshold": T, or "categories": {slug: T, ...})'
+            )
         return cls(categories=categories, default=default, meta=meta)
 
     @classmethod
@@ -322,6 +332,13 @@ def check_threshold(value: Any, what: str = "threshold") -> float:
     return float(value)
 
 
+def same_category(a: str, b: str) -> bool:
+    """True when two --cat names name the same category (``safety`` and ``Safety``)."""
+    if DEFAULT_KEY in (a, b):
+        return a == b
+    return a == b or (_slug_or_none(a) or a) == (_slug_or_none(b) or b)
+
+
 def parse_cat_option(text: str) -> tuple[str, float]:
     """``slug=T`` (``*=T`` for every category not named) -> (name, T); ValueError when malformed."""
     name, sep, value = text.rpartition("=")
@@ -358,6 +375,8 @@ def apply_stream(
     loads = orjson.loads
     dumps = orjson.dumps
     opt = orjson.OPT_APPEND_NEWLINE
+    plus = b"+"
+    big = may_hold_big_int
     write = out.write
     flush = out.flush
     fast = checker.fast
@@ -367,12 +386,16 @@ def apply_stream(
             try:
                 r = loads(line)
                 fast(r)
+                data = dumps(r, option=opt)
+                if plus in data and big(line):  # an integer beyond 64 bits read as a float
+                    raise ValueError
             except Exception:
                 r = checker.decide_line(line, lineno)
                 fast = checker.fast
                 if r is None:
                     continue
-            write(dumps(r, option=opt))
+                data = dump_record(r)
+            write(data)
             count += 1
             if unbuffered:
                 flush()
@@ -382,13 +405,29 @@ def apply_stream(
 
 
 class _Checked:
-    """The checked path of :func:`apply_stream`; resolves --cat names on the first p_cat seen."""
+    """The checked path of :func:`apply_stream`; resolves --cat names on the first p_cat seen.
+
+    The first p_cat also fixes the set of category slugs: a later record whose p_cat has another
+    set (a slug the scores never had, or one missing) is an error with its file and line, so a
+    stray slug can never win decision_cat.
+    """
 
     def __init__(self, rule: Thresholds, name: str):
         self.rule = rule
         self.name = name
+        self.slugs: frozenset[str] | None = None
+        self.first: list[str] = []
         self.resolved = rule.mode != "category"
-        self.fast: Any = _fast_rule(rule) if self.resolved else _unresolved
+        self.fast: Any = _fast_rule(rule, None) if self.resolved else _unresolved
+
+    def check_slugs(self, pc: Mapping[str, Any]) -> None:
+        if self.slugs is None:
+            self.slugs = frozenset(pc)
+            self.first = list(pc)
+            if self.resolved:
+                self.fast = _fast_rule(self.rule, self.slugs)
+        elif pc.keys() != self.slugs:
+            check_slug_set(self.first, pc)
 
     def decide_line(self, line: bytes, lineno: int) -> dict[str, Any] | None:
         r = parse_line(line, self.name, lineno)
@@ -400,19 +439,42 @@ class _Checked:
                 assert pc is not None
                 self.rule = self.rule.resolve(pc)
                 self.resolved = True
-                self.fast = _fast_rule(self.rule)
+                self.fast = _fast_rule(self.rule, self.slugs)
             r["decision"], r["decision_cat"] = self.rule.decide(r)
+            pc = r.get("p_cat")
+            if isinstance(pc, dict) and pc:
+                self.check_slugs(pc)
         except RecordError as e:
             raise RecordError(e.message, path=self.name, line=lineno, hint=e.hint) from None
         return r
+
+
+def check_slug_set(first: list[str], pc: Mapping[str, Any]) -> None:
+    """RecordError unless ``pc`` has exactly the categories of the first p_cat, ``first``."""
+    extra = [s for s in pc if s not in first]
+    missing = [s for s in first if s not in pc]
+    if not extra and not missing:
+        return
+    what = []
+    if extra:
+        what.append(f"has {', '.join(map(repr, extra))}, which the first record's p_cat has not")
+    if missing:
+        what.append(f"lacks {', '.join(map(repr, missing))}")
+    raise RecordError(
+        f"p_cat {'; it '.join(what)} (the first has: {', '.join(first)})",
+        hint="every record must be scored with the same token map",
+    )
 
 
 def _unresolved(r: dict[str, Any]) -> None:
     raise LookupError("category names not resolved yet")
 
 
-def _fast_rule(rule: Thresholds) -> Any:
+def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
     """A function that sets decision/decision_cat on a common record, or raises on anything else.
+
+    ``slugs``: the categories every p_cat must have (None until the first p_cat is seen: then any
+    record with a p_cat goes to the checked path, which fixes them).
 
     It never reports errors itself: whatever it raises sends the record to the checked path.
     """
@@ -426,8 +488,10 @@ def _fast_rule(rule: Thresholds) -> Any:
             p = r["p_refuse"]
             if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
                 raise ValueError
+            pc = r.get("p_cat")
+            if pc is not None and pc.keys() != slugs:
+                raise ValueError
             if p >= t:
-                pc = r.get("p_cat")
                 best = None
                 if pc is not None:
                     best_p = -1.0
@@ -451,6 +515,8 @@ def _fast_rule(rule: Thresholds) -> Any:
 
         def fast_own(r: dict[str, Any]) -> None:
             pc = r.get("p_cat")
+            if pc is not None and pc.keys() != slugs:
+                raise ValueError
             if pc is None:
                 p = r["p_refuse"]
                 if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
@@ -486,13 +552,12 @@ def _fast_rule(rule: Thresholds) -> Any:
 
     ts = rule.categories
     default = rule.default
-    keys = ts.keys()
     n_named = len(ts)
     get = ts.get
 
     def fast_category(r: dict[str, Any]) -> None:
         pc = r["p_cat"]
-        if not keys <= pc.keys():
+        if pc.keys() != slugs:  # also every named category (resolved on the first p_cat)
             raise ValueError
         best = None  # the highest firing category
         best_p = -1.0
@@ -539,10 +604,13 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
     loads = orjson.loads
     dumps = orjson.dumps
     opt = orjson.OPT_APPEND_NEWLINE
+    plus = b"+"
+    big = may_hold_big_int
     write = out.write
     float_ = float
     refuse = REFUSE
     respond = RESPOND
+    slugs = checker.slugs
     count = 0
     lineno = 0
     try:
@@ -552,8 +620,10 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
                 p = r["p_refuse"]
                 if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
                     raise ValueError
+                pc = r.get("p_cat")
+                if pc is not None and pc.keys() != slugs:  # the first p_cat, or another slug set
+                    raise ValueError
                 if p >= t:
-                    pc = r.get("p_cat")
                     best = None
                     if pc is not None:
                         best_p = -1.0
@@ -570,11 +640,18 @@ def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thres
                 else:
                     r["decision"] = respond
                     r["decision_cat"] = None
+                data = dumps(r, option=opt)
+                # orjson writes a float of 1e16 or more with "e+": maybe an integer beyond 64 bits
+                # that orjson read as a float; the checked path reads it exactly
+                if plus in data and big(line):
+                    raise ValueError
             except Exception:
                 r = checker.decide_line(line, lineno)
+                slugs = checker.slugs
                 if r is None:
                     continue
-            write(dumps(r, option=opt))
+                data = dump_record(r)
+            write(data)
             count += 1
     finally:
         out.flush()
@@ -713,6 +790,12 @@ def collect_fit_data(
                     raise RecordError(
                         f"p_cat has no {', '.join(map(repr, missing))} (earlier records have: {', '.join(data.slugs)})"
                     ) from None
+                if len(pc) != len(data.slugs):
+                    extra = [s for s in pc if s not in data.slugs]
+                    raise RecordError(
+                        f"p_cat has {', '.join(map(repr, extra))}, which earlier records have not"
+                        f" (they have: {', '.join(data.slugs)})"
+                    )
                 data.p_cat.append([float(x) for x in row])
             else:
                 data.p_refuse.append(get_probability(r, "p_refuse"))

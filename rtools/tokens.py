@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .records import atomic_write_bytes
+from .records import atomic_write_bytes, json_type
 
 #: CoCoNot's five top-level categories and their slugs.
 COCONOT_CATEGORIES: dict[str, str] = {
@@ -49,6 +49,21 @@ def category_token(slug: str) -> str:
     return f"[refuse:{slug}]"
 
 
+#: The shapes a control token may have: (opening, closing) around a non-empty name.
+CONTROL_TOKEN_SHAPES = (("<|", "|>"), ("[", "]"), ("<", ">"))
+TOKEN_MAP_KEYS = ("mode", "respond", "refuse", "categories")
+
+
+def is_control_token_shape(token: str) -> bool:
+    """True for ``[name]``, ``<name>`` and ``<|name|>`` on one line: never a plain word."""
+    if "\n" in token or "\r" in token:
+        return False
+    return any(
+        token.startswith(a) and token.endswith(b) and len(token) > len(a) + len(b)
+        for a, b in CONTROL_TOKEN_SHAPES
+    )
+
+
 @dataclass
 class TokenMap:
     """The control tokens of one model.
@@ -75,8 +90,15 @@ class TokenMap:
         if len(set(tokens)) != len(tokens):
             raise ValueError(f"control tokens must be distinct: {tokens}")
         for t in tokens:
+            if not isinstance(t, str):
+                raise ValueError(f"control token must be a string, got {t!r}")
             if not t or t != t.strip():
                 raise ValueError(f"control token {t!r} must be non-empty without surrounding spaces")
+            if not is_control_token_shape(t):
+                raise ValueError(
+                    f"control token {t!r} must look like [name], <name> or <|name|> (one line), so that it "
+                    "can never be an ordinary word of a tokenizer's vocabulary"
+                )
 
     @classmethod
     def single(cls, refuse: str = "[refuse]", respond: str = "[respond]") -> TokenMap:
@@ -123,11 +145,38 @@ class TokenMap:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenMap:
-        mode = d.get("mode", SINGLE)
+    def from_dict(cls, d: Any) -> TokenMap:
+        """Parse a token map; ValueError naming what is wrong (not a JSON object, unknown keys such as a
+        thresholds file's, wrong types)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a token map is a JSON object, got {json_type(d)}")
+        unknown = [k for k in d if k not in TOKEN_MAP_KEYS]
+        if unknown:
+            hint = (
+                " (this looks like a thresholds file)"
+                if any(k in d for k in ("threshold", "default", "objective"))
+                else ""
+            )
+            raise ValueError(
+                f"not a token map: unexpected key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}{hint}; a token map has {', '.join(TOKEN_MAP_KEYS)}"
+            )
+        if "mode" not in d:
+            raise ValueError('not a token map: no "mode" ("single" or "category")')
+        mode = d["mode"]
+        for key in ("respond", "refuse"):
+            if key in d and not isinstance(d[key], str):
+                raise ValueError(f'"{key}" must be a string, got {json_type(d[key])}')
         if mode == SINGLE:
             return cls.single(refuse=d.get("refuse", "[refuse]"), respond=d.get("respond", "[respond]"))
-        return cls(mode=CATEGORY, respond=d.get("respond", "[respond]"), categories=dict(d["categories"]))
+        if mode != CATEGORY:
+            raise ValueError(f"unknown token mode {mode!r} (expected 'single' or 'category')")
+        cats = d.get("categories")
+        if not isinstance(cats, dict) or not all(isinstance(v, str) for v in cats.values()):
+            raise ValueError(
+                f'category mode needs "categories": {{slug: token string}}, got {json_type(cats)}'
+            )
+        return cls(mode=CATEGORY, respond=d.get("respond", "[respond]"), categories=dict(cats))
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the map as JSON to ``path``; key order is kept, since category order fixes token ids."""
@@ -143,4 +192,8 @@ class TokenMap:
     def load(cls, directory: str | os.PathLike) -> TokenMap:
         path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
         with open(path, "rb") as fh:
-            return cls.from_dict(orjson.loads(fh.read()))
+            data = fh.read()
+        try:
+            return cls.from_dict(orjson.loads(data))
+        except ValueError as e:  # orjson.JSONDecodeError included
+            raise ValueError(f"{path}: {e}") from None

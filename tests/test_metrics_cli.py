@@ -128,7 +128,7 @@ def test_empty_input_prints_n0_summary():
     ("line", "message"),
     [
         (b"{not json", "invalid JSON"),
-        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"[1, 2]", "expected a JSON object, got an array"),
         (b'{"decision": "refuse"}', 'missing "label"'),
         (b'{"label": "maybe", "decision": "refuse"}', 'invalid label "maybe"'),
         (b'{"label": "refuse"}', 'missing "decision"'),

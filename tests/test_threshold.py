@@ -272,8 +272,8 @@ BAD_LINES = [
         for line, message in [
             ("{not json", "invalid JSON"),
             ('{"p_refuse": 1e400}', "invalid JSON"),
-            ("[1, 2]", "expected a JSON object, got list"),
-            ('"text"', "expected a JSON object, got str"),
+            ("[1, 2]", "expected a JSON object, got an array"),
+            ('"text"', "expected a JSON object, got a string"),
             (
                 '{"p_refuse": 0.9, "p_respond": 0.1, "p_cat": {"safety": 2}}',
                 "p_cat.safety is 2, outside [0, 1]",

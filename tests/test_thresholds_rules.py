@@ -19,6 +19,7 @@ from rtools.thresholds import (
     argmax_slug,
     candidate_thresholds,
     category_rule,
+    check_slug_set,
     collect_fit_data,
     confusion,
     fit,
@@ -232,12 +233,20 @@ def apply_all(lines: bytes, rule: Thresholds, unbuffered: bool):
 def reference(recs, rule: Thresholds):
     """What apply_stream must write: Thresholds.decide on each record, up to the first error."""
     out = b""
+    first = None  # the first p_cat's slugs fix every later record's (issue 10 item 12)
     for lineno, record in enumerate(recs, 1):
         r = dict(record)
         try:
             if rule.mode == "category" and lineno == 1:
                 rule = rule.resolve(get_p_cat(r) or {})
             r["decision"], r["decision_cat"] = rule.decide(r)
+            pc = r.get("p_cat")
+            if isinstance(pc, dict) and pc:
+                if first is None:
+                    first = list(pc)
+                elif set(pc) != set(first):
+                    check_slug_set(first, pc)
+                    raise AssertionError("check_slug_set accepted another slug set")
         except RecordError as e:
             return out, f"in.jsonl:{lineno}: {e.format()}"
         out += orjson.dumps(r) + b"\n"

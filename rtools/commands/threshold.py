@@ -18,6 +18,7 @@ from ..thresholds import (
     fit,
     iter_decided,
     parse_cat_option,
+    same_category,
 )
 
 HELP = """Turn refusal scores into decisions, or fit thresholds on labelled data.
@@ -70,7 +71,10 @@ MAN = {
         "p_respond: probability of the respond token, in [0, 1]. Read by the own-choice rule, and by "
         "--cat for categories that have no threshold.\n\n"
         "p_cat: {slug: probability} for each refusal category (category mode). Read by --cat, "
-        "--per-category, the own-choice rule when present, and --threshold to name decision_cat.\n\n"
+        "--per-category, the own-choice rule when present, and --threshold to name decision_cat. "
+        "The first record with a p_cat fixes the set of categories: a later record whose p_cat has "
+        "another set (a slug the first has not, or one missing) is an error naming its file and line, "
+        "so a stray slug can never win decision_cat.\n\n"
         "label: refuse or respond, the gold answer. Required on every record by --fit, except "
         "--fit budget=B, which reads labels only to report metrics when every record has one.\n\n"
         "category: the gold refusal category (CoCoNot's names map to slugs). Read by --fit "
@@ -89,7 +93,9 @@ MAN = {
         'A JSON object, either {"threshold": T} (a global threshold on p_refuse) or '
         '{"categories": {SLUG: T, ...}} with an optional "default": T for every category not named '
         "(the same as --cat '*=T'). Thresholds are numbers in [0, 1]. Any other keys are metadata and "
-        "are ignored when reading.\n\n"
+        'are ignored when reading. A file that sets no threshold ({"categories": {}} or '
+        '{"default": null}) is an error, and so are two names of one category (safety and Safety), '
+        "in the file as with --cat (there a usage error).\n\n"
         "--fit writes this format with the metadata: objective (its canonical name, the key rt-metrics "
         "reports: f1, refusal_rate=R, false_refusal_rate=R, missed_refusal_rate=R, recall=R or "
         "budget=B), objective_value (F1; the refusal rate for refusal_rate and budget; the recall for "
@@ -166,6 +172,9 @@ def _cat_options(ctx: click.Context, param: click.Parameter, values: tuple[str, 
             raise click.BadParameter(str(e)) from None
         if name in cats:
             raise click.BadParameter(f"{name!r} is given twice")
+        same = next((other for other in cats if same_category(other, name)), None)
+        if same is not None:
+            raise click.BadParameter(f"{same!r} and {name!r} are the same category: give it one threshold")
         cats[name] = t
     return cats
 
