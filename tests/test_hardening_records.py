@@ -1,0 +1,341 @@
+"""Issue 10 hardening of the record path: big integers, outputs over inputs, empty thresholds files,
+signals, conflicting --cat, unknown p_cat slugs, messages that name the problem, control tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rtools.records import RecordWriter, dumps, iter_records
+from rtools.tokens import TokenMap
+
+BIG = [18446744073709551616, 18446744073709551617, -9223372036854775809, 10**40]
+
+
+def _scored(i: int, **extra) -> dict:
+    return {"id": BIG[i % len(BIG)], "p_refuse": 0.7, "p_respond": 0.2, **extra}
+
+
+# -- item 4 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["-t", "0.5"], ["-t", "0.5", "-u"], ["--cat", "*=0.3"]],
+    ids=["own", "global-fast", "global-unbuffered", "category"],
+)
+def test_big_integers_round_trip_rt_threshold(args, invoke):
+    recs = [
+        _scored(i, p_cat={"safety": 0.5, "humanizing": 0.1}, nested={"n": [BIG[i], 1.5e300, 0.1]})
+        for i in range(4)
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in recs)
+    r = invoke("rt-threshold", args, input=text)
+    assert r.exit_code == 0, r.stderr
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["id"] for o in out] == BIG
+    assert [o["nested"] for o in out] == [r["nested"] for r in recs]
+    assert str(BIG[0]) in r.stdout and "e+19" not in r.stdout
+
+
+def test_big_integers_round_trip_rt_tag_and_fit_save(invoke, tmp_path):
+    text = "".join(json.dumps({"id": b, "prompt": "p", "label": "refuse"}) + "\n" for b in BIG)
+    r = invoke("rt-tag", ["-q"], input=text)
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == BIG
+    recs = [
+        {"id": b, "label": "refuse" if i % 2 else "respond", "p_refuse": i / 4} for i, b in enumerate(BIG)
+    ]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    r = invoke("rt-threshold", ["-q", "--fit", "f1", "--save", str(tmp_path / "t.json"), str(path)])
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == BIG
+
+
+def test_big_integers_round_trip_reader_and_writer():
+    lines = [json.dumps({"id": b, "f": 0.1, "s": "18446744073709551616"}).encode() + b"\n" for b in BIG]
+    got = [r for _, r in iter_records(lines, "x")]
+    assert [r["id"] for r in got] == BIG and all(type(r["id"]) is int for r in got)
+    assert b"".join(dumps(r) for r in got) == b"".join(lines).replace(b", ", b",").replace(b": ", b":")
+    import io
+
+    buf = io.BytesIO()
+    w = RecordWriter(buf)
+    for r in got:
+        w.write(r)
+    assert [json.loads(x)["id"] for x in buf.getvalue().splitlines()] == BIG
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+@pytest.mark.parametrize("name", ["rt-tag", "rt-threshold", "rt-metrics"])
+def test_big_integers_nan_literal_is_an_error(name, literal, invoke):
+    line = '{"id": 18446744073709551616, "x": LIT, "prompt": "p", "label": "refuse", "p_refuse": 0.5}\n'
+    line = line.replace("LIT", literal)
+    r = invoke(name, ["-t", "0.5"] if name != "rt-tag" else [], input=line)
+    assert r.exit_code == 1, r.stdout
+    assert ":1: invalid JSON" in r.stderr
+    assert "NaN" not in r.stdout and "Infinity" not in r.stdout
+
+
+# -- item 5 ----------------------------------------------------------------------------------
+
+
+def _data(tmp_path):
+    path = tmp_path / "x.jsonl"
+    rows = [
+        {"prompt": "p", "label": "refuse", "p_refuse": 0.9, "p_respond": 0.1},
+        {"prompt": "q", "label": "respond", "p_refuse": 0.1, "p_respond": 0.8},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, option",
+    [("rt-tag", ["--token-map"]), ("rt-threshold", ["--fit", "f1", "--save"]), ("rt-metrics", ["--plot"])],
+)
+@pytest.mark.parametrize("how", ["same", "relative", "symlink"])
+def test_output_same_as_input_refused(name, option, how, invoke, tmp_path, monkeypatch):
+    path = _data(tmp_path)
+    before = path.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out = {"same": str(path), "relative": "x.jsonl", "symlink": "link.jsonl"}[how]
+    if how == "symlink":
+        os.symlink(path, tmp_path / "link.jsonl")
+    r = invoke(name, [*option, out, str(path)])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert "same file as the input" in r.stderr
+    assert r.stdout == ""
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["rt-tag", "rt-threshold", "rt-metrics"])
+def test_output_same_as_input_refused_stdout_redirect(name, script, tmp_path):
+    path = _data(tmp_path)
+    before = path.read_bytes()
+    with open(path, "ab") as out:  # `rt-x x.jsonl >> x.jsonl`
+        r = subprocess.run([script(name), str(path)], stdout=out, stderr=subprocess.PIPE, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert b"standard output is redirected onto the input" in r.stderr
+    assert path.read_bytes() == before
+    with open(path, "rb") as fin, open(path, "ab") as out:  # `rt-x < x.jsonl >> x.jsonl`
+        r = subprocess.run([script(name)], stdin=fin, stdout=out, stderr=subprocess.PIPE, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert path.read_bytes() == before
+
+
+def test_output_same_as_input_refused_directory_holding_input(tmp_path):
+    import click
+
+    from rtools.cli import check_outputs
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "train.jsonl").write_text("{}\n")
+    with pytest.raises(click.UsageError, match="holds the input"):
+        check_outputs([("--out", str(d), True)], [("", str(d / "train.jsonl"))])
+    check_outputs([("--out", str(tmp_path / "other"), True)], [("", str(d / "train.jsonl"))])
+
+
+# -- item 8 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content", ['{"categories": {}}', '{"default": null}', '{"categories": {}, "default": null}']
+)
+def test_thresholds_file_that_sets_nothing_is_an_error(content, invoke, tmp_path):
+    t = tmp_path / "t.json"
+    t.write_text(content)
+    r = invoke("rt-threshold", ["-T", str(t)], input='{"p_refuse": 0.9, "p_respond": 0.1}\n')
+    assert r.exit_code == 1
+    assert f"{t}: sets no threshold" in r.stderr
+    assert r.stdout == ""
+
+
+# -- item 9 ----------------------------------------------------------------------------------
+
+SLOW_WRITER = r"""
+import os, sys, time
+TARGET = sys.argv[1]
+def slow_fsync(fd):
+    open(TARGET + ".ready", "w").close()
+    time.sleep(60)
+os.fsync = slow_fsync
+from rtools.commands.threshold import main
+sys.argv = ["rt-threshold", "-q", "--fit", "f1", "--save", sys.argv[1], sys.argv[2]]
+main()
+"""
+
+SLOW_DIRECTORY = r"""
+import os, sys, time
+import click
+from rtools.cli import run
+from rtools.records import atomic_directory
+@click.command()
+def cmd():
+    with atomic_directory(sys.argv[1], overwrite=True) as tmp:
+        with open(os.path.join(tmp, "big.bin"), "wb") as fh:
+            fh.write(b"x" * 1000)
+        open(sys.argv[1] + ".ready", "w").close()
+        time.sleep(60)
+run(cmd, "rt-slow", [])
+"""
+
+
+def _kill_when_ready(proc, ready, sig):
+    deadline = time.time() + 60
+    while not os.path.exists(ready):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_leaves_no_temporary_file(sig, tmp_path):
+    data = _data(tmp_path)
+    target = tmp_path / "t.json"
+    target.write_text('{"threshold": 0.5}\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(target), str(data)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    rc = _kill_when_ready(proc, str(target) + ".ready", sig)
+    assert rc == (143 if sig == signal.SIGTERM else 130), proc.stderr.read()
+    os.unlink(str(target) + ".ready")
+    assert sorted(os.listdir(tmp_path)) == ["t.json", "x.jsonl"]
+    assert target.read_text() == '{"threshold": 0.5}\n'
+
+
+def test_signal_leaves_no_temporary_directory(tmp_path):
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DIRECTORY, str(target)], stderr=subprocess.PIPE)
+    rc = _kill_when_ready(proc, str(target) + ".ready", signal.SIGTERM)
+    assert rc == 143
+    assert b"terminated by SIGTERM" in proc.stderr.read()
+    os.unlink(str(target) + ".ready")
+    assert os.listdir(tmp_path) == ["adapter"]
+    assert os.listdir(target) == ["keep.txt"]
+
+
+# -- item 11 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rt-threshold"])
+def test_conflicting_cat_is_a_usage_error(name, invoke):
+    r = invoke(
+        name,
+        ["--cat", "safety=.3", "--cat", "Safety=.4"],
+        input='{"p_cat": {"safety": 0.5}, "p_respond": 0.1}\n',
+    )
+    assert r.exit_code == 2
+    assert "'safety' and 'Safety' are the same category" in r.stderr
+
+
+# -- item 12 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["-t", "0.5"], ["-t", "0.5", "-u"], ["--cat", "*=0.3"], ["--cat", "safety=0.3"]]
+)
+def test_unknown_p_cat_slug_is_an_error(args, invoke):
+    good = {"p_refuse": 0.9, "p_respond": 0.05, "p_cat": {"safety": 0.5, "humanizing": 0.4}}
+    stray = {"p_refuse": 0.9, "p_respond": 0.05, "p_cat": {"safety": 0.3, "humanizing": 0.1, "evil": 0.5}}
+    text = "".join(json.dumps(r) + "\n" for r in (good, stray, good))
+    r = invoke("rt-threshold", args, input=text)
+    assert r.exit_code == 1, r.stdout
+    assert "<stdin>:2: p_cat has 'evil'" in r.stderr
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_unknown_p_cat_slug_in_per_category_fit_is_an_error(invoke):
+    rows = [
+        {"label": "refuse", "p_cat": {"safety": 0.5}},
+        {"label": "respond", "p_cat": {"safety": 0.2, "evil": 0.9}},
+    ]
+    r = invoke(
+        "rt-threshold", ["--fit", "f1", "--per-category"], input="".join(json.dumps(x) + "\n" for x in rows)
+    )
+    assert r.exit_code == 1
+    assert "<stdin>:2: p_cat has 'evil'" in r.stderr
+
+
+@pytest.mark.parametrize("bad", ['"x"', "true", "[0.5]"])
+def test_unknown_p_cat_sweep_non_number_is_an_error(bad, invoke):
+    rows = [
+        '{"label": "refuse", "category": "safety", "p_refuse": 0.9, "p_cat": {"safety": 0.8}}',
+        '{"label": "respond", "category": "safety", "p_refuse": 0.2, "p_cat": {"safety": BAD}}'.replace(
+            "BAD", bad
+        ),
+    ]
+    r = invoke("rt-metrics", ["--sweep"], input="\n".join(rows) + "\n")
+    assert r.exit_code == 1, r.stdout
+    assert "<stdin>:2: invalid p_cat.safety" in r.stderr
+
+
+# -- item 13 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rt-tag", "rt-threshold", "rt-metrics"])
+def test_closed_stdin_and_stdout_are_named(name, script, tmp_path):
+    r = subprocess.run(f"{script(name)} <&-", shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "standard input is closed" in r.stderr and "NoneType" not in r.stderr
+    path = _data(tmp_path)
+    r = subprocess.run(f"{script(name)} {path} >&-", shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "standard output is closed" in r.stderr and "NoneType" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([], "a token map is a JSON object, got an array"),
+        ({"threshold": 0.5}, "looks like a thresholds file"),
+        ({"categories": {"safety": 0.3}, "default": 0.2}, "looks like a thresholds file"),
+        ({"respond": "[respond]"}, 'no "mode"'),
+        ({"mode": "category", "categories": ["a"]}, 'needs "categories"'),
+        ({"mode": "single", "refuse": 3}, '"refuse" must be a string, got a number'),
+    ],
+)
+def test_token_map_messages_name_the_problem(data, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        TokenMap.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "value, kind", [("null", "null"), ("3", "a number"), ("[1]", "an array"), ('"s"', "a string")]
+)
+@pytest.mark.parametrize("name", ["rt-tag", "rt-threshold", "rt-metrics"])
+def test_non_object_records_name_json_types(name, value, kind, invoke):
+    r = invoke(name, [], input=value + "\n")
+    assert r.exit_code == 1
+    assert f"<stdin>:1: expected a JSON object, got {kind}" in r.stderr
+
+
+# -- item 14 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["b", "refuse", "the", "[refuse", "x]", "<|a", "[]", "<>", "[a\nb]"])
+def test_control_token_that_is_a_plain_word_is_refused(token, invoke):
+    r = invoke("rt-tag", ["--refuse-token", token], input='{"prompt": "p", "label": "refuse"}\n')
+    assert r.exit_code == 2
+    assert "must look like [name], <name> or <|name|>" in r.stderr
+    r = invoke("rt-tag", ["--mode", "category", "--cat-token", f"safety={token}"], input="")
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("token", ["[refuse]", "<refuse>", "<|refuse|>", "[refuse:medical advice]"])
+def test_control_token_shapes_accepted(token):
+    assert TokenMap.single(refuse=token).refuse == token
