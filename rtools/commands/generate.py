@@ -13,7 +13,9 @@ from ..cli import (
     model_options,
     progress_bar,
     unbuffered_option,
+    warn,
 )
+from ..model.chat import TRUNCATE_HELP
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
 from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
 from .threshold import build_rule, rule_options
@@ -246,6 +248,12 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     show_default=True,
     help="Records read, batched by length and generated together before they are written.",
 )
+@click.option(
+    "--truncate",
+    type=click.Choice(["left", "right"]),
+    default=None,
+    help=TRUNCATE_HELP + " The limit leaves room for --max-new-tokens and the control token.",
+)
 @model_options
 @unbuffered_option
 @common_options
@@ -265,6 +273,7 @@ def command(
     detector,
     batch_size,
     window,
+    truncate,
     device,
     dtype,
     load_4bit,
@@ -277,7 +286,7 @@ def command(
     if logit_bias and rule.mode != "own":
         raise click.UsageError("--logit-bias cannot be combined with --threshold, --cat or --thresholds")
 
-    from ..model.chat import ChatEncoder, record_messages
+    from ..model.chat import ChatEncoder, context_limit, record_messages
     from ..model.generation import ControlChooser, Generator, Sampling, end_ids, record_decision
     from ..model.scoring import windows
     from ..tokens import CATEGORY
@@ -327,14 +336,27 @@ def command(
         bar = progress_bar(quiet, "answer")
         pending: RecordError | None = None
         count = 0
+        context = context_limit(lm.model, lm.tokenizer)
+        limit = what = None
+        if context is not None:
+            limit = context[0] - max_new_tokens - 1  # the answer and its forced control token must fit too
+            what = (
+                f"{limit} ({context[1]} {context[0]}, less {max_new_tokens} for --max-new-tokens "
+                "and 1 for the control token)"
+            )
+            if limit < 1:
+                raise fail(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {what}")
+        truncated = 0
 
         def encoded():
-            nonlocal pending, count
+            nonlocal pending, count, truncated
             try:
                 for line, rec in iter_records(fh, name):
                     msgs = record_messages(rec, name, line)
                     recorded = record_decision(rec, token_map, name, line)
-                    yield count, line, rec, recorded, encoder.encode_prompt(msgs)
+                    ids, dropped = encoder.encode_prompt_within(msgs, limit, truncate, name, line, what=what)
+                    truncated += dropped > 0
+                    yield count, line, rec, recorded, ids
                     count += 1
             except RecordError as e:
                 pending = e  # generate and write everything before the bad line first
@@ -375,6 +397,10 @@ def command(
                 bar.update(len(win))
         if bar is not None:
             bar.close()
+        if truncated and not quiet:
+            warn(
+                f"--truncate {truncate}: dropped earlier turns from {truncated} prompt(s) to fit {limit} tokens"
+            )
         if pending is not None:
             raise pending
 

@@ -12,7 +12,9 @@ from ..cli import (
     model_options,
     progress_bar,
     unbuffered_option,
+    warn,
 )
+from ..model.chat import TRUNCATE_HELP
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
 
 HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
@@ -69,6 +71,12 @@ automatically (bf16 on GPU; --4bit for NF4).
     show_default=True,
     help="Softmax temperature for the probabilities.",
 )
+@click.option(
+    "--truncate",
+    type=click.Choice(["left", "right"]),
+    default=None,
+    help=TRUNCATE_HELP,
+)
 @model_options
 @unbuffered_option
 @common_options
@@ -82,12 +90,13 @@ def command(
     dtype,
     load_4bit,
     temperature,
+    truncate,
     allow_untrained,
     trust_remote_code,
     unbuffered,
     quiet,
 ):
-    from ..model.chat import ChatEncoder, record_messages
+    from ..model.chat import ChatEncoder, context_limit, record_messages
     from ..model.scoring import Scorer, windows
 
     name = display_name(file)
@@ -115,12 +124,19 @@ def command(
         )
         bar = progress_bar(quiet, "prompt")
         pending: RecordError | None = None
+        limit, source = context_limit(lm.model, lm.tokenizer) or (None, "")
+        truncated = 0
 
         def encoded():
-            nonlocal pending
+            nonlocal pending, truncated
             try:
                 for line, rec in iter_records(fh, name):
-                    yield line, rec, encoder.encode_prompt(record_messages(rec, name, line))
+                    msgs = record_messages(rec, name, line)
+                    ids, dropped = encoder.encode_prompt_within(
+                        msgs, limit, truncate, name, line, what=f"{limit} ({source})"
+                    )
+                    truncated += dropped > 0
+                    yield line, rec, ids
             except RecordError as e:
                 pending = e  # score and write everything before the bad line first
 
@@ -137,6 +153,10 @@ def command(
                 bar.update(len(win))
         if bar is not None:
             bar.close()
+        if truncated and not quiet:
+            warn(
+                f"--truncate {truncate}: dropped earlier turns from {truncated} prompt(s) to fit {limit} tokens"
+            )
         if pending is not None:
             raise pending
 

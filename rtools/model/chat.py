@@ -253,19 +253,21 @@ class ChatEncoder:
         truncate: str | None = None,
         name: str | None = None,
         line: int | None = None,
-        what: str = "the model's context",
+        what: str | None = None,
     ) -> tuple[list[int], int]:
         """encode_prompt, at most ``limit`` tokens: (ids, number of messages dropped).
 
-        Past the limit it is a RecordError naming the length and the limit, unless ``truncate``
+        Past the limit it is a RecordError naming the length and the limit (``what`` says how the
+        limit reads, e.g. "512 (max_position_embeddings)"), unless ``truncate``
         ('left' or 'right', see TRUNCATE_HELP) drops whole earlier turns until the prompt fits.
         """
         ids = self.encode_prompt(messages, name, line)
         if limit is None or len(ids) <= limit:
             return ids, 0
+        what = what or str(limit)
         if truncate is None:
             raise RecordError(
-                f"the prompt is {len(ids)} tokens, longer than {what} ({limit} tokens)",
+                f"the prompt is {len(ids)} tokens, past the model's limit of {what}",
                 path=name,
                 line=line,
                 hint="shorten it, or pass --truncate left|right to drop earlier turns",
@@ -283,8 +285,8 @@ class ChatEncoder:
         if best is None:
             alone = self.encode_prompt(messages[-1:], name, line)
             raise RecordError(
-                f"the last user turn alone is {len(alone)} tokens as a prompt, longer than {what} "
-                f"({limit} tokens); --truncate never cuts it",
+                f"the prompt is {len(ids)} tokens, past the model's limit of {what}, and the last user "
+                f"turn alone is {len(alone)} tokens; --truncate never cuts it",
                 path=name,
                 line=line,
                 hint="shorten the last user turn",
