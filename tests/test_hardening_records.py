@@ -339,3 +339,18 @@ def test_control_token_that_is_a_plain_word_is_refused(token, invoke):
 @pytest.mark.parametrize("token", ["[refuse]", "<refuse>", "<|refuse|>", "[refuse:medical advice]"])
 def test_control_token_shapes_accepted(token):
     assert TokenMap.single(refuse=token).refuse == token
+
+
+@pytest.mark.parametrize("keep", [0.5, 5 / 1e9])
+def test_truncated_safetensors_names_the_file(keep, tmp_path):
+    import tiny
+
+    from rtools.model.loading import ModelError, load_base
+
+    d = tiny.build_model(str(tmp_path / "m"), tie=True)
+    f = os.path.join(d, "model.safetensors")
+    data = open(f, "rb").read()
+    with open(f, "wb") as fh:
+        fh.write(data[: max(5, int(len(data) * keep))])
+    with pytest.raises(ModelError, match=r"model\.safetensors: cannot load the model"):
+        load_base(d, "cpu", None)

@@ -294,6 +294,26 @@ def quiet_transformers() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def broken_safetensors(directory: str) -> str | None:
+    """The first ``*.safetensors`` file of ``directory`` that safetensors cannot open (truncated, or not
+    safetensors at all), so that an error names the file; None when every file opens."""
+    try:
+        from safetensors import safe_open
+
+        names = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    except Exception:  # noqa: BLE001 (only improves a message)
+        return None
+    for f in names:
+        path = os.path.join(directory, f)
+        try:
+            with safe_open(path, framework="pt") as fh:  # checks the header against the file's size
+                for key in fh.keys():  # noqa: SIM118
+                    fh.get_slice(key)
+        except Exception:  # noqa: BLE001
+            return path
+    return None
+
+
 def load_base(
     directory: str, device: str, dtype: Any, load_4bit: bool = False, trust_remote_code: bool = False
 ) -> Any:
@@ -307,7 +327,7 @@ def load_base(
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (a corrupt file), ...
-        raise ModelError(f"{directory}: cannot load the model: {e}") from e
+        raise ModelError(f"{broken_safetensors(directory) or directory}: cannot load the model: {e}") from e
     if not load_4bit:
         model.to(device)
     return model
