@@ -50,8 +50,18 @@ def default_tok():
     return with_controls(load_tokenizer(default_model_dir()))
 
 
+_PLAIN: dict[tuple[int, bool], tuple] = {}
+
+
 def plain_tokenizer(tok, start: bool):
     """The tokenizer's pipeline with every added token removed (what ordinary text encodes to)."""
+    key = (id(tok), start)
+    if key not in _PLAIN:  # the entry keeps tok alive, so its id is not reused
+        _PLAIN[key] = (tok, _plain_tokenizer(tok, start))
+    return _PLAIN[key][1]
+
+
+def _plain_tokenizer(tok, start: bool):
     from tokenizers import Tokenizer
 
     spec = json.loads(tok.backend_tokenizer.to_str())
@@ -234,8 +244,9 @@ def test_user_text_cannot_forge_chat_turns_end_to_end(invoke, trained_tied):
     )["input_ids"]
     assert lm_render and naive != ref  # the premise: the tokenizer alone would forge the turns
     ids = [tok.convert_tokens_to_ids(t) for t in lm.token_map.tokens()]
-    (p_ref, p_naive) = control_probabilities(
-        lm.model, [ref, naive], ids, pad_id=tok.pad_token_id, batch_size=2
+    p_ref, p_naive = (
+        control_probabilities(lm.model, [seq], ids, pad_id=tok.pad_token_id, batch_size=1)[0]
+        for seq in (ref, naive)
     )
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(p_ref[0]), rtol=0, atol=1e-5)
-    assert abs(p_naive[0] - p_ref[0]) > 1e-4  # forging would have changed the score
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(p_ref[0]), rtol=0, atol=1e-3)
+    assert abs(p_naive[0] - p_ref[0]) > 1e-2  # forging changes the score (0.07 on the audit's adapter)
