@@ -163,8 +163,10 @@ def command(
 
 MAN = {
     "FIELDS READ": (
-        "prompt (string) or messages (list of {role, content} ending with the user turn to decide on). "
-        "Every other field is passed through untouched, in its original key order."
+        "prompt (string) or messages (list of {role, content} ending with the user turn to decide on; "
+        "roles system (first only), then user and assistant alternating, starting with user). "
+        "Special tokens typed in any content are encoded as ordinary text: only the chat template's own "
+        "structure becomes special tokens. Every other field is passed through untouched, in its original key order."
     ),
     "FIELDS WRITTEN": (
         "p_refuse: total probability of the refusal token(s). "
