@@ -1,17 +1,19 @@
-"""The contract every light command keeps (in the style of csvkit's shared test mixins).
+"""The contract every command keeps (in the style of csvkit's shared test mixins).
 
-Each check runs against every light command that exists (rt-tag, rt-threshold, rt-metrics),
-with a minimal valid input for each: FILE / ``-`` / stdin, empty input, a malformed line named
-by file and line, pass-through of unknown fields, ``| head -1`` ending quietly, ``--help``
-answering fast, and no heavy imports.
+Each check runs against all six commands, with a minimal valid input for each: FILE / ``-`` /
+stdin, empty input, a malformed line named by file and line (exit 1), pass-through of unknown
+fields, ``| head -1`` under pipefail ending quietly with exit 0, bad usage (exit 2), ``--help``
+answering fast, ``--version``, and no heavy imports for the light commands. The model commands
+(rt-lora, rt-score, rt-generate) run on a tiny random model (tests/tiny.py) built once per session.
+A command whose module or console script is missing fails these tests (issue 9, bug 4).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import itertools
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -21,9 +23,40 @@ import pytest
 
 from rtools.commands import COMMANDS
 
-# name -> minimal valid input, extra args, whether it streams record by record, the field it adds,
-# and the modules it must never import.
-LIGHT = {
+#: The environment for console-script subprocesses: one torch thread (a tiny model on a shared
+#: machine is far slower with one thread per core).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+TRAINING = [
+    {
+        "id": 1,
+        "messages": [
+            {"role": "user", "content": "How do I bake bread?"},
+            {"role": "assistant", "content": "[respond]Mix flour and water."},
+        ],
+        "label": "respond",
+    },
+    {
+        "id": 2,
+        "messages": [
+            {"role": "user", "content": "Help me hurt someone."},
+            {"role": "assistant", "content": "[refuse]I can't help with that."},
+        ],
+        "label": "refuse",
+    },
+]
+PROMPTS = [
+    {"id": 1, "prompt": "How do I bake bread?", "label": "respond"},
+    {"id": 2, "prompt": "Help me hurt someone.", "label": "refuse"},
+]
+LORA = ["--device", "cpu", "--epochs", "1", "--batch-size", "2", "--max-answer-tokens", "4"]
+LORA += ["--eval-fraction", "0", "--lora-r", "2", "--lora-alpha", "4"]
+
+# name -> minimal valid input, extra args ({raw}: a tiny model without control tokens, {model}: one
+# with them, {out}: a fresh output directory), whether it streams record by record, the field it
+# adds, whether empty input is fine, how many records `| head -1` gets, and the modules it must
+# never import (the light commands).
+SPECS = {
     "rt-tag": {
         "records": [
             {
@@ -43,6 +76,23 @@ LIGHT = {
         "streams": True,
         "adds": "messages",
         "never": ("torch", "transformers", "sklearn"),
+    },
+    "rt-lora": {
+        "records": TRAINING,
+        "args": ["-q", "--model", "{raw}", "--out", "{out}", *LORA],
+        "streams": False,
+        "adds": None,
+        "empty": "no training records",  # an error: there is nothing to train on
+        "head": len(TRAINING),
+        "trains": True,
+    },
+    "rt-score": {
+        "records": PROMPTS,
+        "args": ["-q", "--model", "{model}", "--device", "cpu"],
+        "streams": True,
+        "stream_args": ["--window", "1"],  # records are read in windows
+        "adds": "p_refuse",
+        "head": 40,
     },
     "rt-threshold": {
         "records": [
@@ -65,19 +115,63 @@ LIGHT = {
         "adds": None,
         "never": ("torch", "transformers"),
     },
+    "rt-generate": {
+        "records": PROMPTS,
+        "args": ["-q", "--model", "{model}", "--device", "cpu", "--max-new-tokens", "2"],
+        "streams": True,
+        "stream_args": ["--window", "1"],  # records are read in windows
+        "adds": "p_refuse",
+        "head": 20,
+    },
 }
-STREAMING = [name for name, spec in LIGHT.items() if spec["streams"]]
+LIGHT = {name: spec for name, spec in SPECS.items() if "never" in spec}
+STREAMING = [name for name, spec in SPECS.items() if spec["streams"]]
+#: commands whose output depends only on their input (rt-lora's summary names its --out and speed)
+OUTPUT = [name for name, spec in SPECS.items() if not spec.get("trains")]
 
 
-def _exists(name: str) -> bool:
-    return importlib.util.find_spec(f"rtools.commands.{COMMANDS[name]}") is not None
+def test_every_command_has_a_contract():
+    assert sorted(SPECS) == sorted(COMMANDS)
 
 
-def _need(name: str) -> dict:
-    if not _exists(name):
-        pytest.skip(f"{name} is not written yet")
-    importlib.import_module(f"rtools.commands.{COMMANDS[name]}")
-    return LIGHT[name]
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """A tiny random chat model ({raw}) and the same with control tokens and a token map ({model})."""
+    import tiny
+    import torch
+    from test_generate import save_with_tokens
+
+    from rtools.tokens import TokenMap
+
+    torch.set_num_threads(1)
+    raw = tiny.build_model(str(tmp_path_factory.mktemp("contract-raw")), tie=False)
+    model = save_with_tokens(raw, str(tmp_path_factory.mktemp("contract-model")), TokenMap.single())
+    return {"raw": raw, "model": model}
+
+
+@pytest.fixture
+def need(request, tmp_path):
+    """``need(name)`` -> the command's spec with its args filled in; ``spec["args"]`` is fresh on
+    every read of ``spec.args()`` (a new --out for rt-lora). A missing command fails."""
+    from conftest import command_module
+
+    counter = itertools.count()
+
+    def get(name: str) -> dict:
+        command_module(name)
+        spec = dict(SPECS[name])
+        template = spec["args"]
+        models = request.getfixturevalue("tiny_models") if any("{" in a for a in template) else {}
+
+        def args() -> list[str]:
+            out = str(tmp_path / f"out{next(counter)}")
+            return [a.format(out=out, **models) for a in template]
+
+        spec["make_args"] = args
+        spec["args"] = args()
+        return spec
+
+    return get
 
 
 def jsonl(records) -> str:
@@ -94,8 +188,17 @@ def infile(tmp_path):
     return make
 
 
-commands = pytest.mark.parametrize("name", list(LIGHT))
+commands = pytest.mark.parametrize("name", list(SPECS))
 streaming = pytest.mark.parametrize("name", STREAMING)
+output = pytest.mark.parametrize("name", OUTPUT)
+
+
+def comparable(name: str, stdout: str) -> str:
+    """rt-lora's summary without what differs between runs (its --out, its speed)."""
+    if not SPECS[name].get("trains"):
+        return stdout
+    summary = orjson.loads(stdout)
+    return json.dumps({k: v for k, v in summary.items() if k not in ("out", "tokens_per_s")})
 
 
 # ---------------------------------------------------------------------------
@@ -103,32 +206,41 @@ streaming = pytest.mark.parametrize("name", STREAMING)
 
 
 @commands
-def test_reads_file_dash_and_stdin_alike(name, invoke, infile):
-    spec = _need(name)
+def test_reads_file_dash_and_stdin_alike(name, invoke, infile, need):
+    spec = need(name)
     path = infile(spec["records"])
-    from_file = invoke(name, [*spec["args"], path])
-    from_dash = invoke(name, [*spec["args"], "-"], input=jsonl(spec["records"]))
-    from_stdin = invoke(name, spec["args"], input=jsonl(spec["records"]))
+    from_file = invoke(name, [*spec["make_args"](), path])
+    from_dash = invoke(name, [*spec["make_args"](), "-"], input=jsonl(spec["records"]))
+    from_stdin = invoke(name, spec["make_args"](), input=jsonl(spec["records"]))
     for r in (from_file, from_dash, from_stdin):
         assert r.exit_code == 0, r.stderr
         assert r.stdout.strip()
-    assert from_file.stdout == from_dash.stdout == from_stdin.stdout
+    outs = {comparable(name, r.stdout) for r in (from_file, from_dash, from_stdin)}
+    assert len(outs) == 1, outs
 
 
 @commands
-def test_empty_input_is_fine(name, invoke, infile):
-    spec = _need(name)
-    r = invoke(name, spec["args"], input="")
-    assert r.exit_code == 0, r.stderr
-    r = invoke(name, [*spec["args"], infile([], text="")])
-    assert r.exit_code == 0, r.stderr
-    if spec["streams"]:
-        assert r.stdout == ""
+def test_empty_input(name, invoke, infile, need):
+    """Empty input is fine, except for rt-lora, which says there is nothing to train on (exit 1)."""
+    spec = need(name)
+    for args, input, shown in ((spec["make_args"](), "", "<stdin>"), (None, None, None)):
+        if args is None:
+            path = infile([], text="")
+            args, shown = [*spec["make_args"](), path], path
+        r = invoke(name, args, input=input)
+        if "empty" in spec:
+            assert r.exit_code == 1
+            assert r.stderr == f"{name}: {shown}: {spec['empty']}\n"
+            assert r.stdout == ""
+        else:
+            assert r.exit_code == 0, r.stderr
+            if spec["streams"]:
+                assert r.stdout == ""
 
 
-@commands
-def test_blank_lines_are_skipped(name, invoke):
-    spec = _need(name)
+@output
+def test_blank_lines_are_skipped(name, invoke, need):
+    spec = need(name)
     plain = invoke(name, spec["args"], input=jsonl(spec["records"]))
     gappy = invoke(name, spec["args"], input="\n" + jsonl(spec["records"]).replace("\n", "\n  \n"))
     assert plain.exit_code == gappy.exit_code == 0, gappy.stderr
@@ -136,8 +248,8 @@ def test_blank_lines_are_skipped(name, invoke):
 
 
 @commands
-def test_missing_file(name, invoke, tmp_path):
-    spec = _need(name)
+def test_missing_file(name, invoke, tmp_path, need):
+    spec = need(name)
     path = str(tmp_path / "nope.jsonl")
     r = invoke(name, [*spec["args"], path])
     assert r.exit_code == 1
@@ -150,8 +262,8 @@ def test_missing_file(name, invoke, tmp_path):
 
 @commands
 @pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"a string"'])
-def test_malformed_line_names_file_and_line(name, bad, invoke, infile):
-    spec = _need(name)
+def test_malformed_line_names_file_and_line(name, bad, invoke, infile, need):
+    spec = need(name)
     first, *rest = spec["records"]
     path = infile(None, text=jsonl([first]) + bad + "\n" + jsonl(rest))
     r = invoke(name, [*spec["args"], path])
@@ -162,19 +274,21 @@ def test_malformed_line_names_file_and_line(name, bad, invoke, infile):
     if spec["streams"]:
         assert len(r.stdout.splitlines()) == 1  # the record before the bad line was written
         assert orjson.loads(r.stdout)["id"] == first["id"]
+    else:
+        assert r.stdout == ""
 
 
 @commands
-def test_malformed_line_on_stdin(name, invoke):
-    spec = _need(name)
+def test_malformed_line_on_stdin(name, invoke, need):
+    spec = need(name)
     r = invoke(name, spec["args"], input=jsonl(spec["records"][:1]) + "{oops\n")
     assert r.exit_code == 1
     assert r.stderr.startswith(f"{name}: <stdin>:2: ")
 
 
 @commands
-def test_verbose_shows_the_traceback(name, invoke):
-    spec = _need(name)
+def test_verbose_shows_the_traceback(name, invoke, need):
+    spec = need(name)
     r = invoke(name, [*spec["args"], "-v"], input="{oops\n")
     assert r.exit_code == 1
     assert "Traceback" in r.stderr
@@ -182,8 +296,8 @@ def test_verbose_shows_the_traceback(name, invoke):
 
 
 @commands
-def test_bad_usage_is_exit_2(name, invoke):
-    _need(name)
+def test_bad_usage_is_exit_2(name, invoke, need):
+    need(name)
     r = invoke(name, ["--no-such-option"], input="")
     assert r.exit_code == 2
     assert "--no-such-option" in r.stderr
@@ -195,8 +309,8 @@ def test_bad_usage_is_exit_2(name, invoke):
 
 
 @streaming
-def test_unknown_fields_pass_through_in_order(name, invoke):
-    spec = _need(name)
+def test_unknown_fields_pass_through_in_order(name, invoke, need):
+    spec = need(name)
     records = []
     for i, rec in enumerate(spec["records"]):
         records.append({"zz_first": i, **rec, "nested": {"b": [1, {"c": None}], "a": "ü"}, "aa_last": True})
@@ -213,19 +327,22 @@ def test_unknown_fields_pass_through_in_order(name, invoke):
 
 
 @streaming
-def test_unbuffered_streams_record_by_record(name, script):
-    spec = _need(name)
+def test_unbuffered_streams_record_by_record(name, script, need):
+    spec = need(name)
     proc = subprocess.Popen(
-        [script(name), *spec["args"], "-u"],
+        [script(name), *spec["args"], *spec.get("stream_args", []), "-u"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=ENV,
     )
     try:
         for rec in spec["records"]:
             proc.stdin.write(orjson.dumps(rec) + b"\n")
             proc.stdin.flush()
-            line = proc.stdout.readline()  # blocks forever if the command holds records back
+            # the command holding records back would block readline forever: wait a minute at most
+            assert select.select([proc.stdout], [], [], 60)[0], f"{name} -u held record {rec['id']} back"
+            line = proc.stdout.readline()
             assert orjson.loads(line)["id"] == rec["id"]
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0
@@ -240,15 +357,15 @@ def test_unbuffered_streams_record_by_record(name, script):
 
 
 @commands
-def test_head_ends_quietly(name, script, tmp_path):
-    spec = _need(name)
+def test_head_ends_quietly(name, script, tmp_path, need):
+    spec = need(name)
     records = spec["records"]
     path = tmp_path / "big.jsonl"
     with open(path, "wb") as fh:
-        for i in range(20000):
+        for i in range(spec.get("head", 20000)):
             fh.write(orjson.dumps({**records[i % len(records)], "id": i}) + b"\n")
     cmd = f"'{script(name)}' {' '.join(spec['args'])} '{path}' | head -1"
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300, env=ENV)
     assert r.stderr == b""
     assert r.returncode == 0
     assert len(r.stdout.splitlines()) == 1
@@ -256,8 +373,8 @@ def test_head_ends_quietly(name, script, tmp_path):
 
 
 @commands
-def test_help_is_fast(name, script):
-    _need(name)
+def test_help_is_fast(name, script, need):
+    need(name)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -286,9 +403,9 @@ with open(sys.argv[2], "w") as fh:
 """
 
 
-@commands
-def test_never_imports_heavy_modules(name, infile, tmp_path):
-    spec = _need(name)
+@pytest.mark.parametrize("name", list(LIGHT))
+def test_never_imports_heavy_modules(name, infile, tmp_path, need):
+    spec = need(name)
     path = infile(spec["records"])
     result = tmp_path / "probe.json"
     probe = _PROBE.format(heavy=repr(tuple(spec["never"])))
@@ -301,10 +418,20 @@ def test_never_imports_heavy_modules(name, infile, tmp_path):
     assert got["at_import"] == [] and got["after_run"] == [], got
 
 
-def test_every_light_command_has_a_console_script():
-    for name in LIGHT:
-        if _exists(name):
-            assert os.path.exists(os.path.join(os.path.dirname(sys.executable), name)), name
+@commands
+def test_every_command_has_a_console_script(name, script):
+    assert os.access(script(name), os.X_OK)
+
+
+def test_a_missing_command_fails_instead_of_skipping(monkeypatch):
+    """Issue 9, bug 4: the helpers used to skip ("not written yet") when a command was missing."""
+    import conftest
+
+    monkeypatch.setitem(COMMANDS, "rt-gone", "gone")
+    with pytest.raises(pytest.fail.Exception, match="rt-gone"):
+        conftest.command_module("rt-gone")
+    with pytest.raises(pytest.fail.Exception, match="rt-gone"):
+        conftest.script_path("rt-gone")
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
