@@ -113,7 +113,8 @@ def model_options(fn: Callable) -> Callable:
             type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
             default="auto",
             show_default=True,
-            help="auto: bf16 on GPU, fp32 on CPU.",
+            help="auto: bf16 on GPU, and on a CPU with bf16 units (AVX512-BF16 or AMX: bf16 matrix "
+            "products, fp32 head, norms and attention); fp32 on other CPUs.",
         ),
         click.option(
             "--4bit", "load_4bit", is_flag=True, help="Load the base model in 4-bit NF4 (bitsandbytes)."

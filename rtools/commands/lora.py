@@ -19,7 +19,8 @@ rt-generate need nothing else. A one-line JSON summary goes to stdout (out, step
 eval_examples, skipped_too_long, skipped_lines, tokens_per_s and the evaluation).
 
 On a CUDA GPU: QLoRA (4-bit NF4, double quantization, bf16 compute) with gradient checkpointing.
-On CPU: plain LoRA in fp32 (--4bit to quantize there too).
+On CPU: plain LoRA, with bf16 matrix products in the frozen base where the CPU has bf16 units
+(AVX512-BF16 or AMX), else fp32 (--dtype; --4bit to quantize there too).
 
 The loss learns the decision, not just the marginal refusal rate: the control token's own
 cross-entropy (--control-weight) and a cross-entropy over the control tokens alone
@@ -196,7 +197,8 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     type=click.Choice(["auto", "fp32", "bf16"]),
     default="auto",
     show_default=True,
-    help="Compute dtype of the base model: auto is bf16 on CUDA, fp32 on CPU.",
+    help="Compute dtype of the frozen base model: auto is bf16 on CUDA and on a CPU with bf16 units "
+    "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
 @common_options

@@ -28,7 +28,7 @@ One forward pass per prompt: records are read in windows (--window), sorted by l
 under a token budget and right-padded, with the vocabulary head applied only at each prompt's
 last position. Results
 stream out window by window, so a file larger than memory works. CPU or CUDA is picked
-automatically (bf16 on GPU; --4bit for NF4).
+automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
 
 \b
   rt-score test.jsonl --model out/adapter > scored.jsonl

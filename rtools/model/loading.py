@@ -262,10 +262,19 @@ def _quant_config(dtype: Any) -> Any:
 
 
 def torch_dtype(name: str | None, device: str) -> Any:
+    """The compute dtype: ``auto`` is bf16 on CUDA, and on a CPU with native bf16 matrix units
+    (AVX512-BF16 or AMX, see precision.cpu_has_native_bf16); fp32 on any other CPU.
+
+    bf16 on CPU means mixed precision (precision.mix_bf16): bf16 matrix products, fp32 the rest.
+    """
     import torch
 
+    from .precision import cpu_has_native_bf16
+
     if name in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
     table = {
         "fp32": torch.float32,
         "float32": torch.float32,
@@ -294,6 +303,26 @@ def quiet_transformers() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def quant_device_map(device: str) -> dict[str, Any]:
+    """The device_map of a 4-bit load (bitsandbytes places the weights as they load): the whole
+    model on ``device``; ``cuda`` is GPU 0, ``cuda:N`` GPU N."""
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        if not index:
+            return {"": 0}
+        if not index.isdigit():
+            raise ModelError(f"bad device {device!r} (use cpu, cuda or cuda:N)")
+        return {"": int(index)}
+    return {"": device}
+
+
+def cpu_mixed(device: str, dtype: Any, load_4bit: bool = False) -> bool:
+    """Whether bf16 on this device means precision.mix_bf16 (on CPU, without 4-bit)."""
+    import torch
+
+    return dtype == torch.bfloat16 and not load_4bit and not str(device).startswith("cuda")
+
+
 def broken_safetensors(directory: str) -> str | None:
     """The first ``*.safetensors`` file of ``directory`` that safetensors cannot open (truncated, or not
     safetensors at all), so that an error names the file; None when every file opens."""
@@ -315,21 +344,38 @@ def broken_safetensors(directory: str) -> str | None:
 
 
 def load_base(
-    directory: str, device: str, dtype: Any, load_4bit: bool = False, trust_remote_code: bool = False
+    directory: str,
+    device: str,
+    dtype: Any,
+    load_4bit: bool = False,
+    trust_remote_code: bool = False,
+    mix: bool = True,
 ) -> Any:
+    """The base model on ``device``. bf16 on CPU: loaded in fp32, then (``mix``) precision.mix_bf16;
+    with ``mix=False`` the caller converts it later (after merging an adapter in fp32)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    mixed = cpu_mixed(device, dtype, load_4bit)
+    kwargs: dict[str, Any] = {
+        "dtype": torch.float32 if mixed else dtype,
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+    }
     if load_4bit:
         kwargs["quantization_config"] = _quant_config(dtype)
-        kwargs["device_map"] = {"": 0} if device.startswith("cuda") else {"": "cpu"}
+        kwargs["device_map"] = quant_device_map(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (a corrupt file), ...
         raise ModelError(f"{broken_safetensors(directory) or directory}: cannot load the model: {e}") from e
     if not load_4bit:
         model.to(device)
+    if mixed and mix:
+        from .precision import mix_bf16
+
+        mix_bf16(model)
     return model
 
 
@@ -419,7 +465,7 @@ def load_for_inference(
         )
         if tm is None:
             raise ModelError(f"{directory}: no {TOKEN_MAP_FILE} (was it written by rt-lora?)")
-        model = load_base(base_dir, dev, dt, load_4bit, trust_remote_code)
+        model = load_base(base_dir, dev, dt, load_4bit, trust_remote_code, mix=False)
         base_tok = load_tokenizer(base_dir, trust_remote_code)
         add_control_tokens(model, base_tok, tm)
         if len(base_tok) != len(tok) or base_tok.convert_tokens_to_ids(
@@ -444,12 +490,17 @@ def load_for_inference(
                     "or pass --allow-untrained to score the untrained tokens"
                 )
             tm = TokenMap.single()
-        model = load_base(directory, dev, dt, load_4bit, trust_remote_code)
+        model = load_base(directory, dev, dt, load_4bit, trust_remote_code, mix=False)
         vocab = tok.get_vocab()
         if any(t not in vocab for t in tm.tokens()):
             if not allow_untrained:
                 raise ModelError(f"{spec}: the tokenizer lacks the control tokens {tm.tokens()}")
             add_control_tokens(model, tok, tm)
+    if cpu_mixed(dev, dt, load_4bit):
+        from .precision import mix_bf16
+
+        mix_bf16(model)  # after the adapter is merged in fp32: a LoRA delta added to bf16 weights rounds away
+    info["dtype"] = str(dt).removeprefix("torch.")
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tok, token_map=tm, device=dev, spec=spec, directory=directory, info=info

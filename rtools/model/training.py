@@ -357,10 +357,24 @@ def fast_embed(model: Any, ids: Any) -> Any:
     return out
 
 
-def fast_head(head: Any, h: Any) -> Any:
+def _bf16_copy(layer: Any) -> Any:
+    """A bf16 copy of a frozen layer's weight, made once and kept on the layer."""
+    import torch
+
+    W = layer.weight
+    cached = getattr(layer, "_rtools_bf16_weight", None)
+    if cached is None or cached[0] != (W.data_ptr(), W._version):
+        cached = ((W.data_ptr(), W._version), W.detach().to(torch.bfloat16))
+        layer._rtools_bf16_weight = cached
+    return cached[1]
+
+
+def fast_head(head: Any, h: Any, bf16: bool = False) -> Any:
     """Vocabulary logits: a matmul with the frozen head, then the control-token columns from their rows.
 
-    Same values as peft's wrapper, without the full-vocabulary weight gradient it computes.
+    Same values as peft's wrapper, without the full-vocabulary weight gradient it computes. With
+    ``bf16`` (mixed precision on CPU) the frozen head's product runs in bf16 (a copy of its
+    weight); the control-token columns, whose logits the decision is made of, stay fp32.
     """
     import torch
 
@@ -368,8 +382,11 @@ def fast_head(head: Any, h: Any) -> Any:
     if found is None:
         return head(h)
     adapter, name = found
-    W = adapter.get_base_layer().weight
-    logits = torch.nn.functional.linear(h, W)
+    base = adapter.get_base_layer()
+    if bf16 and h.dtype == torch.float32:
+        logits = torch.nn.functional.linear(h.to(torch.bfloat16), _bf16_copy(base)).float()
+    else:
+        logits = torch.nn.functional.linear(h, base.weight)
     rows = adapter.trainable_tokens_delta[name]
     cols = torch.nn.functional.linear(h, rows.to(h.dtype))
     idx = torch.tensor(adapter.token_indices[name], device=logits.device)
@@ -393,6 +410,7 @@ def batch_loss(
     import torch
     import torch.nn.functional as F
 
+    from .precision import is_mixed
     from .scoring import decoder_and_head, right_pad
 
     exs = [examples[i] for i in batch]
@@ -422,7 +440,7 @@ def batch_loss(
             inputs_embeds=fast_embed(model, ids), attention_mask=mask, use_cache=False
         ).last_hidden_state
         h = torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        logits = fast_head(head, h)
+        logits = fast_head(head, h, bf16=is_mixed(model))
     logits = logits.float()
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none").view(B, K)
@@ -765,9 +783,9 @@ def train(
     if token_map is None:
         token_map = infer_token_map(records)
     dtype = torch_dtype(config.dtype, device)
+    # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
+    cfg["dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     model = load_base(base_dir, device, dtype, cfg["load_4bit"], config.trust_remote_code)
-    if not cfg["load_4bit"] and dtype != torch.float32 and device.startswith("cuda"):
-        pass
     control_ids = add_control_tokens(model, tok, token_map)
     encoder = ChatEncoder(tok, token_map.tokens())
 
