@@ -7,14 +7,17 @@ computes them) and the KV cache; the chosen control token is then appended *by i
 is decoded from that cache.
 
 Batches are right-padded, like rt-score: every query row attends to at least one real key, so no
-fully masked row can turn into NaN on GPU. Decoding then appends each new token after the padded
-block, with the padding slots masked out of the 2-D attention mask and explicit position ids
-(``len(prompt) + step``), so every row sees exactly what it would see unpadded. (This suits
+fully masked row can turn into NaN on GPU. Rows of very different lengths are prefilled and decoded
+as separate groups (:func:`prefill_chunks`), so that one long prompt does not pad a whole batch.
+Decoding is transformers' own ``generate``, continued from the prefill's cache with the forced
+token as its last input token: its position ids come from the 2-D attention mask (padding slots
+masked out), so every row sees exactly what it would see unpadded, and stop strings are
+transformers' ``StopStringCriteria`` (no decoding of the answer at every step). (This suits
 attention models; a model with recurrent layers would see the padding in its state.)
 
 Greedy decoding (temperature 0) is the default. Sampling uses one random generator per prompt,
 seeded from ``--seed`` and the prompt's position in the input, so a sampled answer does not
-depend on the batch it was generated in.
+depend on the batch it was generated in (a logits processor samples, ``generate`` takes its pick).
 
 Choosing the control token (:class:`ControlChooser`) is plain Python built on the decision
 rules of :mod:`rtools.thresholds`; torch is imported only inside the functions that need it.
@@ -22,7 +25,6 @@ rules of :mod:`rtools.thresholds`; torch is imported only inside the functions t
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from ..records import RecordError
 from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_choice, own_choice_category
 from ..tokens import CATEGORY, TokenMap
 from .chat import ChatEncoder
-from .scoring import decoder_and_head, plan_batches, right_pad
+from .scoring import _cache_kwarg, decoder_and_head, plan_batches, right_pad
 
 # ---------------------------------------------------------------------------
 # Choosing the control token (pure Python).
@@ -210,15 +212,6 @@ class Generation:
         return [*self.prompt_ids, self.control_id, *self.answer_ids]
 
 
-def _cache_kwarg(decoder: Any) -> str:
-    """The name the decoder's forward takes the KV cache by (``cache`` in transformers 5.x)."""
-    try:
-        params = inspect.signature(decoder.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _output_cache(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -284,37 +277,6 @@ def prefill_chunks(lengths: Sequence[int], slack: float = 1.25) -> list[list[int
     return groups
 
 
-def _plain_layers(cache: Any) -> list[Any] | None:
-    """The cache's layers when every one is a plain growing key/value layer, else None."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # pragma: no cover
-        return None
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return None
-    return list(layers)
-
-
-def _merge_caches(parts: list[tuple[list[int], Any]], batch: int, length: int) -> Any:
-    """One right-padded cache of ``batch`` rows and ``length`` slots from the caches of row groups."""
-    import torch
-
-    cache = parts[0][1]
-    layers = _plain_layers(cache)
-    assert layers is not None
-    others = [(rows, _plain_layers(c)) for rows, c in parts]
-    for i, layer in enumerate(layers):
-        for attr in ("keys", "values"):
-            first = getattr(layer, attr)
-            merged = first.new_zeros((batch, first.shape[1], length, first.shape[3]))
-            for rows, lays in others:
-                t = getattr(lays[i], attr)  # type: ignore[index]
-                merged[torch.tensor(rows, device=t.device), :, : t.shape[2]] = t
-            setattr(layer, attr, merged)
-    return cache
-
-
 @dataclass
 class Generator:
     """Scores each prompt and generates its answer after the chosen control token.
@@ -365,80 +327,75 @@ class Generator:
         sampling: Sampling,
         seeds: list[int],
     ) -> list[Generation]:
+        """One batch, run as groups of rows of similar length (:func:`prefill_chunks`)."""
+        results: list[Generation | None] = [None] * len(seqs)
+        for rows in prefill_chunks([len(s) for s in seqs], self.prefill_slack):
+            out = self._group(
+                [seqs[r] for r in rows],
+                [positions[r] for r in rows],
+                choose,
+                sampling,
+                [seeds[r] for r in rows],
+            )
+            for r, g in zip(rows, out, strict=True):
+                results[r] = g
+        return results  # type: ignore[return-value]
+
+    def _group(
+        self,
+        seqs: list[list[int]],
+        positions: list[int],
+        choose: Callable[[int, list[float], list[float]], int],
+        sampling: Sampling,
+        seeds: list[int],
+    ) -> list[Generation]:
+        """Prefill, choose, force the control token and decode, for rows of similar length.
+
+        The prefill runs the decoder alone (the logits of the last prompt position only, not the
+        whole vocabulary at every position); transformers' ``generate`` then continues from its cache
+        with the forced token as the last input token, so the answer starts after it.
+        """
         import torch
 
         dev = self.device
         decoder, head = decoder_and_head(self.model)
-        cache_kw = _cache_kwarg(decoder)
         control_ids = self.encoder.control_ids
         sel = torch.tensor(control_ids, device=dev)
         B = len(seqs)
         lengths = torch.tensor([len(s) for s in seqs], device=dev)
         ids, mask = right_pad(seqs, self.pad_id)
-        mask = mask.to(dev)
+        ids, mask = ids.to(dev), mask.to(dev)
+        T = ids.shape[1]
 
         with torch.inference_mode():
-            # the prefill: control-token probabilities and the cache from one forward pass per prompt
-            last, cache = self._prefill(decoder, seqs, ids, mask, lengths)
+            pos = torch.arange(T, device=dev).unsqueeze(0).expand(B, -1)
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            cache = _output_cache(out)
+            last = out.last_hidden_state[torch.arange(B, device=dev), lengths - 1]
             logp = torch.log_softmax(head(last).float(), dim=-1).index_select(1, sel)
             logprobs = logp.cpu().tolist()
             probs = logp.exp().cpu().tolist()
             chosen = [choose(j, probs[k], logprobs[k]) for k, j in enumerate(positions)]
-            forced = torch.tensor([control_ids[c] for c in chosen], device=dev)
+            forced = torch.tensor([[control_ids[c]] for c in chosen], device=dev)
+            del out, last
 
             answers: list[list[int]] = [[] for _ in range(B)]
             stopped = ["length"] * B
-            texts: list[str | None] = [None] * B
-            generators: list[Any] = []
-            if sampling.temperature > 0:
-                for s in seeds:
-                    g = torch.Generator(device=dev)
-                    g.manual_seed((sampling.seed * 1_000_003 + s) & 0x7FFF_FFFF_FFFF_FFFF)
-                    generators.append(g)
-            eos = set() if sampling.ignore_eos else self.eos_ids
-            live = list(range(B))  # rows still decoding, in cache order
-            next_ids = forced
-            next_pos = lengths.clone()
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
-            for _step in range(sampling.max_new_tokens):
-                out = decoder(
-                    input_ids=next_ids.unsqueeze(1),
-                    attention_mask=mask,
-                    position_ids=next_pos.unsqueeze(1),
-                    use_cache=True,
-                    **{cache_kw: cache},
+            if sampling.max_new_tokens > 0:
+                answers, stopped = self._decode_from(
+                    torch.cat([ids, forced], dim=1),
+                    torch.cat([mask, mask.new_ones((B, 1))], dim=1),
+                    cache,
+                    sampling,
+                    seeds,
                 )
-                cache = _output_cache(out)
-                logits = head(out.last_hidden_state[:, -1]).float()
-                gens = [generators[r] for r in live] if generators else []
-                tokens = _sample(logits, sampling.temperature, sampling.top_p, gens)
-                keep: list[int] = []
-                for k, (r, t) in enumerate(zip(live, tokens.tolist(), strict=True)):
-                    if t in eos:
-                        stopped[r] = "eos"
-                        continue
-                    answers[r].append(t)
-                    if sampling.stop:
-                        text, hit = cut_at_stop(self._decode(answers[r]), sampling.stop)
-                        if hit:
-                            stopped[r], texts[r] = "stop", text
-                            continue
-                    keep.append(k)
-                if not keep:
-                    break
-                if len(keep) < len(live):
-                    idx = torch.tensor(keep, device=dev)
-                    cache.reorder_cache(idx)
-                    tokens, mask, next_pos = tokens[idx], mask[idx], next_pos[idx]
-                    live = [live[k] for k in keep]
-                next_ids = tokens
-                next_pos = next_pos + 1
-                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=dev)], dim=1)
         results = []
         for k in range(B):
-            text = texts[k] if texts[k] is not None else self._decode(answers[k])
-            if sampling.stop and texts[k] is None:
-                text = cut_at_stop(text, sampling.stop)[0]
+            text = self._decode(answers[k])
+            if sampling.stop:
+                text, hit = cut_at_stop(text, sampling.stop)
+                if hit and stopped[k] == "length":
+                    stopped[k] = "stop"  # the stop string came with the last token allowed
             results.append(
                 Generation(
                     prompt_ids=list(seqs[k]),
@@ -453,38 +410,115 @@ class Generator:
             )
         return results
 
-    def _prefill(
-        self, decoder: Any, seqs: list[list[int]], ids: Any, mask: Any, lengths: Any
-    ) -> tuple[Any, Any]:
-        """Hidden states at each prompt's last position and a right-padded cache for the batch.
+    def _decode_from(
+        self, input_ids: Any, attention_mask: Any, cache: Any, sampling: Sampling, seeds: list[int]
+    ) -> tuple[list[list[int]], list[str]]:
+        """``generate`` from the prefill's cache; answers (without their end token) and why each ended.
 
-        Rows of very different lengths are run in groups (:func:`prefill_chunks`) and their caches
-        merged, when the model's cache is made of plain key/value layers; else one forward pass.
+        ``input_ids`` is the right-padded prompt block plus the forced token, ``cache`` holds the
+        prompt block: ``generate`` feeds only the forced token, and its position ids, computed from
+        the 2-D attention mask, are ``len(prompt)``, ``len(prompt) + 1``... as unpadded.
         """
-        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        dev = self.device
-        B, T = ids.shape
-        groups = prefill_chunks([len(s) for s in seqs], self.prefill_slack)
-        parts: list[tuple[list[int], Any]] = []
-        last = None
-        for rows in groups if len(groups) > 1 else [list(range(B))]:
-            sub_len = max(len(seqs[r]) for r in rows)
-            sub_ids = ids[rows, :sub_len].to(dev)
-            sub_mask = mask[rows, :sub_len]
-            pos = torch.arange(sub_len, device=dev).unsqueeze(0).expand(len(rows), -1)
-            out = decoder(input_ids=sub_ids, attention_mask=sub_mask, position_ids=pos, use_cache=True)
-            cache = _output_cache(out)
-            if len(groups) > 1 and _plain_layers(cache) is None:
-                self.prefill_slack = math.inf  # e.g. sliding-window layers: prefill whole batches
-                return self._prefill(decoder, seqs, ids, mask, lengths)
-            h = out.last_hidden_state[torch.arange(len(rows), device=dev), lengths[rows] - 1]
-            if last is None:
-                last = h.new_empty((B, h.shape[-1]))
-            last[torch.tensor(rows, device=dev)] = h
-            parts.append((rows, cache))
-        cache = parts[0][1] if len(parts) == 1 else _merge_caches(parts, B, T)
-        return last, cache
+        B, start = input_ids.shape
+        eos = set() if sampling.ignore_eos else set(self.eos_ids)
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=False,  # sampling is done by _RowSampler, with one generator per prompt
+            num_beams=1,
+            repetition_penalty=1.0,
+            # ignore_eos: an id no token has, so that an end token is decoded like any other
+            eos_token_id=sorted(eos) if eos else [_vocab_size(self.model)],
+            pad_token_id=self.pad_id,
+        )
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            processors.append(_RowSampler(sampling, seeds, self.device))
+        criteria = StoppingCriteriaList()
+        stops = _StopRecorder(self._stop_criteria(sampling.stop), B, start) if sampling.stop else None
+        if stops is not None:
+            criteria.append(stops)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=criteria,
+            **{_cache_kwarg(_base(self.model)): cache},
+        )
+        answers: list[list[int]] = []
+        stopped: list[str] = []
+        for k, row in enumerate(out[:, start:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            stop_at = stops.done_at[k] if stops is not None else None
+            if stop_at is not None and (end is None or stop_at <= end):
+                answers.append(row[:stop_at])
+                stopped.append("stop")
+            elif end is not None:
+                answers.append(row[:end])
+                stopped.append("eos")
+            else:
+                answers.append(row)
+                stopped.append("length")
+        return answers, stopped
+
+    def _stop_criteria(self, stops: tuple[str, ...]) -> Any:
+        """transformers' StopStringCriteria for ``stops`` (built once per stop set: it scans the vocabulary)."""
+        from transformers import StopStringCriteria
+
+        key = tuple(s for s in stops if s)
+        cached = getattr(self, "_stop_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, StopStringCriteria(tokenizer=self.encoder.tok, stop_strings=list(key)))
+            self._stop_cache = cached
+        return cached[1]
 
     def _decode(self, ids: list[int]) -> str:
         return self.encoder.tok.decode(ids, skip_special_tokens=True)
+
+
+def _base(model: Any) -> Any:
+    """The transformers model under a peft wrapper (its forward names the cache keyword)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _vocab_size(model: Any) -> int:
+    return int(_base(model).get_output_embeddings().weight.shape[0])
+
+
+class _RowSampler:
+    """A logits processor that samples each row with its own generator (:func:`_sample`), and leaves
+    only the sampled token, so that ``generate``'s greedy step picks it. One generator per prompt,
+    seeded from ``--seed`` and the prompt's position, keeps an answer independent of its batch."""
+
+    def __init__(self, sampling: Sampling, seeds: list[int], device: str):
+        import torch
+
+        self.temperature, self.top_p = sampling.temperature, sampling.top_p
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed((sampling.seed * 1_000_003 + s) & 0x7FFF_FFFF_FFFF_FFFF)
+            self.generators.append(g)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        tokens = _sample(scores.float(), self.temperature, self.top_p, self.generators)
+        out = scores.new_full(scores.shape, -math.inf)
+        return out.scatter_(1, tokens.unsqueeze(1), 0.0)
+
+
+class _StopRecorder:
+    """Wraps a stopping criterion and records, per row, how many answer tokens it had when it
+    first said stop (``generate`` pads finished rows afterwards)."""
+
+    def __init__(self, inner: Any, batch: int, start: int):
+        self.inner, self.start = inner, start
+        self.done_at: list[int | None] = [None] * batch
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        done = self.inner(input_ids, scores, **kwargs)
+        for k in done.nonzero().flatten().tolist():
+            if self.done_at[k] is None:
+                self.done_at[k] = input_ids.shape[1] - self.start
+        return done
