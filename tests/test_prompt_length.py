@@ -38,7 +38,7 @@ def turn(role, content):
 
 @pytest.mark.parametrize("command", ["rt-score", "rt-generate"])
 def test_prompt_past_context_is_an_error(invoke, trained_tied, command):
-    recs = [{"prompt": "Hi"}, {"prompt": long_text(50_000)}, {"prompt": "Hello"}]
+    recs = [{"prompt": "Hi"}, {"prompt": long_text(1000)}, {"prompt": "Hello"}]  # ~3k tokens
     r = run(invoke, command, trained_tied.out, recs)
     assert r.exit_code == 1
     assert r.stderr.startswith(f"{command}: <stdin>:2: the prompt is ")
