@@ -502,3 +502,13 @@ def test_progress_bar_on_a_tty(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "\r" in err and "10/10" in err and "loss=0.250" in err
     assert "rtools: step " not in err
+
+
+def test_resume_same_dtype_auto_and_explicit(invoke, tmp_path, tiny_base, monkeypatch):
+    """Settings are compared resolved: --dtype auto and the dtype it resolves to are the same setting."""
+    from rtools.model.loading import torch_dtype
+
+    resolved = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype(None, "cpu")]
+    data, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    r = invoke("rt-lora", [*args, "--resume", "--dtype", resolved])
+    assert r.exit_code == 0, r.stderr

@@ -755,6 +755,9 @@ def train(
     device = pick_device(config.device)
     cfg = config.resolved(device)
     cfg["model"] = model_identity(spec)
+    dtype = torch_dtype(config.dtype, device)
+    # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
+    cfg["dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     saved_fingerprint: dict[str, Any] = {}
     if resume:
         if not os.path.isdir(ckpt):
@@ -782,9 +785,6 @@ def train(
     tok = load_tokenizer(base_dir, config.trust_remote_code)
     if token_map is None:
         token_map = infer_token_map(records)
-    dtype = torch_dtype(config.dtype, device)
-    # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
-    cfg["dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     model = load_base(base_dir, device, dtype, cfg["load_4bit"], config.trust_remote_code)
     control_ids = add_control_tokens(model, tok, token_map)
     encoder = ChatEncoder(tok, token_map.tokens())
