@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from .config import ConfigError
 from .records import STDIN_NAMES, RecordError
 
 
@@ -105,8 +106,17 @@ def unbuffered_option(fn: Callable) -> Callable:
 
 
 def model_options(fn: Callable) -> Callable:
-    """--device, --dtype, --4bit, --allow-untrained, --trust-remote-code: what every model command takes."""
+    """--base, --device, --dtype, --4bit, --allow-untrained, --trust-remote-code: what rt-score and
+    rt-generate take."""
     options = [
+        click.option(
+            "--base",
+            envvar="RT_BASE_MODEL",
+            metavar="DIR",
+            help="Where the adapter's base model is now, when it has moved since rt-lora (another "
+            "machine, another directory); it must be the base the adapter was trained on. Default: "
+            "$RT_BASE_MODEL (ignored for a model that is not an adapter), else the place rt-lora recorded.",
+        ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--dtype",
@@ -131,6 +141,78 @@ def model_options(fn: Callable) -> Callable:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A :class:`~rtools.config.ConfigError` from the library becomes a usage error (exit 2), naming its option."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.option is not None:
+            raise click.BadParameter(e.message, param_hint=f"'{e.option}'") from None
+        raise click.UsageError(e.message) from None
+
+
+def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that parses a value with a library parser (ValueError -> exit 2 naming the option)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as e:
+            message = e.message if isinstance(e, ConfigError) else str(e)
+            raise click.BadParameter(message, ctx=ctx, param=param) from None
+
+    return callback
+
+
+def rule_options(fn: Callable) -> Callable:
+    """The decision-rule flags -t/--threshold, -c/--cat and -T/--thresholds (rt-threshold, rt-generate).
+
+    The command receives ``threshold``, ``cats`` and ``thresholds_file``; :func:`build_rule` turns
+    them into a :class:`~rtools.thresholds.Thresholds`.
+    """
+    from .thresholds import check_threshold, parse_cats
+
+    fn = click.option(
+        "-T",
+        "--thresholds",
+        "thresholds_file",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the thresholds from a JSON file (as written by --fit --save).",
+    )(fn)
+    fn = click.option(
+        "-c",
+        "--cat",
+        "cats",
+        multiple=True,
+        metavar="SLUG=T",
+        callback=_parsed(parse_cats),
+        help="Per-category threshold: SLUG fires iff p_cat[SLUG] >= T (repeatable; '*=T' for every "
+        "category not named). Unknown slugs are an error.",
+    )(fn)
+    return click.option(
+        "-t",
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        callback=_parsed(check_threshold),
+        help="Global threshold: refuse iff p_refuse >= T (T in [0, 1]).",
+    )(fn)
+
+
+def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file: str | None) -> Any:
+    """The :func:`rule_options` values -> a Thresholds; conflicting flags are usage errors (exit 2)."""
+    from .thresholds import Thresholds
+
+    with usage_errors():
+        return Thresholds.from_flags(threshold, cats, thresholds_file)
 
 
 def common_options(fn: Callable) -> Callable:
@@ -250,12 +332,23 @@ def progress_bar(quiet: bool, unit: str, total: int | None = None, initial: int 
 
 def load_model(model: str | None, quiet: bool, **options: Any) -> Any:
     """load_for_inference with the model_options values; a ModelError becomes the usual error exit."""
-    from .model.loading import ModelError, load_for_inference
+    from .model.loading import ModelError, is_adapter_dir, load_for_inference, model_directory, resolve_model
 
     try:
+        if options.get("base") and _from_environment("base"):
+            # RT_BASE_MODEL is also rt-lora's base: exported for a whole pipeline, it only applies to adapters
+            spec = resolve_model(model)
+            if not is_adapter_dir(model_directory(spec, quiet=quiet)):
+                options["base"] = None
         return load_for_inference(model, quiet=quiet, **options)
     except ModelError as e:
         raise fail(str(e)) from None
+
+
+def _from_environment(name: str) -> bool:
+    """Whether the current command's parameter ``name`` came from its environment variable."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
 
 
 def warn(message: str) -> None:

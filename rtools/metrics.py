@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .records import RecordError
+from .config import ConfigError
+from .rates import Counts, counts_and_rates, rates, ratio  # noqa: F401 (re-exported)
+from .records import RecordError, numbered
 from .tokens import slugify
 
 #: Keys of every summary (overall and per category), in documentation order.
@@ -355,24 +357,101 @@ def collect(
 
 
 # ---------------------------------------------------------------------------
-# Point metrics.
-
-
-def ratio(num: float, den: float) -> float | None:
-    """``num / den``, or None when ``den`` is 0."""
-    return float(num) / float(den) if den else None
+# What to measure: the options, checked once.
 
 
 @dataclass(frozen=True)
-class Counts:
-    tp: int
-    fp: int
-    tn: int
-    fn: int
+class MetricsOptions:
+    """What rt-metrics computes (frozen; checked when built: a bad value or a combination that would
+    ignore an option raises ConfigError naming the option).
 
-    @property
-    def n(self) -> int:
-        return self.tp + self.fp + self.tn + self.fn
+    ``threshold``: decide ``p_refuse >= T`` instead of reading ``decision``. ``sweep``: rows per
+    threshold instead of a summary (``sweep_points``: N evenly spaced, or ``"all"``). ``plot``: a PNG
+    path. ``bootstrap``: N resamples for ``ci`` intervals at level ``ci``, seeded by ``seed``.
+    ``gates``: :class:`Gate` checks of the summary.
+    """
+
+    threshold: float | None = None
+    sweep: bool = False
+    sweep_points: int | str = 101
+    plot: str | None = None
+    bootstrap: int = 0
+    seed: int = 0
+    ci: float = 0.95
+    gates: tuple[Gate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # also NaN
+            raise ConfigError(f"{self.threshold} is not in [0, 1]", option="--threshold")
+        if self.sweep_points != "all" and (not isinstance(self.sweep_points, int) or self.sweep_points < 2):
+            raise ConfigError(
+                f"a sweep needs at least 2 points, got {self.sweep_points}", option="--sweep-points"
+            )
+        if self.bootstrap < 0:
+            raise ConfigError(f"{self.bootstrap} is negative", option="--bootstrap")
+        if not 0.0 < self.ci < 1.0:
+            raise ConfigError(f"{self.ci} is not in (0, 1)", option="--ci")
+        if self.sweep:
+            if self.gates:
+                raise ConfigError(
+                    "--fail-under/--fail-over check the summary; they do not combine with --sweep"
+                )
+            if self.bootstrap:
+                raise ConfigError(
+                    "--bootstrap adds intervals to the summary; it does not combine with --sweep"
+                )
+            if self.threshold is not None:
+                raise ConfigError(
+                    "--threshold decides at one threshold and --sweep tries them all: give one of them"
+                )
+
+
+def load(records: Iterable[Any], options: MetricsOptions, name: str = "<input>") -> EvalData:
+    """Read every record (or ``(line, record)`` pair) into the arrays ``options`` needs."""
+    needs = "--sweep needs it" if options.sweep else "--plot needs it" if options.plot else ""
+    return collect(
+        numbered(records),
+        name,
+        threshold=options.threshold,
+        need_decision=not options.sweep,
+        need_scores=bool(needs),
+        category_scores=bool(options.sweep or options.plot),
+        need_hint=needs,
+    )
+
+
+def threshold_sweep(
+    records: EvalData | Iterable[Any], points: int | str = 101, name: str = "<input>"
+) -> list[dict[str, Any]]:
+    """The ``rt-metrics --sweep`` rows: per threshold on p_refuse for all rows (category None), then on
+    each category's own rows (p_cat[slug] when every row of it has one, else p_refuse)."""
+    data = records if isinstance(records, EvalData) else load(records, MetricsOptions(sweep=True), name)
+    groups: list[tuple[str | None, str, Any, Any]] = []
+    if data.n:
+        groups.append((None, SCORE_FIELD, data.y, data.score))
+    for code, slug in sorted(enumerate(data.categories), key=lambda t: t[1]):
+        groups.append((slug, data.cat_score_source[slug], data.y[data.cat == code], data.cat_scores[slug]))
+    rows: list[dict[str, Any]] = []
+    for category, score_name, y, score in groups:
+        rows.extend(sweep_rows(sweep(y, score, threshold_grid(points, score)), category, score_name))
+    return rows
+
+
+def plot(path: str, data: EvalData, title: str) -> None:
+    """The ``--plot`` PNG: ROC curves and refusal rates by threshold, overall and per category."""
+    from .plots import Curve, plot_curves
+
+    curves = [Curve("all", data.y, data.score if data.score is not None else data.y[:0])]
+    for slug in sorted(data.cat_scores):
+        rows_of = data.cat == data.categories.index(slug)
+        curves.append(
+            Curve(f"{slug} ({data.cat_score_source[slug]})", data.y[rows_of], data.cat_scores[slug])
+        )
+    plot_curves(path, curves, title=title)
+
+
+# ---------------------------------------------------------------------------
+# Point metrics.
 
 
 def confusion(y: np.ndarray, pred: np.ndarray) -> Counts:
@@ -386,19 +465,6 @@ def confusion(y: np.ndarray, pred: np.ndarray) -> Counts:
     fp = called - tp
     fn = pos - tp
     return Counts(tp=tp, fp=fp, tn=n - tp - fp - fn, fn=fn)
-
-
-def rates(c: Counts) -> dict[str, float | None]:
-    """Precision, recall, F1, accuracy and the refusal rates from confusion counts."""
-    return {
-        "precision": ratio(c.tp, c.tp + c.fp),
-        "recall": ratio(c.tp, c.tp + c.fn),
-        "f1": ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
-        "accuracy": ratio(c.tp + c.tn, c.n),
-        "refusal_rate": ratio(c.tp + c.fp, c.n),
-        "false_refusal_rate": ratio(c.fp, c.fp + c.tn),
-        "missed_refusal_rate": ratio(c.fn, c.fn + c.tp),
-    }
 
 
 def _both_classes(y: np.ndarray) -> bool:
@@ -432,10 +498,8 @@ def summarize_rows(
     consistent: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One summary (no ``by_category``) for the given rows."""
-    c = confusion(y, pred)
-    out: dict[str, Any] = {"n": c.n, "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn}
-    out.update(rates(c))
-    if score is not None and c.n:
+    out = counts_and_rates(confusion(y, pred))
+    if score is not None and out["n"]:
         out["auroc"] = auroc(y, score)
         out["auprc"] = auprc(y, score)
     if cat_match is not None:
@@ -447,21 +511,69 @@ def summarize_rows(
     return out
 
 
-def summarize(data: EvalData) -> dict[str, Any]:
-    """The rt-metrics summary: overall keys plus ``by_category`` {slug: same keys}."""
+def _rows_summary(data: EvalData, rows: np.ndarray | None) -> dict[str, Any]:
+    """:func:`summarize_rows` of some rows of ``data`` (None: all)."""
+    assert data.pred is not None
+
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return a if a is None or rows is None else a[rows]
+
+    return summarize_rows(
+        take(data.y), take(data.pred), take(data.score), take(data.cat_match), take(data.consistent)
+    )  # type: ignore[arg-type]
+
+
+def _rows_ci(data: EvalData, rows: np.ndarray | None, options: MetricsOptions) -> dict[str, Any]:
+    """:func:`bootstrap_ci` of some rows of ``data`` (None: all), resampled from those rows alone."""
+    assert data.pred is not None
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    return bootstrap_ci(
+        pick(data.y),
+        pick(data.pred),
+        None if data.score is None else pick(data.score),
+        options.bootstrap,
+        seed=options.seed,
+        ci=options.ci,
+    )
+
+
+def summarize(
+    records: EvalData | Iterable[Any],
+    options: MetricsOptions | None = None,
+    *,
+    name: str = "<input>",
+    **fields: Any,
+) -> dict[str, Any]:
+    """The rt-metrics summary: overall keys plus ``by_category`` {slug: same keys}.
+
+    ``records``: labelled records with decisions (or ``(line, record)`` pairs from
+    :func:`rtools.records.read_records`), or an :class:`EvalData`. ``options`` (or its fields as
+    keywords: ``threshold=T``, ``bootstrap=N``, ``seed``, ``ci``): a :class:`MetricsOptions`.
+    Reads every record first. A bad record raises RecordError naming ``name`` and its line.
+    """
+    options = options if options is not None else MetricsOptions(**fields)
+    data = records if isinstance(records, EvalData) else load(records, options, name)
     if data.pred is None:
         raise ValueError("summarize needs decisions")
-    out = summarize_rows(data.y, data.pred, data.score, data.cat_match, data.consistent)
-    by_cat: dict[str, Any] = {}
-    for slug, rows in category_rows(data).items():
-        by_cat[slug] = summarize_rows(
-            data.y[rows],
-            data.pred[rows],
-            None if data.score is None else data.score[rows],
-            None if data.cat_match is None else data.cat_match[rows],
-            None if data.consistent is None else data.consistent[rows],
-        )
-    out["by_category"] = by_cat
+    out = _rows_summary(data, None)
+    out["by_category"] = {slug: _rows_summary(data, rows) for slug, rows in category_rows(data).items()}
+    if options.threshold is not None:
+        out["threshold"] = options.threshold
+    if options.bootstrap:
+        out["ci"] = _rows_ci(data, None, options)
+        for slug, rows in category_rows(data).items():  # each category resampled on its own rows
+            out["by_category"][slug]["ci"] = _rows_ci(data, rows, options)
+    return out
+
+
+def no_category_summary(data: EvalData, options: MetricsOptions) -> dict[str, Any] | None:
+    """The summary of the rows without a category, when others have one (the table's last row)."""
+    rows = np.flatnonzero(data.cat < 0)
+    if not data.categories or not rows.size:  # without any category the row would repeat "all"
+        return None
+    out = _rows_summary(data, rows)
+    if options.bootstrap:
+        out["ci"] = _rows_ci(data, rows, options)
     return out
 
 
@@ -647,6 +759,92 @@ def bootstrap_ci(
         ok = v[~np.isnan(v)]
         out[m] = None if ok.size == 0 else [float(q) for q in np.quantile(ok, [alpha, 1.0 - alpha])]
     return out
+
+
+# ---------------------------------------------------------------------------
+# Tables for people (--format table).
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """An aligned text table: first column left-aligned, the others right-aligned; null shows as -."""
+    cells = [header] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+_TABLE_COLUMNS = [
+    ("n", "n"),
+    ("n_refuse", "n_refuse"),
+    ("n_respond", "n_respond"),
+    ("refusal", "refusal_rate"),
+    ("prec", "precision"),
+    ("recall", "recall"),
+    ("f1", "f1"),
+    ("acc", "accuracy"),
+    ("FRR", "false_refusal_rate"),
+    ("MRR", "missed_refusal_rate"),
+    ("auroc", "auroc"),
+    ("auprc", "auprc"),
+    ("cat_acc", "category_accuracy"),
+    ("agree", "agreement_rate"),
+]
+
+
+#: The table's row for records without a category.
+NO_CATEGORY = "(no category)"
+
+
+def _with_class_counts(scope: dict[str, Any]) -> dict[str, Any]:
+    """The scope plus its gold-class counts: n_refuse = tp + fn, n_respond = fp + tn."""
+    return {**scope, "n_refuse": scope["tp"] + scope["fn"], "n_respond": scope["fp"] + scope["tn"]}
+
+
+def summary_table(
+    summary: dict[str, Any], ci_level: float | None = None, no_category: dict[str, Any] | None = None
+) -> str:
+    """The summary as an aligned table: one row overall, one per category, one for ``no_category``.
+
+    Each row has its gold-class counts (n_refuse, n_respond: the denominators of recall/MRR and of
+    FRR). With bootstrap intervals a second table follows with the same rows, one column per
+    metric, each cell ``[low, high]``.
+    """
+    scopes = [("all", summary)] + sorted(summary.get("by_category", {}).items())
+    if no_category is not None:
+        scopes.append((NO_CATEGORY, no_category))
+    scopes = [(name, _with_class_counts(scope)) for name, scope in scopes]
+    cols = [(h, k) for h, k in _TABLE_COLUMNS if k in scopes[0][1]]
+    rows = [[name] + [s.get(k) for _, k in cols] for name, s in scopes]
+    text = format_table(["category"] + [h for h, _ in cols], rows)
+    text += (
+        "n_refuse, n_respond = gold refuse / respond rows; - = undefined\n"
+        "FRR = false_refusal_rate fp/(fp+tn), of the n_respond rows; "
+        "MRR = missed_refusal_rate fn/(fn+tp), of the n_refuse rows\n"
+    )
+    if "ci" in summary and ci_level is not None:
+        metrics = [(h, k) for h, k in _TABLE_COLUMNS if k in summary["ci"]]
+        ci_rows = []
+        for name, scope in scopes:
+            ci = scope.get("ci") or {}
+            ci_rows.append([name] + [_interval(ci.get(k)) for _, k in metrics])
+        text += f"\n{ci_level:.0%} bootstrap intervals [low, high] (percentile; few rows give narrow, unreliable ones):\n"
+        text += format_table(["category"] + [h for h, _ in metrics], ci_rows)
+    return text
+
+
+def _interval(bounds: list[float] | None) -> str | None:
+    return None if not bounds else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
 
 
 # ---------------------------------------------------------------------------

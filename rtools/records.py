@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 import orjson
@@ -162,6 +162,28 @@ def read_records(path: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
     name = display_name(path)
     with open_input(path) as fh:
         yield from iter_records(fh, name)
+
+
+def numbered(records: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, record)`` pairs from :func:`read_records` as they are; plain records numbered 1, 2, ...
+
+    The library's streaming functions take either, so that errors name the input line when there is one.
+    """
+    for i, item in enumerate(records, 1):
+        if item.__class__ is tuple:
+            yield item
+        else:
+            yield i, item
+
+
+def write_records(records: Iterable[Any], stream: IO[bytes] | None = None, unbuffered: bool = False) -> int:
+    """Write records (or ``(line, record)`` pairs) as JSON Lines to ``stream`` (stdout by default), the
+    bytes every command writes; returns the number written."""
+    writer = RecordWriter(stream, unbuffered=unbuffered)
+    for _, r in numbered(records):
+        writer.write(r)
+    writer.flush()
+    return writer.count
 
 
 def check_finite(value: float, what: str, name: str | None = None, line: int | None = None) -> float:

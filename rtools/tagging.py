@@ -19,12 +19,13 @@ as it would without the token. Every other field is kept, in its original key or
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import RecordError, conversation, json_type
-from .tokens import CATEGORY, LABELS, TokenMap, slugify
+from .config import ConfigError, parse_pair
+from .records import RecordError, conversation, json_type, numbered
+from .tokens import CATEGORY, DEFAULT_CATEGORIES, LABELS, SINGLE, TokenMap, slugify
 
 #: What separates the control token from the answer, by name.
 SEPARATORS: dict[str, str] = {"none": "", "space": " ", "newline": "\n"}
@@ -52,9 +53,12 @@ GENERIC_REFUSAL_TEXT = "I can't help with that request."
 NO_CATEGORY = "(none)"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TagOptions:
-    """How to turn records into chat records (everything ``rt-tag``'s flags control)."""
+    """How to turn records into chat records (everything ``rt-tag``'s flags control); frozen.
+
+    :meth:`from_flags` builds and checks it from rt-tag's option values.
+    """
 
     token_map: TokenMap = field(default_factory=TokenMap.single)
     separator: str = ""
@@ -70,6 +74,85 @@ class TagOptions:
     #: also write the control token into this field (None: do not)
     control_field: str | None = None
 
+    @classmethod
+    def from_flags(
+        cls,
+        mode: str = SINGLE,
+        refuse_token: str | None = None,
+        respond_token: str = "[respond]",
+        categories: str | None = None,
+        cat_tokens: Iterable[str] | None = None,
+        maps: Iterable[str] = (),
+        label: str | None = None,
+        response_field: str = "response",
+        refusal_texts: Iterable[str] = (),
+        separator: str = "none",
+        control_field: str | None = None,
+    ) -> TagOptions:
+        """rt-tag's option values -> TagOptions; ConfigError (naming the option) for a bad value or
+        combination. ``refuse_token``, ``categories`` and ``cat_tokens`` are None when not given:
+        each belongs to one mode only."""
+        category_map: dict[str, str] = {}
+        for text in maps:
+            name, slug = _pair(text, "NAME=SLUG", "--map", last=True)
+            category_map[name] = slug.strip()
+        if mode == SINGLE:
+            for opt, value in (("--categories", categories), ("--cat-token", cat_tokens)):
+                if value is not None:
+                    raise ConfigError(f"{opt} applies only to --mode category")
+            try:
+                token_map = TokenMap.single(refuse=refuse_token or "[refuse]", respond=respond_token)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif mode == CATEGORY:
+            if refuse_token is not None:
+                raise ConfigError("--refuse-token applies only to --mode single (use --cat-token SLUG=TOKEN)")
+            slugs: list[str] = []
+            for name in categories.split(",") if categories is not None else DEFAULT_CATEGORIES:
+                slug = slugify(name, category_map)
+                if slug and slug not in slugs:
+                    slugs.append(slug)
+            if not slugs:
+                raise ConfigError("no categories given", option="--categories")
+            tokens: dict[str, str] = {}
+            for text in cat_tokens or ():
+                key, tok = _pair(text, "SLUG=TOKEN", "--cat-token")
+                tokens[_known_slug(key, slugs, category_map, "--cat-token")] = tok.strip()
+            try:
+                token_map = TokenMap.category(slugs, respond=respond_token, tokens=tokens)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        else:
+            raise ConfigError(f"unknown mode {mode!r} (expected {SINGLE!r} or {CATEGORY!r})", option="--mode")
+        global_text: str | None = None
+        per_category: dict[str, str] = {}
+        for value in refusal_texts:
+            key, text = parse_pair(value, "[SLUG=]TEXT", optional=True)
+            if key is None:
+                if not value.strip():
+                    raise ConfigError("empty refusal text", option="--refusal-text")
+                global_text = value
+                continue
+            known = token_map.categories if token_map.mode == CATEGORY else None
+            slug = _known_slug(key, known, category_map, "--refusal-text")
+            if not text.strip():
+                raise ConfigError(f"empty refusal text for {key!r}", option="--refusal-text")
+            per_category[slug] = text
+        if separator not in SEPARATORS:
+            raise ConfigError(
+                f"unknown separator {separator!r} (one of {', '.join(SEPARATORS)})", "--separator"
+            )
+        return cls(
+            token_map=token_map,
+            separator=SEPARATORS[separator],
+            response_field=response_field,
+            default_label=label,
+            refusal_text=global_text,
+            refusal_texts=per_category,
+            category_map=category_map,
+            control_field=control_field,
+        )
+
     def refusal_for(self, slug: str | None) -> str:
         if slug is not None and slug in self.refusal_texts:
             return self.refusal_texts[slug]
@@ -78,6 +161,24 @@ class TagOptions:
         if slug is not None and slug in DEFAULT_REFUSAL_TEXTS:
             return DEFAULT_REFUSAL_TEXTS[slug]
         return GENERIC_REFUSAL_TEXT
+
+
+def _pair(text: str, form: str, option: str, last: bool = False) -> tuple[str, str]:
+    try:
+        key, value = parse_pair(text, form, last=last)
+    except ValueError as e:
+        raise ConfigError(str(e), option=option) from None
+    assert key is not None
+    return key, value
+
+
+def _known_slug(key: str, known: Iterable[str] | None, mapping: dict[str, str], option: str) -> str:
+    """``key``'s slug; ConfigError unless it is one of ``known`` (None: any)."""
+    slug = slugify(key, mapping)
+    if known is not None and slug not in known:
+        raise ConfigError(f"{key!r} is not one of the categories ({', '.join(known)})", option=option)
+    assert slug is not None
+    return slug
 
 
 @dataclass
@@ -218,7 +319,25 @@ class Tagger:
                     return True
         return False
 
-    def tag_all(self, records: Iterable[tuple[int, dict[str, Any]]], name: str = "<stdin>"):
-        """Yield the tagged record for each ``(line_number, record)``."""
-        for line, rec in records:
+    def tag_all(self, records: Iterable[Any], name: str = "<stdin>") -> Iterator[dict[str, Any]]:
+        """Yield the tagged record for each record or ``(line_number, record)`` pair."""
+        for line, rec in numbered(records):
             yield self.tag(rec, name, line)
+
+
+def tag(
+    records: Iterable[Any],
+    options: TagOptions | TokenMap | None = None,
+    name: str = "<input>",
+    stats: TagStats | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Each record (or ``(line, record)`` pair from :func:`rtools.records.read_records`) tagged: what
+    rt-tag writes, one at a time. ``options``: a :class:`TagOptions`, or just a :class:`TokenMap`
+    (default: single mode, ``[refuse]``/``[respond]``). ``stats``, when given, counts what was tagged.
+    A bad record raises RecordError naming ``name`` and its line."""
+    if isinstance(options, TokenMap):
+        options = TagOptions(token_map=options)
+    tagger = Tagger(options or TagOptions())
+    if stats is not None:
+        tagger.stats = stats
+    return tagger.tag_all(records, name)

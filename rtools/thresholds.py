@@ -45,7 +45,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .records import RecordError, atomic_write_json, json_type, may_hold_big_int, parse_line
+from .config import ConfigError, parse_number, parse_pair
+from .rates import confusion_summary
+from .records import RecordError, atomic_write_json, json_type, may_hold_big_int, numbered, parse_line
 from .records import dumps as dump_record
 from .tokens import slugify
 
@@ -86,6 +88,15 @@ def own_choice_category(p_cat: Mapping[str, float], p_respond: float) -> Decisio
     if slug is not None and p_cat[slug] > p_respond:
         return REFUSE, slug
     return RESPOND, None
+
+
+def own_rule(p_refuse: float | None, p_respond: float, p_cat: Mapping[str, float] | None = None) -> Decision:
+    """The model's own choice in either mode: :func:`own_choice_category` when ``p_cat`` is given,
+    else :func:`own_choice` (the rule with no threshold; rt-generate's default choice)."""
+    if p_cat is not None:
+        return own_choice_category(p_cat, p_respond)
+    assert p_refuse is not None
+    return own_choice(p_refuse, p_respond)
 
 
 def global_rule(p_refuse: float, threshold: float, p_cat: Mapping[str, float] | None = None) -> Decision:
@@ -253,6 +264,34 @@ class Thresholds:
         except ValueError as e:
             raise RecordError(str(e), path=path) from None
 
+    @classmethod
+    def from_flags(
+        cls,
+        threshold: float | None = None,
+        cats: Mapping[str, float] | None = None,
+        thresholds_file: str | None = None,
+    ) -> Thresholds:
+        """The rule the flags ``--threshold``, ``--cat`` (parsed by :func:`parse_cats`) and
+        ``--thresholds FILE`` set; ConfigError when more than one is given, RecordError for a bad file."""
+        flags = (
+            ("--threshold", threshold is not None),
+            ("--cat", bool(cats)),
+            ("--thresholds", thresholds_file is not None),
+        )
+        given = [opt for opt, present in flags if present]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)} cannot be combined: give one way to set thresholds")
+        if thresholds_file is not None:
+            return cls.load(thresholds_file)
+        if threshold is not None:
+            try:
+                return cls(threshold=check_threshold(threshold))
+            except ValueError as e:
+                raise ConfigError(str(e), option="--threshold") from None
+        named = dict(cats or {})
+        default = named.pop(DEFAULT_KEY, None)
+        return cls(categories=named, default=default)
+
     def save(self, path: str) -> None:
         atomic_write_json(path, self.to_dict())
 
@@ -267,6 +306,21 @@ class Thresholds:
         if self.default is not None:
             parts.append(f"*={self.default:.6g}")
         return " ".join(parts) if parts else "own choice"
+
+    def summary(self) -> str:
+        """A fit in one line: ``fit f1: threshold=0.4375 f1=0.8732 (n=1000)`` (what rt-threshold --fit
+        prints on stderr); an undefined (0/0) rate shows as null."""
+        meta = self.meta
+        m = meta["metrics"]
+        kind = Objective.parse(meta["objective"]).kind
+        keys = {
+            "fpr": ("recall", "false_refusal_rate"),
+            "missed": ("missed_refusal_rate", "false_refusal_rate"),
+            "rate": ("refusal_rate",),
+            "budget": ("refusal_rate",),
+        }.get(kind, ("f1",))
+        reached = " ".join(f"{k}={'null' if m[k] is None else format(m[k], '.4f')}" for k in keys)
+        return f"fit {meta['objective']}: {self.describe()} {reached} (n={meta['n']})"
 
     # -- applying ----------------------------------------------------------------------
 
@@ -298,9 +352,10 @@ class Thresholds:
         """The decision for one record, checking the fields the rule reads (RecordError)."""
         if self.threshold is not None:
             p = get_probability(record, "p_refuse")
-            if p >= self.threshold:
-                return REFUSE, argmax_slug(get_p_cat(record, required=False) or {})
-            return RESPOND, None
+            # p_cat is read (and checked) only to name a refusal's category
+            return global_rule(
+                p, self.threshold, get_p_cat(record, required=False) if p >= self.threshold else None
+            )
         if self.categories or self.default is not None:
             pc = get_p_cat(record, required=True)
             assert pc is not None
@@ -311,9 +366,8 @@ class Thresholds:
             p_respond = get_probability(record, "p_respond") if need_respond else None
             return category_rule(pc, self.categories, self.default, p_respond)
         pc = get_p_cat(record, required=False)
-        if pc is not None:
-            return own_choice_category(pc, get_probability(record, "p_respond"))
-        return own_choice(get_probability(record, "p_refuse"), get_probability(record, "p_respond"))
+        p_refuse = None if pc is not None else get_probability(record, "p_refuse")
+        return own_rule(p_refuse, get_probability(record, "p_respond"), pc)
 
 
 def _slug_or_none(name: str) -> str | None:
@@ -341,15 +395,29 @@ def same_category(a: str, b: str) -> bool:
 
 def parse_cat_option(text: str) -> tuple[str, float]:
     """``slug=T`` (``*=T`` for every category not named) -> (name, T); ValueError when malformed."""
-    name, sep, value = text.rpartition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise ValueError(f"expected SLUG=T (e.g. safety=0.3 or '*=0.5'), got {text!r}")
-    try:
-        t = float(value)
-    except ValueError:
-        raise ValueError(f"threshold for {name!r} is not a number: {value!r}") from None
-    return name, check_threshold(t, f"threshold for {name!r}")
+    name, value = parse_pair(text, "SLUG=T (e.g. safety=0.3 or '*=0.5')", last=True)
+    assert name is not None
+    return name, parse_number(value, f"threshold for {name!r}", low=0.0, high=1.0)
+
+
+def parse_cats(values: Iterable[str]) -> dict[str, float]:
+    """``--cat`` values -> ``{name: T}``; ConfigError for a malformed value or a category given twice
+    (also under two names: ``safety`` and ``Safety``)."""
+    cats: dict[str, float] = {}
+    for value in values:
+        try:
+            name, t = parse_cat_option(value)
+        except ValueError as e:
+            raise ConfigError(str(e), option="--cat") from None
+        if name in cats:
+            raise ConfigError(f"{name!r} is given twice", option="--cat")
+        same = next((other for other in cats if same_category(other, name)), None)
+        if same is not None:
+            raise ConfigError(
+                f"{same!r} and {name!r} are the same category: give it one threshold", option="--cat"
+            )
+        cats[name] = t
+    return cats
 
 
 # ---------------------------------------------------------------------------
@@ -369,8 +437,6 @@ def apply_stream(
     on anything else; such a record then goes through :meth:`Thresholds.decide`, the checked
     reference, which gives the same decision or the error with its file and line.
     """
-    if rule.mode == "global" and not unbuffered:
-        return _apply_global_fast(stream, name, out, rule)
     checker = _Checked(rule, name)
     loads = orjson.loads
     dumps = orjson.dumps
@@ -431,8 +497,10 @@ class _Checked:
 
     def decide_line(self, line: bytes, lineno: int) -> dict[str, Any] | None:
         r = parse_line(line, self.name, lineno)
-        if r is None:
-            return None
+        return None if r is None else self.decide_record(r, lineno)
+
+    def decide_record(self, r: dict[str, Any], lineno: int) -> dict[str, Any]:
+        """Set decision/decision_cat on ``r`` by the checked rule; RecordError with the file and line."""
         try:
             if not self.resolved:
                 pc = get_p_cat(r, required=True)
@@ -470,44 +538,41 @@ def _unresolved(r: dict[str, Any]) -> None:
     raise LookupError("category names not resolved yet")
 
 
+def _fast_probability(p: Any) -> float:
+    if p.__class__ is not float or not 0.0 <= p <= 1.0:
+        raise ValueError
+    return p
+
+
+def _fast_p_cat(pc: Any, slugs: frozenset[str] | None) -> dict[str, float]:
+    if pc.keys() != slugs or not pc:
+        raise ValueError
+    for q in pc.values():
+        if q.__class__ is not float or not 0.0 <= q <= 1.0:
+            raise ValueError
+    return pc
+
+
 def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
     """A function that sets decision/decision_cat on a common record, or raises on anything else.
 
-    ``slugs``: the categories every p_cat must have (None until the first p_cat is seen: then any
-    record with a p_cat goes to the checked path, which fixes them).
-
-    It never reports errors itself: whatever it raises sends the record to the checked path.
+    It decides by the same rule functions as :meth:`Thresholds.decide` (``global_rule``,
+    ``own_rule``, ``category_rule``); only the checks differ: the common record (float
+    probabilities in [0, 1], a p_cat with the slugs ``slugs``, fixed by the first p_cat seen) passes,
+    anything else raises, and the record goes to the checked path, which gives the same decision
+    or the error with its file and line (``tests/test_thresholds_rules.py`` checks the two agree).
     """
-    float_ = float
-    refuse = REFUSE
-    respond = RESPOND
+    prob = _fast_probability
+    p_cat = _fast_p_cat
     if rule.mode == "global":
         t = rule.threshold
 
         def fast_global(r: dict[str, Any]) -> None:
-            p = r["p_refuse"]
-            if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
-                raise ValueError
+            p = prob(r["p_refuse"])
             pc = r.get("p_cat")
-            if pc is not None and pc.keys() != slugs:
-                raise ValueError
-            if p >= t:
-                best = None
-                if pc is not None:
-                    best_p = -1.0
-                    for slug, q in pc.items():
-                        if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
-                            raise ValueError
-                        if q > best_p:
-                            best = slug
-                            best_p = q
-                    if best is None:
-                        raise ValueError
-                r["decision"] = refuse
-                r["decision_cat"] = best
-            else:
-                r["decision"] = respond
-                r["decision_cat"] = None
+            if pc is not None and (pc.keys() != slugs or p >= t):
+                pc = p_cat(pc, slugs)  # the values are read only for a refusal's decision_cat
+            r["decision"], r["decision_cat"] = global_rule(p, t, pc)  # type: ignore[arg-type]
 
         return fast_global
 
@@ -515,147 +580,24 @@ def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
 
         def fast_own(r: dict[str, Any]) -> None:
             pc = r.get("p_cat")
-            if pc is not None and pc.keys() != slugs:
-                raise ValueError
             if pc is None:
-                p = r["p_refuse"]
-                if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
-                    raise ValueError
-            q = r["p_respond"]
-            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
-                raise ValueError
-            if pc is None:
-                if p > q:
-                    r["decision"] = refuse
-                else:
-                    r["decision"] = respond
-                r["decision_cat"] = None
-                return
-            best = None
-            best_p = -1.0
-            for slug, v in pc.items():
-                if v.__class__ is not float_ or not 0.0 <= v <= 1.0:
-                    raise ValueError
-                if v > best_p:
-                    best = slug
-                    best_p = v
-            if best is None:
-                raise ValueError
-            if best_p > q:
-                r["decision"] = refuse
-                r["decision_cat"] = best
+                r["decision"], r["decision_cat"] = own_rule(prob(r["p_refuse"]), prob(r["p_respond"]))
             else:
-                r["decision"] = respond
-                r["decision_cat"] = None
+                pc = p_cat(pc, slugs)
+                r["decision"], r["decision_cat"] = own_rule(None, prob(r["p_respond"]), pc)
 
         return fast_own
 
     ts = rule.categories
     default = rule.default
-    n_named = len(ts)
-    get = ts.get
+    need_respond = default is None and slugs is not None and any(s not in ts for s in slugs)
 
     def fast_category(r: dict[str, Any]) -> None:
-        pc = r["p_cat"]
-        if pc.keys() != slugs:  # also every named category (resolved on the first p_cat)
-            raise ValueError
-        best = None  # the highest firing category
-        best_p = -1.0
-        own = None  # the highest category
-        own_p = -1.0
-        for slug, v in pc.items():
-            if v.__class__ is not float_ or not 0.0 <= v <= 1.0:
-                raise ValueError
-            if v > own_p:
-                own = slug
-                own_p = v
-            t = get(slug, default)
-            if t is not None and v >= t and v > best_p:
-                best = slug
-                best_p = v
-        if own is None:
-            raise ValueError
-        if default is None and len(pc) > n_named:  # some categories fire by the model's own choice
-            q = r["p_respond"]
-            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
-                raise ValueError
-            if own not in ts and own_p > q:
-                best = own  # the highest category overall, and first in order among equals
-        if best is None:
-            r["decision"] = respond
-            r["decision_cat"] = None
-        else:
-            r["decision"] = refuse
-            r["decision_cat"] = best
+        pc = p_cat(r["p_cat"], slugs)  # also every named category (resolved on the first p_cat)
+        q = prob(r["p_respond"]) if need_respond else None
+        r["decision"], r["decision_cat"] = category_rule(pc, ts, default, q)
 
     return fast_category
-
-
-def _apply_global_fast(stream: IO[bytes], name: str, out: IO[bytes], rule: Thresholds) -> int:
-    """The hot loop for ``--threshold T``: the common case inline, anything unusual to decide().
-
-    Everything is bound to locals and the common record (float p_refuse in [0, 1], p_cat of
-    floats) is handled without a function call; any other record (ints, bad values, blank or
-    invalid lines) goes through the checked path, which gives the same result or the error.
-    """
-    t = rule.threshold
-    assert t is not None
-    checker = _Checked(rule, name)
-    loads = orjson.loads
-    dumps = orjson.dumps
-    opt = orjson.OPT_APPEND_NEWLINE
-    plus = b"+"
-    big = may_hold_big_int
-    write = out.write
-    float_ = float
-    refuse = REFUSE
-    respond = RESPOND
-    slugs = checker.slugs
-    count = 0
-    lineno = 0
-    try:
-        for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is used after the loop)
-            try:
-                r = loads(line)
-                p = r["p_refuse"]
-                if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
-                    raise ValueError
-                pc = r.get("p_cat")
-                if pc is not None and pc.keys() != slugs:  # the first p_cat, or another slug set
-                    raise ValueError
-                if p >= t:
-                    best = None
-                    if pc is not None:
-                        best_p = -1.0
-                        for slug, q in pc.items():
-                            if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
-                                raise ValueError
-                            if q > best_p:
-                                best = slug
-                                best_p = q
-                        if best is None:  # empty p_cat: let the checked path report it
-                            raise ValueError
-                    r["decision"] = refuse
-                    r["decision_cat"] = best
-                else:
-                    r["decision"] = respond
-                    r["decision_cat"] = None
-                data = dumps(r, option=opt)
-                # orjson writes a float of 1e16 or more with "e+": maybe an integer beyond 64 bits
-                # that orjson read as a float; the checked path reads it exactly
-                if plus in data and big(line):
-                    raise ValueError
-            except Exception:
-                r = checker.decide_line(line, lineno)
-                slugs = checker.slugs
-                if r is None:
-                    continue
-                data = dump_record(r)
-            write(data)
-            count += 1
-    finally:
-        out.flush()
-    return count
 
 
 # ---------------------------------------------------------------------------
@@ -760,7 +702,7 @@ def collect_fit_data(
 ) -> FitData:
     """Read what a fit needs from ``(line, record)`` pairs; RecordError with file:line on bad rows.
 
-    ``keep``, when given, receives the records (to write them out after the fit).
+    ``keep``, when given, receives the ``(line, record)`` pairs (to write them out after the fit).
     ``need_labels=False`` (a budget fit) lets records go without a ``label`` (stored as None).
     """
     data = FitData(labels=[], categories=[])
@@ -804,7 +746,7 @@ def collect_fit_data(
         data.labels.append(None if label is None else label == REFUSE)
         data.categories.append(cat)
         if keep is not None:
-            keep.append(r)
+            keep.append((lineno, r))
     return data
 
 
@@ -886,34 +828,8 @@ def fit_threshold(
 
 
 def confusion(refused: Iterable[bool], labels: Iterable[bool]) -> dict[str, Any]:
-    """Counts and rates, positive class = refuse (the keys rt-metrics uses)."""
-    tp = fp = tn = fn = 0
-    for d, y in zip(refused, labels, strict=True):
-        if d and y:
-            tp += 1
-        elif d:
-            fp += 1
-        elif y:
-            fn += 1
-        else:
-            tn += 1
-    n = tp + fp + tn + fn
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return {
-        "n": n,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "refusal_rate": (tp + fp) / n if n else 0.0,
-        "false_refusal_rate": fp / (fp + tn) if fp + tn else 0.0,
-        "missed_refusal_rate": fn / (fn + tp) if fn + tp else 0.0,
-    }
+    """Counts and rates, positive class = refuse (rt-metrics' keys; a 0/0 rate is None)."""
+    return confusion_summary(refused, labels)
 
 
 #: The metric each objective reports as its value.
@@ -926,13 +842,35 @@ OBJECTIVE_METRIC = {
 }
 
 
-def fit(data: FitData, objective: Objective, per_category: bool, fitted_on: str | None = None) -> Thresholds:
+def fit(
+    records: FitData | Iterable[dict[str, Any] | tuple[int, dict[str, Any]]],
+    objective: Objective | str,
+    per_category: bool = False,
+    fitted_on: str | None = None,
+    keep: list | None = None,
+) -> Thresholds:
     """Fit a global threshold on p_refuse, or one threshold per category on p_cat.
 
+    ``records``: scored records, ``(line, record)`` pairs (:func:`rtools.records.read_records`) or a
+    :class:`FitData`. ``objective``: an :class:`Objective` or its text (``"f1"``, ``"fpr=0.05"``...).
+    ``fitted_on`` names the input in errors and in the metadata; ``keep`` receives the records read.
     The result carries metadata: objective, objective_value, n, fitted_on and the metrics at
-    the fitted thresholds.
+    the fitted thresholds (a 0/0 rate is None).
     """
     import numpy as np
+
+    if isinstance(objective, str):
+        objective = Objective.parse(objective)
+    if isinstance(records, FitData):
+        data = records
+    else:
+        data = collect_fit_data(
+            numbered(records),
+            fitted_on or "<input>",
+            per_category,
+            keep=keep,
+            need_labels=objective.needs_labels,
+        )
 
     if data.n == 0:
         raise RecordError("no records to fit on", path=fitted_on)
@@ -1057,8 +995,16 @@ def _coordinate_ascent_f1(
     return current, [float(x) for x in t]
 
 
-def iter_decided(records: Iterable[dict[str, Any]], rule: Thresholds) -> Iterator[dict[str, Any]]:
-    """Records (already checked by a fit) with their decision fields set."""
-    for r in records:
-        r["decision"], r["decision_cat"] = rule.decide(r)
-        yield r
+def decide(
+    records: Iterable[dict[str, Any] | tuple[int, dict[str, Any]]], rule: Thresholds, name: str = "<input>"
+) -> Iterator[dict[str, Any]]:
+    """Each record (or ``(line, record)`` pair from :func:`rtools.records.read_records`) with
+    ``decision`` and ``decision_cat`` set by ``rule``, one at a time: what rt-threshold writes.
+
+    The records are copied, key order kept. Category names of the rule are resolved on the first
+    ``p_cat``, which also fixes the slugs every later ``p_cat`` must have. A bad record raises
+    RecordError naming ``name`` and its line (its position, for plain records).
+    """
+    checker = _Checked(rule, name)
+    for lineno, r in numbered(records):
+        yield checker.decide_record(dict(r), lineno)

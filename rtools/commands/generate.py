@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cli import (
+    build_rule,
     common_options,
     entry_point,
     fail,
@@ -12,13 +13,13 @@ from ..cli import (
     load_model,
     model_options,
     progress_bar,
+    rule_options,
     unbuffered_option,
     warn,
 )
 from ..model.chat import TRUNCATE_HELP
 from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
 from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
-from .threshold import build_rule, rule_options
 
 HELP = """Generate answers after a forced control token, so that they obey the thresholds.
 
@@ -103,7 +104,9 @@ MAN = {
         "complies after an apology, or refuses without a listed opening, is misread."
     ),
     "ENVIRONMENT": (
-        "RT_MODEL: the model when --model is not given. XDG_CACHE_HOME: where the embedded default model "
+        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
+        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
+        "adapter). XDG_CACHE_HOME: where the embedded default model "
         "is cached as safetensors (default ~/.cache/rtools/models)."
     ),
     "EXAMPLES": (
@@ -274,6 +277,7 @@ def command(
     batch_size,
     window,
     truncate,
+    base,
     device,
     dtype,
     load_4bit,
@@ -302,6 +306,7 @@ def command(
             load_4bit=load_4bit,
             allow_untrained=allow_untrained,
             trust_remote_code=trust_remote_code,
+            base=base,
         )
         token_map = lm.token_map
         if rule.mode == "category":

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, warn
+from ..cli import common_options, entry_point, input_argument, usage_errors, warn
 
 # Kept free of numpy/sklearn/matplotlib at import time so that --help answers at once; the
 # metrics core (rtools.metrics) is imported when the command runs.
@@ -61,88 +61,6 @@ def _parse_points(ctx: click.Context, param: click.Parameter, value: str) -> int
     return k
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    """An aligned text table: first column left-aligned, the others right-aligned; null shows as -."""
-    cells = [header] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = []
-    for r in cells:
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-_TABLE_COLUMNS = [
-    ("n", "n"),
-    ("n_refuse", "n_refuse"),
-    ("n_respond", "n_respond"),
-    ("refusal", "refusal_rate"),
-    ("prec", "precision"),
-    ("recall", "recall"),
-    ("f1", "f1"),
-    ("acc", "accuracy"),
-    ("FRR", "false_refusal_rate"),
-    ("MRR", "missed_refusal_rate"),
-    ("auroc", "auroc"),
-    ("auprc", "auprc"),
-    ("cat_acc", "category_accuracy"),
-    ("agree", "agreement_rate"),
-]
-
-
-#: The table's row for records without a category.
-NO_CATEGORY = "(no category)"
-
-
-def _with_class_counts(scope: dict[str, Any]) -> dict[str, Any]:
-    """The scope plus its gold-class counts: n_refuse = tp + fn, n_respond = fp + tn."""
-    return {**scope, "n_refuse": scope["tp"] + scope["fn"], "n_respond": scope["fp"] + scope["tn"]}
-
-
-def summary_table(
-    summary: dict[str, Any], ci_level: float | None = None, no_category: dict[str, Any] | None = None
-) -> str:
-    """The summary as an aligned table: one row overall, one per category, one for ``no_category``.
-
-    Each row has its gold-class counts (n_refuse, n_respond: the denominators of recall/MRR and of
-    FRR). With bootstrap intervals a second table follows with the same rows, one column per
-    metric, each cell ``[low, high]``.
-    """
-    scopes = [("all", summary)] + sorted(summary.get("by_category", {}).items())
-    if no_category is not None:
-        scopes.append((NO_CATEGORY, no_category))
-    scopes = [(name, _with_class_counts(scope)) for name, scope in scopes]
-    cols = [(h, k) for h, k in _TABLE_COLUMNS if k in scopes[0][1]]
-    rows = [[name] + [s.get(k) for _, k in cols] for name, s in scopes]
-    text = format_table(["category"] + [h for h, _ in cols], rows)
-    text += (
-        "n_refuse, n_respond = gold refuse / respond rows; - = undefined\n"
-        "FRR = false_refusal_rate fp/(fp+tn), of the n_respond rows; "
-        "MRR = missed_refusal_rate fn/(fn+tp), of the n_refuse rows\n"
-    )
-    if "ci" in summary and ci_level is not None:
-        metrics = [(h, k) for h, k in _TABLE_COLUMNS if k in summary["ci"]]
-        ci_rows = []
-        for name, scope in scopes:
-            ci = scope.get("ci") or {}
-            ci_rows.append([name] + [_interval(ci.get(k)) for _, k in metrics])
-        text += f"\n{ci_level:.0%} bootstrap intervals [low, high] (percentile; few rows give narrow, unreliable ones):\n"
-        text += format_table(["category"] + [h for h, _ in metrics], ci_rows)
-    return text
-
-
-def _interval(bounds: list[float] | None) -> str | None:
-    return None if not bounds else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
-
-
 def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fmt: str) -> None:
     """An option that would be silently ignored is a usage error (exit 2)."""
     from click.core import ParameterSource
@@ -151,10 +69,6 @@ def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fm
         return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
     if do_sweep:
-        if given("threshold"):
-            raise click.UsageError(
-                "--threshold decides at one threshold and --sweep tries them all: give one of them"
-            )
         if given("pretty"):
             raise click.UsageError("--pretty indents the summary; --sweep prints JSON Lines")
     elif given("sweep_points"):
@@ -258,108 +172,54 @@ def command(
     fail_over: list[Any],
     quiet: bool,
 ) -> None:
-    gates = [*fail_under, *fail_over]
-    if do_sweep and gates:
-        raise click.UsageError("--fail-under/--fail-over check the summary; they do not combine with --sweep")
-    if do_sweep and bootstrap:
-        raise click.UsageError("--bootstrap adds intervals to the summary; it does not combine with --sweep")
+    from .. import metrics as M
+
+    with usage_errors():
+        options = M.MetricsOptions(
+            threshold=threshold,
+            sweep=do_sweep,
+            sweep_points=sweep_points,
+            plot=plot,
+            bootstrap=bootstrap,
+            seed=seed,
+            ci=ci_level,
+            gates=(*fail_under, *fail_over),
+        )
     check_ignored_options(ctx, do_sweep, bootstrap, fmt)
 
-    import numpy as np
     import orjson
 
-    from .. import metrics as M
-    from ..records import RecordWriter, display_name, iter_records, open_input
+    from ..records import display_name, read_records, write_records
 
     name = display_name(file)
-    needs = "--sweep needs it" if do_sweep else "--plot needs it" if plot else ""
-    with open_input(file) as fh:
-        data = M.collect(
-            iter_records(fh, name),
-            name,
-            threshold=threshold,
-            need_decision=not do_sweep,
-            need_scores=bool(needs),
-            category_scores=bool(do_sweep or plot),
-            need_hint=needs,
-        )
+    data = M.load(read_records(file), options, name)
     if data.missing_score_line is not None and data.scored and not quiet:
         warn(f"{name}:{data.missing_score_line}: no p_refuse on this row: auroc and auprc are left out")
 
     out = sys.stdout.buffer
     if plot:
-        from ..plots import Curve, plot_curves
-
-        curves = [Curve("all", data.y, data.score if data.score is not None else data.y[:0])]
-        for slug in sorted(data.cat_scores):
-            label = f"{slug} ({data.cat_score_source[slug]})"
-            rows_of = data.cat == data.categories.index(slug)
-            curves.append(Curve(label, data.y[rows_of], data.cat_scores[slug]))
-        plot_curves(plot, curves, title=f"rt-metrics: {name} (n={data.n})")
-
+        M.plot(plot, data, title=f"rt-metrics: {name} (n={data.n})")
     if do_sweep:
-        rows: list[dict[str, Any]] = []
-        groups: list[tuple[str | None, str, Any, Any]] = []
-        if data.n:
-            groups.append((None, M.SCORE_FIELD, data.y, data.score))
-        for code, slug in sorted(enumerate(data.categories), key=lambda t: t[1]):
-            groups.append(
-                (slug, data.cat_score_source[slug], data.y[data.cat == code], data.cat_scores[slug])
-            )
-        for category, score_name, y, score in groups:
-            grid = M.threshold_grid(sweep_points, score)
-            rows.extend(M.sweep_rows(M.sweep(y, score, grid), category, score_name))
+        rows = M.threshold_sweep(data, sweep_points)
         if fmt == "table":
             header = list(M.SWEEP_KEYS)
-            out.write(format_table(header, [[r[k] for k in header] for r in rows]).encode())
+            out.write(M.format_table(header, [[r[k] for k in header] for r in rows]).encode())
         else:
-            writer = RecordWriter(out)
-            for r in rows:
-                writer.write(r)
+            write_records(rows, out)
         return
 
-    summary = M.summarize(data)
-    if threshold is not None:
-        summary["threshold"] = threshold
-    if bootstrap:
-        assert data.pred is not None
-        summary["ci"] = M.bootstrap_ci(data.y, data.pred, data.score, bootstrap, seed=seed, ci=ci_level)
-        for slug, rows in M.category_rows(data).items():  # each category resampled on its own rows
-            summary["by_category"][slug]["ci"] = M.bootstrap_ci(
-                data.y[rows],
-                data.pred[rows],
-                None if data.score is None else data.score[rows],
-                bootstrap,
-                seed=seed,
-                ci=ci_level,
-            )
+    summary = M.summarize(data, options)
     if fmt == "table":
-        no_category = None
-        none_rows = np.flatnonzero(data.cat < 0)
-        if data.categories and none_rows.size:  # without any category the row would repeat "all"
-            no_category = M.summarize_rows(
-                data.y[none_rows],
-                data.pred[none_rows],
-                None if data.score is None else data.score[none_rows],
-                None if data.cat_match is None else data.cat_match[none_rows],
-                None if data.consistent is None else data.consistent[none_rows],
-            )
-            if bootstrap:
-                no_category["ci"] = M.bootstrap_ci(
-                    data.y[none_rows],
-                    data.pred[none_rows],
-                    None if data.score is None else data.score[none_rows],
-                    bootstrap,
-                    seed=seed,
-                    ci=ci_level,
-                )
-        out.write(summary_table(summary, ci_level if bootstrap else None, no_category).encode())
+        table = M.summary_table(
+            summary, ci_level if bootstrap else None, M.no_category_summary(data, options)
+        )
+        out.write(table.encode())
     else:
         option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
         out.write(orjson.dumps(summary, option=option) + b"\n")
     out.flush()
 
-    failures = M.check_gates(summary, gates)
+    failures = M.check_gates(summary, options.gates)
     for msg in failures:
         warn(msg)
     if failures:

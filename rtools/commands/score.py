@@ -91,6 +91,7 @@ def command(
     load_4bit,
     temperature,
     truncate,
+    base,
     allow_untrained,
     trust_remote_code,
     unbuffered,
@@ -110,6 +111,7 @@ def command(
             load_4bit=load_4bit,
             allow_untrained=allow_untrained,
             trust_remote_code=trust_remote_code,
+            base=base,
         )
         encoder = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
         scorer = Scorer(
@@ -175,7 +177,9 @@ MAN = {
         "An existing field of the same name is replaced in place."
     ),
     "ENVIRONMENT": (
-        "RT_MODEL: the model when --model is not given. XDG_CACHE_HOME: where the embedded default model "
+        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
+        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
+        "adapter). XDG_CACHE_HOME: where the embedded default model "
         "is cached as safetensors (default ~/.cache/rtools/models)."
     ),
     "EXAMPLES": (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
-from ..records import RecordWriter, display_name, read_records
-from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT, SEPARATORS, Tagger, TagOptions
-from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, TokenMap, category_token, slugify
+from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option, usage_errors
+from ..records import display_name, read_records, write_records
+from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT, SEPARATORS, TagOptions, TagStats, tag
+from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, category_token
 
 HELP = """Prefix every assistant answer with its control token.
 
@@ -33,101 +33,9 @@ SEPARATOR_HELP = (
 )
 
 
-def _split_pairs(
-    values: tuple[str, ...], option: str, what: str, last: bool = False
-) -> list[tuple[str, str]]:
-    pairs = []
-    for v in values:
-        left, eq, right = v.rpartition("=") if last else v.partition("=")
-        if not eq or not left.strip() or not right.strip():
-            raise click.BadParameter(f"expected {what}, got {v!r}", param_hint=option)
-        pairs.append((left.strip(), right.strip()))
-    return pairs
-
-
 def _given(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def build_options(
-    ctx: click.Context,
-    mode: str,
-    refuse_token: str,
-    respond_token: str,
-    categories: str | None,
-    cat_tokens: tuple[str, ...],
-    maps: tuple[str, ...],
-    label: str | None,
-    response_field: str,
-    refusal_texts: tuple[str, ...],
-    separator: str,
-    control_field: str | None,
-) -> TagOptions:
-    """The flags -> TagOptions; bad combinations are usage errors (exit 2)."""
-    category_map = dict(_split_pairs(maps, "--map", "NAME=SLUG", last=True))
-    if mode == SINGLE:
-        for opt, name in (("--categories", "categories"), ("--cat-token", "cat_tokens")):
-            if _given(ctx, name):
-                raise click.UsageError(f"{opt} applies only to --mode category")
-        try:
-            token_map = TokenMap.single(refuse=refuse_token, respond=respond_token)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from None
-    else:
-        if _given(ctx, "refuse_token"):
-            raise click.UsageError(
-                "--refuse-token applies only to --mode single (use --cat-token SLUG=TOKEN)"
-            )
-        slugs: list[str] = []
-        names = categories.split(",") if categories is not None else list(DEFAULT_CATEGORIES)
-        for name in names:
-            slug = slugify(name, category_map)
-            if slug and slug not in slugs:
-                slugs.append(slug)
-        if not slugs:
-            raise click.BadParameter("no categories given", param_hint="--categories")
-        tokens: dict[str, str] = {}
-        for key, tok in _split_pairs(cat_tokens, "--cat-token", "SLUG=TOKEN"):
-            slug = slugify(key, category_map)
-            if slug not in slugs:
-                raise click.BadParameter(
-                    f"{key!r} is not one of the categories ({', '.join(slugs)})", param_hint="--cat-token"
-                )
-            tokens[slug] = tok
-        try:
-            token_map = TokenMap.category(slugs, respond=respond_token, tokens=tokens)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from None
-
-    global_text: str | None = None
-    per_category: dict[str, str] = {}
-    for value in refusal_texts:
-        key, eq, text = value.partition("=")
-        if eq and key.strip() and not any(c.isspace() for c in key):
-            slug = slugify(key, category_map)
-            if token_map.mode == CATEGORY and slug not in token_map.categories:
-                raise click.BadParameter(
-                    f"{key!r} is not one of the categories ({', '.join(token_map.categories)})",
-                    param_hint="--refusal-text",
-                )
-            if not text.strip():
-                raise click.BadParameter(f"empty refusal text for {key!r}", param_hint="--refusal-text")
-            per_category[slug] = text  # type: ignore[index]
-        else:
-            if not value.strip():
-                raise click.BadParameter("empty refusal text", param_hint="--refusal-text")
-            global_text = value
-    return TagOptions(
-        token_map=token_map,
-        separator=SEPARATORS[separator],
-        response_field=response_field,
-        default_label=label,
-        refusal_text=global_text,
-        refusal_texts=per_category,
-        category_map=category_map,
-        control_field=control_field,
-    )
 
 
 def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -253,31 +161,27 @@ def command(
     unbuffered: bool,
     quiet: bool,
 ) -> None:
-    options = build_options(
-        ctx,
-        mode,
-        refuse_token,
-        respond_token,
-        categories,
-        cat_tokens,
-        maps,
-        label,
-        response_field,
-        refusal_texts,
-        separator,
-        control_field,
-    )
+    with usage_errors():
+        options = TagOptions.from_flags(
+            mode,
+            refuse_token if _given(ctx, "refuse_token") else None,
+            respond_token,
+            categories,
+            cat_tokens or None,
+            maps,
+            label,
+            response_field,
+            refusal_texts,
+            separator,
+            control_field,
+        )
     if token_map_path:
         # The map depends only on the flags: write it first, so that `rt-tag ... | head` still leaves it.
         options.token_map.write(token_map_path)  # category order kept: it fixes the token ids
-    tagger = Tagger(options)
-    out = RecordWriter(unbuffered=unbuffered)
-    name = display_name(file)
-    for rec in tagger.tag_all(read_records(file), name):
-        out.write(rec)
-    out.flush()
+    stats = TagStats()
+    write_records(tag(read_records(file), options, display_name(file), stats), unbuffered=unbuffered)
     if not quiet:
-        lines = tagger.stats.summary_lines()
+        lines = stats.summary_lines()
         click.echo(f"{prog()}: {lines[0]}", err=True)
         for line in lines[1:]:
             click.echo(line, err=True)

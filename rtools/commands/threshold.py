@@ -6,20 +6,17 @@ import sys
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option
-from ..records import display_name, dumps, open_input, read_records
-from ..thresholds import (
-    DEFAULT_KEY,
-    Objective,
-    Thresholds,
-    apply_stream,
-    check_threshold,
-    collect_fit_data,
-    fit,
-    iter_decided,
-    parse_cat_option,
-    same_category,
+from ..cli import (
+    build_rule,
+    common_options,
+    entry_point,
+    input_argument,
+    prog,
+    rule_options,
+    unbuffered_option,
 )
+from ..records import display_name, open_input, read_records, write_records
+from ..thresholds import Objective, Thresholds, apply_stream, decide, fit
 
 HELP = """Turn refusal scores into decisions, or fit thresholds on labelled data.
 
@@ -154,31 +151,6 @@ MAN = {
 }
 
 
-def _threshold_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return check_threshold(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _cat_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
-    cats: dict[str, float] = {}
-    for value in values:
-        try:
-            name, t = parse_cat_option(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-        if name in cats:
-            raise click.BadParameter(f"{name!r} is given twice")
-        same = next((other for other in cats if same_category(other, name)), None)
-        if same is not None:
-            raise click.BadParameter(f"{same!r} and {name!r} are the same category: give it one threshold")
-        cats[name] = t
-    return cats
-
-
 def _objective_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Objective | None:
     if value is None:
         return None
@@ -186,60 +158,6 @@ def _objective_option(ctx: click.Context, param: click.Parameter, value: str | N
         return Objective.parse(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def rule_options(fn):
-    """The decision-rule flags -t/--threshold, -c/--cat and -T/--thresholds (shared with rt-generate).
-
-    The command receives ``threshold``, ``cats`` and ``thresholds_file``; :func:`build_rule` turns
-    them into a :class:`Thresholds`.
-    """
-    fn = click.option(
-        "-T",
-        "--thresholds",
-        "thresholds_file",
-        metavar="FILE",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Read the thresholds from a JSON file (as written by --fit --save).",
-    )(fn)
-    fn = click.option(
-        "-c",
-        "--cat",
-        "cats",
-        multiple=True,
-        metavar="SLUG=T",
-        callback=_cat_options,
-        help="Per-category threshold: SLUG fires iff p_cat[SLUG] >= T (repeatable; '*=T' for every "
-        "category not named). Unknown slugs are an error.",
-    )(fn)
-    return click.option(
-        "-t",
-        "--threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        callback=_threshold_option,
-        help="Global threshold: refuse iff p_refuse >= T (T in [0, 1]).",
-    )(fn)
-
-
-def build_rule(threshold: float | None, cats: dict[str, float], thresholds_file: str | None) -> Thresholds:
-    """The flags -> a rule; conflicting flags are usage errors (exit 2)."""
-    flags = (
-        ("--threshold", threshold is not None),
-        ("--cat", bool(cats)),
-        ("--thresholds", thresholds_file is not None),
-    )
-    given = [opt for opt, present in flags if present]
-    if len(given) > 1:
-        raise click.UsageError(f"{' and '.join(given)} cannot be combined: give one way to set thresholds")
-    if thresholds_file is not None:
-        return Thresholds.load(thresholds_file)
-    if threshold is not None:
-        return Thresholds(threshold=threshold)
-    default = cats.pop(DEFAULT_KEY, None)
-    return Thresholds(categories=cats, default=default)
 
 
 @click.command("rt-threshold", help=HELP, short_help="Turn refusal scores into decisions, or fit thresholds.")
@@ -293,40 +211,16 @@ def command(
         if given:
             raise click.UsageError(f"{opt} cannot be combined with --fit (it fits the thresholds)")
     kept: list | None = [] if save_path else None
-    data = collect_fit_data(
-        read_records(file), name, per_category, keep=kept, need_labels=objective.needs_labels
-    )
-    result = fit(data, objective, per_category, fitted_on=name)
+    result = fit(read_records(file), objective, per_category, fitted_on=name, keep=kept)
     if save_path:
         result.save(save_path)
         rule = Thresholds(threshold=result.threshold, categories=result.categories, default=result.default)
-        for r in iter_decided(kept or [], rule):
-            out.write(dumps(r))
-            if unbuffered:
-                out.flush()
-        out.flush()
+        write_records(decide(kept or [], rule, name), out, unbuffered=unbuffered)
     else:
         out.write(result.to_json())
         out.flush()
     if not quiet:
-        click.echo(f"{prog()}: {fit_summary(result)}", err=True)
-
-
-def fit_summary(result: Thresholds) -> str:
-    """``fit f1: threshold=0.4375 f1=0.8732 (n=1000)``"""
-    meta = result.meta
-    m = meta["metrics"]
-    objective = meta["objective"]
-    kind = Objective.parse(objective).kind
-    if kind == "fpr":
-        reached = f"recall={m['recall']:.4f} false_refusal_rate={m['false_refusal_rate']:.4f}"
-    elif kind == "missed":
-        reached = f"missed_refusal_rate={m['missed_refusal_rate']:.4f} false_refusal_rate={m['false_refusal_rate']:.4f}"
-    elif kind in ("rate", "budget"):
-        reached = f"refusal_rate={m['refusal_rate']:.4f}"
-    else:
-        reached = f"f1={m['f1']:.4f}"
-    return f"fit {objective}: {result.describe()} {reached} (n={meta['n']})"
+        click.echo(f"{prog()}: {result.summary()}", err=True)
 
 
 main = entry_point(command, "rt-threshold")

@@ -440,10 +440,13 @@ def load_for_inference(
     trust_remote_code: bool = False,
     quiet: bool = True,
     merge: bool = True,
+    base: str | None = None,
 ) -> LoadedModel:
     """Load a model for scoring or generation, with its control tokens.
 
     An rt-lora output directory brings its own base model identity, tokenizer and token map.
+    ``base``: where the adapter's base model is now (when it has moved since training); it must be
+    the base the adapter was trained on (rtools_config.json's ``base_identity``), else a ModelError.
     A plain model directory must already contain the control tokens (a merged rt-lora model), or
     ``allow_untrained`` adds them with untrained rows (useful only for benchmarks and tests).
     """
@@ -454,11 +457,13 @@ def load_for_inference(
     info: dict[str, Any] = {"model": spec}
     if is_adapter_dir(directory):
         cfg = read_rtools_config(directory)
-        base_spec = cfg.get("base_model") or _adapter_base(directory)
+        base_spec = base or cfg.get("base_model") or _adapter_base(directory)
         try:
             base_dir = model_directory(base_spec, quiet=quiet)
         except ModelError as e:
-            raise ModelError(f"{directory}: its base model cannot be loaded: {e}") from None
+            moved = "" if base else "; if the base model has moved, give its new place with --base DIR"
+            raise ModelError(f"{directory}: its base model cannot be loaded: {e}{moved}") from None
+        check_base(directory, cfg, base_spec, base_dir)
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
             TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
@@ -479,6 +484,11 @@ def load_for_inference(
             model = model.merge_and_unload()
         info["base_model"] = base_spec
     else:
+        if base:
+            raise ModelError(
+                f"--base {base}: {spec} is not an rt-lora adapter (no {ADAPTER_CONFIG}); --base names "
+                "where an adapter's base model is"
+            )
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
             TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
@@ -505,6 +515,24 @@ def load_for_inference(
     return LoadedModel(
         model=model, tokenizer=tok, token_map=tm, device=dev, spec=spec, directory=directory, info=info
     )
+
+
+def check_base(directory: str, cfg: dict[str, Any], base_spec: str, base_dir: str) -> None:
+    """A ModelError unless ``base_dir`` is the base model the adapter in ``directory`` was trained on
+    (by the identity rt-lora recorded; adapters written before it was recorded are not checked)."""
+    from .identity import base_identity, identity_differences
+
+    if is_adapter_dir(base_dir):
+        raise ModelError(f"{base_spec} is an rt-lora adapter, not a base model")
+    recorded = cfg.get("base_identity")
+    if not recorded:
+        return
+    differences = identity_differences(recorded, base_identity(base_dir))
+    if differences:
+        raise ModelError(
+            f"{base_spec} is not the base model {directory} was trained on ({'; '.join(differences)}); "
+            f"give the base it was trained on ({cfg.get('base_model')}, wherever it is now) with --base DIR"
+        )
 
 
 def load_adapter(model: Any, directory: str) -> Any:

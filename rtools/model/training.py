@@ -33,7 +33,9 @@ import orjson
 
 from ..records import RecordError, atomic_directory, atomic_write_json
 from ..tokens import CATEGORY, SINGLE, TokenMap, category_token
+from .card import write_model_card
 from .chat import ChatEncoder, record_messages
+from .identity import base_identity
 from .loading import (
     CONFIG_FILE,
     DEFAULT_MODEL,
@@ -919,6 +921,7 @@ def train(
             os.path.join(tmp, CONFIG_FILE),
             {
                 "base_model": spec if spec == DEFAULT_MODEL else os.path.abspath(base_dir),
+                "base_identity": base_identity(base_dir),
                 "control_token_ids": control_ids,
                 "token_map": token_map.to_dict(),
                 "training": {k: v for k, v in cfg.items() if k != "out"},
@@ -929,6 +932,7 @@ def train(
         with open(os.path.join(tmp, LOG_FILE), "wb") as fh:
             for e in progress.log:
                 fh.write(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE))
+        write_model_card(tmp, name, records)  # README.md, over peft's empty template
         if config.merge:
             if cfg["load_4bit"]:
                 raise ModelError("--merge needs a full-precision model (use --no-4bit)")
