@@ -22,6 +22,8 @@ import time
 import numpy as np
 import orjson
 
+import rtools
+
 CATEGORIES = {
     "Requests with safety concerns": "safety",
     "Humanizing requests": "humanizing",
@@ -134,7 +136,15 @@ def main() -> int:
                 f"bench: AUROC differs: rt-metrics {summary['auroc']} vs baseline {base_auc}", file=sys.stderr
             )
             return 1
+        # the library in this process gives the command's summary (rtools.summarize)
+        t0 = time.perf_counter()
+        lib = rtools.summarize(rtools.read_records(path), name=path)
+        lib_s = time.perf_counter() - t0
+        if orjson.dumps(lib, option=orjson.OPT_SORT_KEYS) + b"\n" != rt_out:
+            print("bench: rtools.summarize differs from rt-metrics' output", file=sys.stderr)
+            return 1
         print(f"baseline (orjson read + roc_auc_score): {base_s:.2f} s")
+        print(f"rtools.summarize in-process (same summary, no start-up): {lib_s:.2f} s")
         print(f"rt-metrics (summary, AUROC, AUPRC, by_category): {rt_s:.2f} s")
         print(f"ratio rt-metrics / baseline: {rt_s / base_s:.2f}")
         print(

@@ -26,6 +26,8 @@ import time
 
 import orjson
 
+import rtools
+
 CATEGORIES = ("safety", "humanizing", "incomplete", "indeterminate", "unsupported")
 WORDS = (
     "please explain how the system works and why it matters for people who are new to the topic "
@@ -123,6 +125,13 @@ def main() -> int:
             f"rt-threshold --threshold 0.5: {rt_rate:12,.0f} records/s  (best of {args.repeat}: {min(rt_t):.2f} s)"
         )
         print(f"ratio: {ratio:.2f} (required >= {args.min_ratio})")
+        # the library in this process: rtools.decide over parsed records (what a harness would call)
+        rule = rtools.Thresholds(threshold=0.5)
+        with open(os.devnull, "wb") as devnull:
+            t0 = time.perf_counter()
+            n = rtools.write_records(rtools.decide(rtools.read_records(path), rule, path), devnull)
+            lib_t = time.perf_counter() - t0
+        print(f"rtools.decide in-process:     {n / lib_t:12,.0f} records/s  (one run: {lib_t:.2f} s)")
     return 0 if ratio >= args.min_ratio else 1
 
 

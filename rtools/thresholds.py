@@ -324,10 +324,10 @@ class Thresholds:
 
     # -- applying ----------------------------------------------------------------------
 
-    def resolve(self, slugs: Iterable[str]) -> Thresholds:
+    def resolve(self, slugs: Iterable[str], seen_in: str = "p_cat") -> Thresholds:
         """Map category names to the slugs seen in ``p_cat`` (exact, else slugified).
 
-        Raises RecordError naming the categories seen when a name matches none of them.
+        Raises RecordError naming the categories seen (in ``seen_in``) when a name matches none of them.
         """
         seen = list(slugs)
         known = set(seen)
@@ -344,7 +344,7 @@ class Thresholds:
         if unknown:
             raise RecordError(
                 f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
-                f" (p_cat has: {', '.join(seen)})"
+                f" ({seen_in} has: {', '.join(seen)})"
             )
         return Thresholds(categories=resolved, default=self.default, meta=self.meta)
 
@@ -556,23 +556,44 @@ def _fast_p_cat(pc: Any, slugs: frozenset[str] | None) -> dict[str, float]:
 def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
     """A function that sets decision/decision_cat on a common record, or raises on anything else.
 
-    It decides by the same rule functions as :meth:`Thresholds.decide` (``global_rule``,
-    ``own_rule``, ``category_rule``); only the checks differ: the common record (float
+    The own-choice and per-category paths decide by the rule functions :meth:`Thresholds.decide`
+    calls (``own_rule``, ``category_rule``); the global path, rt-threshold's hot loop, is
+    ``global_rule`` written inline with its checks. Only the checks differ: the common record (float
     probabilities in [0, 1], a p_cat with the slugs ``slugs``, fixed by the first p_cat seen) passes,
     anything else raises, and the record goes to the checked path, which gives the same decision
     or the error with its file and line (``tests/test_thresholds_rules.py`` checks the two agree).
     """
     prob = _fast_probability
     p_cat = _fast_p_cat
+    refuse, respond = REFUSE, RESPOND
     if rule.mode == "global":
         t = rule.threshold
 
         def fast_global(r: dict[str, Any]) -> None:
-            p = prob(r["p_refuse"])
+            # global_rule with the checks of the common record in one pass (the hot path of
+            # rt-threshold --threshold T; bench/bench_threshold.py), property-tested equal to decide()
+            p = r["p_refuse"]
+            if p.__class__ is not float or not 0.0 <= p <= 1.0:
+                raise ValueError
             pc = r.get("p_cat")
-            if pc is not None and (pc.keys() != slugs or p >= t):
-                pc = p_cat(pc, slugs)  # the values are read only for a refusal's decision_cat
-            r["decision"], r["decision_cat"] = global_rule(p, t, pc)  # type: ignore[arg-type]
+            if pc is not None and pc.keys() != slugs:
+                raise ValueError
+            if p < t:
+                r["decision"] = respond
+                r["decision_cat"] = None
+                return
+            best = None
+            if pc is not None:
+                best_p = -1.0
+                for slug, q in pc.items():
+                    if q.__class__ is not float or not 0.0 <= q <= 1.0:
+                        raise ValueError
+                    if q > best_p:
+                        best, best_p = slug, q
+                if best is None:
+                    raise ValueError
+            r["decision"] = refuse
+            r["decision_cat"] = best
 
         return fast_global
 
