@@ -104,7 +104,8 @@ def worker(args: argparse.Namespace) -> dict:
     directory = model_directory("embedded:SmolLM2-135M-Instruct")
     tok = load_tokenizer(directory)
     tm = TokenMap.single()
-    model = load_base(directory, "cpu", torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = load_base(directory, "cpu", dtype)  # bf16 on CPU: mixed precision (rtools.model.precision)
     control_ids = add_control_tokens(model, tok, tm)
     enc = ChatEncoder(tok, tm.tokens())
     cfg = TrainConfig(out="-", batch_size=8, device="cpu", load_4bit=False, gradient_checkpointing=False)
@@ -210,7 +211,7 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
         "--seed",
         str(args.seed),
     ]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--dtype", getattr(args, "worker_dtype", "fp32")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -237,12 +238,22 @@ def main() -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", choices=["rt-lora", "peft"], help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--dtypes",
+        action="store_true",
+        help="instead: rt-lora's step in bf16 (mixed precision: bf16 frozen base, fp32 LoRA, token rows "
+        "and loss) against fp32 (bars: tokens/s >= 2x, peak RSS <= 1.0x)",
+    )
+    ap.add_argument("--out", default=None, help="with --dtypes: append the result as a JSON line")
     args = ap.parse_args()
     args.coconot = os.path.abspath(args.coconot)
 
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    if args.dtypes:
+        return compare_dtypes(args)
 
     runs: dict[str, list[dict]] = {"peft": [], "rt-lora": []}
     for r in range(args.repeat):
@@ -297,6 +308,69 @@ def main() -> int:
     )
     print(f"peak RSS  rt-lora / peft   {mem:5.2f}x  (bar <= {MAX_MEMORY}x)  {'ok' if ok_mem else 'MISSED'}")
     print(f"  RSS added by training, rt-lora / peft: {mem_grow:.2f}x")
+    return 0 if ok_speed and ok_mem else 1
+
+
+MIN_BF16_SPEED = 2.0
+MAX_BF16_MEMORY = 1.0
+
+
+def compare_dtypes(args: argparse.Namespace) -> int:
+    """rt-lora's training step in bf16 against fp32: same batches, own subprocesses, alternating."""
+    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    for r in range(args.repeat):
+        for dt in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+            args.worker_dtype = dt
+            res = run_worker("rt-lora", args)
+            runs[dt].append(res)
+            print(
+                f"round {r + 1} {dt}: {res['tokens_per_s']:7.1f} tokens/s ({res['tokens_per_cpu_s']:.1f} per CPU-s) "
+                f"over {len(res['step_times'])} steps ({sum(res['step_tokens'])} tokens), peak RSS "
+                f"{res['rss_peak_mib']:.0f} MiB, {res['wall_s']:.0f}s in all",
+                flush=True,
+            )
+    best = {k: max(x["tokens_per_s"] for x in v) for k, v in runs.items()}
+    cpu = {k: max(x["tokens_per_cpu_s"] for x in v) for k, v in runs.items()}
+    peak = {k: max(x["rss_peak_mib"] for x in v) for k, v in runs.items()}
+    step_ratios = sorted(
+        a / b
+        for pf, pb in zip(runs["fp32"], runs["bf16"], strict=True)
+        for a, b in zip(pf["step_times"], pb["step_times"], strict=True)
+    )
+    speed, mem = best["bf16"] / best["fp32"], peak["bf16"] / peak["fp32"]
+    ok_speed, ok_mem = speed >= MIN_BF16_SPEED, mem <= MAX_BF16_MEMORY
+    print(f"\n{args.threads} thread(s), {args.warmup} warm-up + {args.steps} timed steps, batch 8")
+    for k in runs:
+        print(
+            f"{k}: {best[k]:7.1f} tokens/s (best of {len(runs[k])}), {cpu[k]:.1f} per CPU-s, peak RSS {peak[k]:.0f} MiB"
+        )
+    print(
+        f"tokens/s  bf16 / fp32   {speed:5.2f}x  (bar >= {MIN_BF16_SPEED}x)  {'ok' if ok_speed else 'MISSED'}"
+    )
+    print(
+        f"  per-step time ratios fp32 / bf16 (same batches): median {statistics.median(step_ratios):.2f}x, "
+        f"range {step_ratios[0]:.2f}-{step_ratios[-1]:.2f}x; per CPU-second {cpu['bf16'] / cpu['fp32']:.2f}x"
+    )
+    print(f"peak RSS  bf16 / fp32   {mem:5.2f}x  (bar <= {MAX_BF16_MEMORY}x)  {'ok' if ok_mem else 'MISSED'}")
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(
+                json.dumps(
+                    {
+                        "bench": "bench_lora --dtypes",
+                        "threads": args.threads,
+                        "tokens_per_s": best,
+                        "tokens_per_cpu_s": cpu,
+                        "peak_rss_mib": peak,
+                        "speed_ratio": round(speed, 3),
+                        "step_ratio_median": round(statistics.median(step_ratios), 3),
+                        "step_ratio_range": [round(step_ratios[0], 3), round(step_ratios[-1], 3)],
+                        "cpu_ratio": round(cpu["bf16"] / cpu["fp32"], 3),
+                        "memory_ratio": round(mem, 3),
+                    }
+                )
+                + "\n"
+            )
     return 0 if ok_speed and ok_mem else 1
 
 

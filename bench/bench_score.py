@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 MIN_PAPER = 12.0
 MIN_NAIVE = 1.8
+MIN_BF16 = 3.0
+MAX_AUROC_DELTA = 0.005
 
 
 def load_prompts(coconot_dir: str, n: int, seed: int) -> list[str]:
@@ -73,7 +75,30 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-paper", type=float, default=MIN_PAPER)
     ap.add_argument("--min-naive", type=float, default=MIN_NAIVE)
+    ap.add_argument(
+        "--dtypes",
+        action="store_true",
+        help="instead: rt-score in bf16 (mixed precision) against fp32, same prompts, at 1 and 2 threads "
+        "(bar: bf16 >= --min-bf16 x fp32), max |dp_refuse|, bf16 batch-size spread, and the CPU's own "
+        "bf16/fp32 matmul ratio (the ceiling)",
+    )
+    ap.add_argument("--min-bf16", type=float, default=MIN_BF16)
+    ap.add_argument("--thread-counts", default="1,2", help="with --dtypes: torch thread counts to time")
+    ap.add_argument(
+        "--model", default=None, help="with --dtypes: a model or rt-lora adapter (default: embedded)"
+    )
+    ap.add_argument(
+        "--auroc",
+        metavar="ADAPTER",
+        help="instead: score bench/recipe.py's CoCoNot test split with ADAPTER in fp32 and in bf16, "
+        "print both AUROCs (bar: within 0.005) and append a JSON line to --out",
+    )
+    ap.add_argument("--out", default=None, help="with --auroc / --dtypes: append the result as a JSON line")
     args = ap.parse_args()
+    if args.dtypes:
+        return compare_dtypes(args)
+    if args.auroc:
+        return compare_auroc(args)
 
     import warnings
 
@@ -262,6 +287,158 @@ def main() -> int:
     )
     print(f"scores equal (naive 1e-4, unshared 1e-5)  {'ok' if ok_scores else 'MISSED'}")
     return 0 if ok_paper and ok_naive and ok_scores else 1
+
+
+def matmul_ceiling(threads: int) -> tuple[float, float]:
+    """GFLOP/s of the default model's MLP product (1024 x 576 @ 576 x 1536) in fp32 and bf16."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x, w = torch.randn(1024, 576), torch.randn(1536, 576)
+    out = []
+    for dt in (torch.float32, torch.bfloat16):
+        a, b = x.to(dt), w.to(dt)
+        torch.nn.functional.linear(a, b)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(5):
+                torch.nn.functional.linear(a, b)
+            best = min(best, (time.process_time() - t0) / 5)
+        out.append(2 * 1024 * 576 * 1536 / best / 1e9)
+    return out[0], out[1]
+
+
+def compare_dtypes(args) -> int:
+    """rt-score's path in bf16 (mixed precision) against fp32: same prompts, same process, alternating."""
+    import json
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from rtools.model.chat import ChatEncoder
+    from rtools.model.loading import load_for_inference
+    from rtools.model.precision import cpu_has_native_bf16
+    from rtools.model.scoring import control_probabilities
+
+    prompts = load_prompts(args.coconot, args.n, args.seed)
+    lms = {}
+    for dt in ("fp32", "bf16"):
+        t0 = time.perf_counter()
+        lms[dt] = load_for_inference(args.model, device="cpu", dtype=dt, allow_untrained=True)
+        print(f"{dt}: loaded in {time.perf_counter() - t0:.1f}s", flush=True)
+    tok = lms["fp32"].tokenizer
+    enc = ChatEncoder(tok, lms["fp32"].token_map.tokens())
+    seqs = [enc.encode_prompt([{"role": "user", "content": p}]) for p in prompts]
+    n_ref = len(enc.control_ids) - 1
+    pad = tok.pad_token_id or 0
+    print(
+        f"{len(seqs)} CoCoNot prompts (mean {sum(map(len, seqs)) / len(seqs):.1f} tokens); model "
+        f"{lms['fp32'].spec}; CPU bf16 units: {cpu_has_native_bf16()}; torch {torch.__version__}"
+    )
+    result: dict = {"prompts": len(seqs), "model": lms["fp32"].spec, "threads": {}}
+    scores: dict = {}
+    for threads in [int(t) for t in args.thread_counts.split(",")]:
+        torch.set_num_threads(threads)
+        for lm in lms.values():
+            control_probabilities(lm.model, seqs[:16], enc.control_ids, pad_id=pad)  # warm-up
+        wall = {k: [] for k in lms}
+        cpu = {k: [] for k in lms}
+        for r in range(args.rounds):
+            for dt in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+                t0, c0 = time.perf_counter(), time.process_time()
+                scores[dt] = control_probabilities(lms[dt].model, seqs, enc.control_ids, pad_id=pad)
+                wall[dt].append(time.perf_counter() - t0)
+                cpu[dt].append(time.process_time() - c0)
+        rate = {k: len(seqs) / min(v) for k, v in wall.items()}
+        ratios = sorted(f / b for f, b in zip(wall["fp32"], wall["bf16"], strict=True))
+        cpu_ratio = min(cpu["fp32"]) / min(cpu["bf16"])
+        f32, b16 = matmul_ceiling(threads)
+        print(
+            f"{threads} thread(s): fp32 {rate['fp32']:.2f}, bf16 {rate['bf16']:.2f} prompts/s (best of "
+            f"{args.rounds}): bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}x (per round {ratios[0]:.2f}-"
+            f"{ratios[-1]:.2f}x; CPU time {cpu_ratio:.2f}x); matmul ceiling {b16:.0f}/{f32:.0f} GFLOP/s = "
+            f"{b16 / f32:.2f}x",
+            flush=True,
+        )
+        result["threads"][threads] = {
+            "fp32_prompts_per_s": round(rate["fp32"], 2),
+            "bf16_prompts_per_s": round(rate["bf16"], 2),
+            "ratio_best": round(rate["bf16"] / rate["fp32"], 3),
+            "ratio_per_round": [round(x, 3) for x in ratios],
+            "ratio_cpu_time": round(cpu_ratio, 3),
+            "matmul_gflops_fp32_bf16": [round(f32, 1), round(b16, 1)],
+        }
+    torch.set_num_threads(1)
+    p32 = [sum(p[:n_ref]) for p in scores["fp32"]]
+    p16 = [sum(p[:n_ref]) for p in scores["bf16"]]
+    dp = max(abs(a - b) for a, b in zip(p32, p16, strict=True))
+    one = control_probabilities(lms["bf16"].model, seqs, enc.control_ids, pad_id=pad, batch_size=1)
+    db = max(abs(sum(a[:n_ref]) - sum(b[:n_ref])) for a, b in zip(one, scores["bf16"], strict=True))
+    print(
+        f"max |p_refuse bf16 - fp32| {dp:.2e} (p_refuse spans {min(p32):.2g}-{max(p32):.2g}); "
+        f"bf16 batch 1 vs rt-score's batches: {db:.2e}"
+    )
+    result.update(max_abs_dp_refuse=dp, bf16_batch_spread=db, p_refuse_range=[min(p32), max(p32)])
+    best = max(v["ratio_best"] for v in result["threads"].values())
+    ok = best >= args.min_bf16
+    print(f"rt-score bf16 / fp32  {best:.2f}x  (bar >= {args.min_bf16}x)  {'ok' if ok else 'MISSED'}")
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps({"bench": "bench_score --dtypes", **result}) + "\n")
+    return 0 if ok else 1
+
+
+def compare_auroc(args) -> int:
+    """AUROC on bench/recipe.py's CoCoNot test split with one adapter, scored in fp32 and in bf16."""
+    import json
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    sys.path.insert(0, HERE)
+    from recipe import build
+
+    from rtools.model.chat import ChatEncoder
+    from rtools.model.loading import load_for_inference
+    from rtools.model.scoring import Scorer
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    _, _, test = build(args.coconot, args.seed, "single", None)
+    gold = [g for _, g in test]
+    convs = [[{"role": "user", "content": r["prompt"]}] for r, _ in test]
+    res: dict = {"adapter": os.path.abspath(args.auroc), "test_rows": len(test)}
+    p = {}
+    for dt in ("fp32", "bf16"):
+        lm = load_for_inference(args.auroc, device="cpu", dtype=dt)
+        sc = Scorer(
+            lm.model,
+            ChatEncoder(lm.tokenizer, lm.token_map.tokens()),
+            lm.token_map,
+            pad_id=lm.tokenizer.pad_token_id or 0,
+        )
+        t0 = time.perf_counter()
+        p[dt] = [x["p_refuse"] for x in sc.score_messages(convs)]
+        res[f"score_s_{dt}"] = round(time.perf_counter() - t0, 1)
+        res[f"auroc_{dt}"] = round(roc_auc_score(gold, p[dt]), 4)
+        print(
+            f"{dt}: AUROC {res[f'auroc_{dt}']:.4f}, scored {len(test)} rows in {res[f'score_s_{dt}']}s",
+            flush=True,
+        )
+    res["max_abs_dp_refuse"] = round(max(abs(a - b) for a, b in zip(p["fp32"], p["bf16"], strict=True)), 5)
+    delta = abs(res["auroc_bf16"] - res["auroc_fp32"])
+    ok = delta <= MAX_AUROC_DELTA
+    print(
+        f"|AUROC bf16 - fp32| {delta:.4f} (bar <= {MAX_AUROC_DELTA})  {'ok' if ok else 'MISSED'}; "
+        f"max |dp_refuse| {res['max_abs_dp_refuse']}"
+    )
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(res) + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

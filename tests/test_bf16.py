@@ -220,3 +220,16 @@ def test_bf16_resume_continues_exactly(invoke, tmp_path, tiny_base, monkeypatch)
     assert [e["loss"] for e in train_log(out) if "loss" in e] == [
         e["loss"] for e in train_log(ref) if "loss" in e
     ]
+
+
+def test_rt_generate_runs_in_bf16(invoke, trained_tied):
+    """Generation through the mixed model (bf16 products, fp32 KV cache keys and attention)."""
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        args = ["--model", trained_tied.out, "--device", "cpu", "-q", "--dtype", dtype, "--max-new-tokens", "6"]
+        r = invoke("rt-generate", args, input=jsonl(PROMPTS[:4]))
+        assert r.exit_code == 0, r.stderr
+        out[dtype] = read_jsonl(r.stdout)
+    for a, b in zip(out["fp32"], out["bf16"], strict=True):
+        assert a["decision"] == b["decision"]
+        assert abs(a["p_refuse"] - b["p_refuse"]) <= BF16_VS_FP32
