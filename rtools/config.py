@@ -46,7 +46,7 @@ def parse_number(value: str, what: str, *, low: float | None = None, high: float
     except ValueError:
         raise ValueError(f"{what} is not a number: {value.strip()!r}") from None
     if not math.isfinite(x):
-        raise ValueError(f"{what} must be a finite number, got {value.strip()!r}")
+        raise ValueError(f"{what} must be finite, got {value.strip()!r}")
     if (low is not None and x < low) or (high is not None and x > high):
         raise ValueError(f"{what} must be in [{low:g}, {high:g}], got {value.strip()}")
     return x

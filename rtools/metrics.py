@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .config import ConfigError
+from .config import ConfigError, parse_number, parse_pair
 from .rates import Counts, counts_and_rates, rates, ratio  # noqa: F401 (re-exported)
 from .records import RecordError, numbered
 from .tokens import slugify
@@ -472,8 +472,10 @@ def _both_classes(y: np.ndarray) -> bool:
     return 0 < pos < y.shape[0]
 
 
-def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve (scikit-learn), None unless both classes occur."""
+def auroc(y: Sequence[Any] | np.ndarray, score: Sequence[float] | np.ndarray) -> float | None:
+    """Area under the ROC curve (scikit-learn), None unless both classes occur: the one AUROC of
+    rtools (rt-metrics, rt-lora's evaluation). ``y``: True/1 = gold refuse."""
+    y = np.asarray(y, dtype=bool)
     if not _both_classes(y):
         return None
     from sklearn.metrics import roc_auc_score
@@ -481,8 +483,9 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(np.asarray(y, dtype=np.int8), score))
 
 
-def auprc(y: np.ndarray, score: np.ndarray) -> float | None:
+def auprc(y: Sequence[Any] | np.ndarray, score: Sequence[float] | np.ndarray) -> float | None:
     """Average precision (scikit-learn's area under the precision-recall curve), None unless both classes occur."""
+    y = np.asarray(y, dtype=bool)
     if not _both_classes(y):
         return None
     from sklearn.metrics import average_precision_score
@@ -867,21 +870,14 @@ class Gate:
     @classmethod
     def parse(cls, text: str, kind: str) -> Gate:
         """``METRIC=V`` or ``CATEGORY.METRIC=V``; ValueError with a usable message otherwise."""
-        name, sep, value = text.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ValueError(f"expected METRIC=VALUE, got {text!r}")
+        name, value = parse_pair(text, "METRIC=VALUE")
+        assert name is not None
         category, dot, metric = name.rpartition(".")
         if not dot:
             category, metric = "", name
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-        try:
-            v = float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number after '=', got {value!r}") from None
-        if not math.isfinite(v):
-            raise ValueError(f"{name}: the bound must be a finite number, got {value!r}")
+        v = parse_number(value, f"the bound of {name}")
         return cls(metric=metric, value=v, kind=kind, category=category or None)
 
     def check(self, summary: dict[str, Any]) -> str | None:

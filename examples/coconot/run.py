@@ -19,6 +19,7 @@ Scales: small (CI smoke run, minutes), medium (this 2-core CPU, ~30 min), full (
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import shlex
@@ -34,9 +35,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
+import rtools  # noqa: E402
 from rtools.datasets import coconot  # noqa: E402
-from rtools.metrics import auroc  # noqa: E402
-from rtools.thresholds import category_rule  # noqa: E402
+from rtools.metrics import auroc, sweep  # noqa: E402
+from rtools.records import atomic_write_bytes  # noqa: E402
 from rtools.tokens import COCONOT_CATEGORIES  # noqa: E402
 
 SLUGS = list(COCONOT_CATEGORIES.values())
@@ -91,15 +93,7 @@ class Runner:
                 fh.write("# reused: " + " ".join(shlex.quote(a) for a in args) + "\n")
             return None
         exe = os.path.join(self.bin, args[0]) if args[0].startswith("rt-") else args[0]
-        args = [os.path.relpath(a, self.out) if a.startswith(self.out + os.sep) else a for a in args]
-        shown = " ".join(shlex.quote(a) for a in args)
-        if stdin:
-            shown += f" < {shlex.quote(os.path.relpath(stdin, self.out))}"
-        if stdout:
-            shown += f" > {shlex.quote(os.path.relpath(stdout, self.out))}"
-        with open(self.log, "a") as fh:
-            fh.write(shown + "\n")
-        print(f"+ {shown}", file=sys.stderr, flush=True)
+        args = self._logged(args, stdout, stdin)
         t = time.perf_counter()
         fin = open(stdin, "rb") if stdin else subprocess.DEVNULL
         fout = open(stdout + ".tmp", "wb") if stdout else None
@@ -113,6 +107,34 @@ class Runner:
         if stdout:
             os.replace(stdout + ".tmp", stdout)
         return time.perf_counter() - t
+
+
+    def _logged(self, args: list[str], stdout: str | None, stdin: str | None, note: str = "") -> list[str]:
+        """Write the command line to commands.sh and stderr; the arguments relative to OUT."""
+        args = [os.path.relpath(a, self.out) if a.startswith(self.out + os.sep) else a for a in args]
+        shown = " ".join(shlex.quote(a) for a in args)
+        if stdin:
+            shown += f" < {shlex.quote(os.path.relpath(stdin, self.out))}"
+        if stdout:
+            shown += f" > {shlex.quote(os.path.relpath(stdout, self.out))}"
+        with open(self.log, "a") as fh:
+            fh.write(shown + note + "\n")
+        print(f"+ {shown}{note}", file=sys.stderr, flush=True)
+        return args
+
+    def library(self, args: list[str], stdout: str, compute: Any) -> float:
+        """The command ``args > stdout`` computed in-process by the rtools library: ``compute()`` returns
+        the bytes the command writes. commands.sh gets the command line, so it reproduces the file."""
+        self._logged(args, stdout, None, note="  # here: in-process, by the rtools library")
+        t = time.perf_counter()
+        atomic_write_bytes(stdout, compute())
+        return time.perf_counter() - t
+
+
+def records_bytes(records: Any) -> bytes:
+    buf = io.BytesIO()
+    rtools.write_records(records, buf)
+    return buf.getvalue()
 
 
 def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
@@ -198,11 +220,11 @@ def arrays(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def controllability(test: list[dict[str, Any]]) -> dict[str, Any]:
     a = arrays(test)
     ts = np.linspace(0, 1, 101)
-    rr_ref = np.array([(a["p"][a["y"]] >= t).mean() for t in ts])
-    rr_con = np.array([(a["p"][~a["y"]] >= t).mean() for t in ts])
+    table = sweep(a["y"], a["p"], ts)  # rt-metrics --sweep's table: tpr/fpr = refusal rates per class
+    rr_ref, rr_con = table["tpr"], table["fpr"]
     monotone = bool(np.all(np.diff(rr_ref) <= 1e-12))
     return {
-        "auroc": auroc(a["y"].astype(int), a["p"]),
+        "auroc": auroc(a["y"], a["p"]),
         "thresholds": ts,
         "refusal_rate_refusal_rows": rr_ref,
         "refusal_rate_contrast_rows": rr_con,
@@ -213,9 +235,10 @@ def controllability(test: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cat_rates(rows: list[dict[str, Any]], thr: dict[str, float]) -> dict[str, float]:
-    """Refusal rate of each category's refusal rows (and the contrast rows) under per-category thresholds."""
+    """Refusal rate of each category's refusal rows (and the contrast rows) under per-category thresholds
+    (``rtools.decide``: the rule rt-threshold --cat applies)."""
     out = {}
-    dec = np.array([category_rule(r["p_cat"], thr)[0] == "refuse" for r in rows])
+    dec = np.array([r["decision"] == "refuse" for r in rtools.decide(rows, rtools.Thresholds(categories=thr))])
     y = np.array([r["label"] == "refuse" for r in rows])
     cat = np.array([COCONOT_CATEGORIES.get(r["category"], "") for r in rows])
     for s in SLUGS:
@@ -272,19 +295,15 @@ def category_control(test: list[dict[str, Any]], base: dict[str, float]) -> list
 
 
 def at_missed_rate(rows: list[dict[str, Any]], missed: float) -> tuple[float, float]:
-    """Threshold where the missed-refusal rate on the refusal rows is `missed`; FRR on contrast rows there."""
-    a = arrays(rows)
-    t = float(np.quantile(a["p"][a["y"]], missed))
-    return t, float((a["p"][~a["y"]] >= t).mean())
+    """The safety fit (``rtools.fit``, as rt-threshold --fit missed_refusal_rate=R): the highest threshold
+    whose missed-refusal rate on the refusal rows is at most ``missed``; the FRR on contrast rows there."""
+    t = rtools.fit(rows, rtools.Objective("missed", missed))
+    frr = t.meta["metrics"]["false_refusal_rate"]
+    return float(t.threshold), float("nan") if frr is None else frr
 
 
 def f1_of(rows: list[dict[str, Any]]) -> float:
-    y = np.array([r["label"] == "refuse" for r in rows])
-    d = np.array([r["decision"] == "refuse" for r in rows])
-    tp = (y & d).sum()
-    fp = (~y & d).sum()
-    fn = (y & ~d).sum()
-    return float(2 * tp / max(1, 2 * tp + fp + fn))
+    return rtools.summarize(rows)["f1"] or 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -422,24 +441,23 @@ def main() -> None:
     # 2. category tokens: independent control, and per-category vs global thresholds fitted on dev
     fit_cat = os.path.join(out, "category.thresholds.json")
     fit_glob = os.path.join(out, "category.global.json")
-    run(
-        [
-            "rt-threshold",
-            "-q",
-            "--fit",
-            "f1",
-            "--per-category",
-            os.path.join(out, "category.dev.scored.jsonl"),
-        ],
-        stdout=fit_cat,
-    )
-    run(
-        ["rt-threshold", "-q", "--fit", "f1", os.path.join(out, "category.dev.scored.jsonl")], stdout=fit_glob
-    )
+    dev_scored = os.path.join(out, "category.dev.scored.jsonl")
+    test_scored = os.path.join(out, "category.test.scored.jsonl")
+    for f, per_category in ((fit_cat, True), (fit_glob, False)):
+        run.library(
+            ["rt-threshold", "-q", "--fit", "f1", *(["--per-category"] if per_category else []), dev_scored],
+            f,
+            lambda pc=per_category: rtools.fit(
+                rtools.read_records(dev_scored), "f1", per_category=pc, fitted_on=os.path.relpath(dev_scored, out)
+            ).to_json(),
+        )
     for kind, f in (("percat", fit_cat), ("global", fit_glob)):
-        run(
-            ["rt-threshold", "-T", f, os.path.join(out, "category.test.scored.jsonl")],
-            stdout=os.path.join(out, f"category.test.{kind}.jsonl"),
+        run.library(
+            ["rt-threshold", "-T", f, test_scored],
+            os.path.join(out, f"category.test.{kind}.jsonl"),
+            lambda f=f: records_bytes(
+                rtools.decide(rtools.read_records(test_scored), rtools.Thresholds.load(f), test_scored)
+            ),
         )
     f1_percat = f1_of(read_jsonl(os.path.join(out, "category.test.percat.jsonl")))
     f1_global = f1_of(read_jsonl(os.path.join(out, "category.test.global.jsonl")))
@@ -574,7 +592,7 @@ def write_report(
         "Base: every category's threshold at 0.5. For each category, only its threshold moves, "
         "to the nearest value that changes its own refusal rate (on its refusal test rows) by at least 30 points; "
         "the other categories' rates are measured under the same thresholds (`category_control()` in run.py, "
-        "decisions by `rtools.thresholds.category_rule`, the rule `rt-threshold --cat` applies).\n"
+        "decisions by `rtools.decide`, the rule `rt-threshold --cat` applies).\n"
     )
     w(
         "| category moved | threshold | its own change | largest change of another category | contrast rows | independent (<= 5 points)? |\n|---|---|---|---|---|---|"
