@@ -101,6 +101,14 @@ def verbose_option(fn: Callable) -> Callable:
     )(fn)
 
 
+def output_file_option(flag: str, dest: str, help: str, metavar: str = "FILE") -> Callable:
+    """An option naming a file the command writes (``writable``: checked against the inputs before
+    anything is written, see :func:`check_context_outputs`)."""
+    return click.option(
+        flag, dest, metavar=metavar, type=click.Path(dir_okay=False, writable=True), default=None, help=help
+    )
+
+
 def unbuffered_option(fn: Callable) -> Callable:
     return click.option("-u", "--unbuffered", is_flag=True, help="Flush stdout after every record.")(fn)
 

@@ -92,6 +92,19 @@ def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not valid JSON: NaN and infinity are not numbers in JSON")
 
 
+@contextlib.contextmanager
+def _digit_limit() -> Iterator[None]:
+    """Python's limit on integer digits (reading or writing JSON) as a message for the user."""
+    try:
+        yield
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ValueError(
+                f"an integer of more than {sys.get_int_max_str_digits()} digits (Python's limit)"
+            ) from None
+        raise
+
+
 def loads_exact(line: bytes | str) -> Any:
     """Parse JSON that orjson has accepted, keeping integers of any size exact.
 
@@ -99,15 +112,10 @@ def loads_exact(line: bytes | str) -> Any:
     library) with a message for the user.
     """
     try:
-        return json.loads(line, parse_constant=_no_constant)
+        with _digit_limit():
+            return json.loads(line, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    except ValueError as e:
-        if "integer string conversion" in str(e):
-            raise ValueError(
-                f"an integer of more than {sys.get_int_max_str_digits()} digits (Python's limit)"
-            ) from None
-        raise
 
 
 def loads(line: bytes) -> Any:
@@ -302,14 +310,8 @@ def dumps_exact(obj: Any) -> bytes:
     """The standard library's compact JSON line: for the records orjson cannot write (integers
     beyond 64 bits). Floats are written as their shortest repr, the same value orjson writes;
     NaN and infinity raise ValueError."""
-    try:
+    with _digit_limit():
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError as e:
-        if "integer string conversion" in str(e):
-            raise ValueError(
-                f"an integer of more than {sys.get_int_max_str_digits()} digits (Python's limit)"
-            ) from None
-        raise
     return text.encode() + b"\n"
 
 

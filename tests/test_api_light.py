@@ -228,3 +228,14 @@ def test_import_rtools_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     with pytest.raises(AttributeError):
         rtools.no_such_name  # noqa: B018
+
+
+def test_integers_past_pythons_digit_limit_are_named(tmp_path):
+    """records.py's one digit-limit message (the writer falls back to the standard library for integers
+    orjson cannot write)."""
+    limit = sys.get_int_max_str_digits()
+    with pytest.raises(ValueError, match=f"an integer of more than {limit} digits"):
+        rtools.write_records([{"n": int("9" * 50) ** 100}], io.BytesIO())
+    buf = io.BytesIO()
+    rtools.write_records([{"n": 2**70}], buf)
+    assert buf.getvalue() == b'{"n":1180591620717411303424}\n'

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, prog, unbuffered_option, usage_errors
+from ..cli import (
+    common_options,
+    entry_point,
+    input_argument,
+    output_file_option,
+    prog,
+    unbuffered_option,
+    usage_errors,
+)
 from ..records import display_name, read_records, write_records
 from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT, SEPARATORS, TagOptions, TagStats, tag
 from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, category_token
@@ -132,13 +140,8 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Also write the control token string into FIELD of each record (off by default).",
 )
-@click.option(
-    "--token-map",
-    "token_map_path",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write the token map (JSON) to FILE, so that rt-lora trains the same tokens.",
+@output_file_option(
+    "--token-map", "token_map_path", "Write the token map (JSON) to FILE, so that rt-lora trains the same tokens."
 )
 @unbuffered_option
 @common_options

@@ -11,6 +11,7 @@ from ..cli import (
     common_options,
     entry_point,
     input_argument,
+    output_file_option,
     prog,
     rule_options,
     unbuffered_option,
@@ -171,13 +172,8 @@ def _objective_option(ctx: click.Context, param: click.Parameter, value: str | N
     is_flag=True,
     help="With --fit: one threshold per p_cat category instead of one on p_refuse.",
 )
-@click.option(
-    "--save",
-    "save_path",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="With --fit: write the thresholds to FILE (atomically) and print the decided records.",
+@output_file_option(
+    "--save", "save_path", "With --fit: write the thresholds to FILE (atomically) and print the decided records."
 )
 @unbuffered_option
 @common_options
