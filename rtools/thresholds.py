@@ -176,9 +176,9 @@ def get_p_cat(record: Mapping[str, Any], required: bool = True) -> dict[str, flo
 # Thresholds: what --threshold / --cat / --thresholds configure and what fitting writes.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Thresholds:
-    """A configured decision rule plus free-form metadata.
+    """A configured decision rule plus free-form metadata; frozen (:meth:`from_flags` checks flags).
 
     ``threshold`` set: global rule. Else ``categories`` / ``default`` set: per-category rule
     (names are resolved to the slugs of ``p_cat`` by :meth:`resolve`). Neither: own choice.
@@ -848,9 +848,9 @@ def fit_threshold(
     return float(cand[best_index(objective_scores(tp, fp, len(pos), len(neg), objective))])
 
 
-def confusion(refused: Iterable[bool], labels: Iterable[bool]) -> dict[str, Any]:
-    """Counts and rates, positive class = refuse (rt-metrics' keys; a 0/0 rate is None)."""
-    return confusion_summary(refused, labels)
+#: Counts and rates of decisions against labels, positive class = refuse (rt-metrics' keys; a 0/0
+#: rate is None): the one confusion, from rtools.rates.
+confusion = confusion_summary
 
 
 #: The metric each objective reports as its value.
@@ -904,26 +904,26 @@ def fit(
         scores = np.array(data.p_cat, dtype=np.float64).reshape(data.n, len(data.slugs))
         cats = np.array([data.slugs.index(c) if c in data.slugs else -1 for c in data.categories])
         values = _fit_categories(scores, y, cats, objective)
-        result = Thresholds(categories=dict(zip(data.slugs, values, strict=True)))
+        rule: dict[str, Any] = {"categories": dict(zip(data.slugs, values, strict=True))}
         refused = (scores >= np.array(values)).any(axis=1)
     else:
         s = np.array(data.p_refuse, dtype=np.float64)
         t = fit_threshold(s[y], s[~y], objective)
-        result = Thresholds(threshold=t)
+        rule = {"threshold": t}
         refused = s >= t
     if labelled:
         metrics = confusion(refused.tolist(), data.labels)
     else:  # an unlabelled budget fit: only the refusal rate is known
         metrics = {"n": data.n, "refusal_rate": float(refused.mean())}
-    result.meta = {
+    meta = {
         "objective": str(objective),
         "objective_value": metrics[OBJECTIVE_METRIC[objective.kind]],
         "n": data.n,
         "metrics": metrics,
     }
     if fitted_on is not None:
-        result.meta["fitted_on"] = fitted_on
-    return result
+        meta["fitted_on"] = fitted_on
+    return Thresholds(**rule, meta=meta)
 
 
 def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objective: Objective) -> list[float]:

@@ -184,6 +184,9 @@ def test_options_are_checked_once_and_frozen():
     options = rtools.TagOptions.from_flags()
     with pytest.raises(AttributeError):
         options.separator = " "  # type: ignore[misc]
+    rule = rtools.fit([{"label": "refuse", "p_refuse": 0.9}, {"label": "respond", "p_refuse": 0.1}], "f1")
+    with pytest.raises(AttributeError):
+        rule.threshold = 0.2  # type: ignore[misc]
 
 
 def test_one_key_value_parser():
