@@ -93,21 +93,16 @@ def build_figure(curves: Sequence[Curve], title: str | None = None, dpi: int = 1
                 thresholds, rate, label=f"{c.name}: {cls} rows (n={rows})", linestyle=linestyle, **style
             )
     roc_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    roc_ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        xlabel="false refusal rate (FPR)",
-        ylabel="refusal recall (TPR)",
-        title="ROC (positive class: refuse)",
-    )
-    rate_ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        xlabel="threshold on score",
-        ylabel="refusal rate",
-        title="refusal rate per gold class (solid: refuse rows, dashed: respond rows)",
-    )
-    for ax in (roc_ax, rate_ax):
+    for ax, xlabel, ylabel, title in (
+        (roc_ax, "false refusal rate (FPR)", "refusal recall (TPR)", "ROC (positive class: refuse)"),
+        (
+            rate_ax,
+            "threshold on score",
+            "refusal rate",
+            "refusal rate per gold class (solid: refuse rows, dashed: respond rows)",
+        ),
+    ):
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
         ax.grid(True, alpha=0.3)
         if curves:
             ax.legend(fontsize="x-small", loc="lower right" if ax is roc_ax else "best")
