@@ -13,6 +13,15 @@ Light half (no model):
 * ``summarize(records, threshold=..., bootstrap=...)`` -> the rt-metrics summary;
   ``threshold_sweep(records, points)`` -> the rt-metrics --sweep rows; ``MetricsOptions``
 
+Model half (torch, transformers, peft):
+
+* ``TrainConfig(out=..., model=..., ...)`` (frozen, validated) and ``train(records, config)`` ->
+  the summary; writes the adapter directory (rt-lora)
+* ``Scorer.load(model, ScoreConfig(...))``; ``scorer.score(records)`` -> scored records (rt-score)
+* ``Answerer.load(model, GenerateConfig(...))``; ``answerer.answer(records)`` -> records with
+  answers after a forced control token (rt-generate)
+* ``ModelError``: a model that cannot be found or loaded
+
 Every function takes plain records or the ``(line, record)`` pairs of ``read_records``; a bad
 record raises ``RecordError`` (``str()`` is ``file:line: what is wrong``), a bad option
 ``ConfigError`` (a ValueError).
@@ -43,6 +52,14 @@ _EXPORTS: dict[str, str] = {
     "Gate": "metrics",
     "summarize": "metrics",
     "threshold_sweep": "metrics",
+    "ModelError": "model.loading",
+    "LoadConfig": "model.scoring",
+    "ScoreConfig": "model.scoring",
+    "Scorer": "model.scoring",
+    "GenerateConfig": "model.generation",
+    "Answerer": "model.generation",
+    "TrainConfig": "model.training",
+    "train": "model.training",
 }
 
 __all__ = ["__version__", *_EXPORTS]

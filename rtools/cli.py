@@ -101,6 +101,13 @@ def verbose_option(fn: Callable) -> Callable:
     )(fn)
 
 
+def option_given(ctx: click.Context, name: str) -> bool:
+    """True when the option ``name`` was given (on the command line or by an environment variable),
+    not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def output_file_option(flag: str, dest: str, help: str, metavar: str = "FILE") -> Callable:
     """An option naming a file the command writes (``writable``: checked against the inputs before
     anything is written, see :func:`check_context_outputs`)."""
@@ -357,6 +364,39 @@ def _from_environment(name: str) -> bool:
     """Whether the current command's parameter ``name`` came from its environment variable."""
     ctx = click.get_current_context(silent=True)
     return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
+
+
+def make_config(cls: Callable[..., Any], **values: Any) -> Any:
+    """A library configuration object built from a command's options; its ConfigError (an invalid
+    or contradictory combination) becomes a usage error (exit 2) (see :func:`config_usage_error`)."""
+    from .config import ConfigError
+
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise config_usage_error(e, values) from None
+
+
+def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageError:
+    """A configuration object's error as a usage error, in the command's words (:func:`option_words`)."""
+    return click.UsageError(option_words(str(error), names))
+
+
+def option_words(message: str, names: Iterable[str]) -> str:
+    """A library message in a command's words: the configuration fields it names (of ``names``) written
+    as the options that set them (``batch_size`` as ``--batch-size``; ``load_4bit`` as ``--4bit``,
+    ``load_4bit=False`` as ``--no-4bit``)."""
+    import re
+
+    message = message.replace("load_4bit=False", "--no-4bit").replace("load_4bit", "--4bit")
+    names = [n for n in names if "_" in n or n in ("merge", "epochs", "lr", "dtype", "window", "truncate")]
+    if names:
+        message = re.sub(
+            r"\b(" + "|".join(map(re.escape, names)) + r")\b",
+            lambda m: "--" + m.group(0).replace("_", "-"),
+            message,
+        )
+    return message
 
 
 def warn(message: str) -> None:

@@ -7,18 +7,21 @@ import click
 from ..cli import (
     build_rule,
     common_options,
+    config_usage_error,
     entry_point,
     fail,
     input_argument,
     load_model,
+    make_config,
     model_options,
+    option_words,
     progress_bar,
     rule_options,
     unbuffered_option,
     warn,
 )
 from ..model.chat import TRUNCATE_HELP
-from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
+from ..records import RecordWriter, display_name, iter_records, open_input
 from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
 
 HELP = """Generate answers after a forced control token, so that they obey the thresholds.
@@ -139,28 +142,6 @@ def _logit_bias_options(ctx: click.Context, param: click.Parameter, values: tupl
     return bias
 
 
-#: Fields rt-generate writes besides the answer; --output-field cannot be one of them.
-WRITTEN_FIELDS = (
-    "p_refuse",
-    "p_respond",
-    "p_cat",
-    "decision",
-    "decision_cat",
-    "control",
-    "forced",
-    "refusal",
-    "consistent",
-)
-
-
-def _output_field_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value:
-        raise click.BadParameter("the field name is empty")
-    if value in WRITTEN_FIELDS:
-        raise click.BadParameter(f"{value!r} is a field rt-generate writes itself; choose another name")
-    return value
-
-
 def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: str | None):
     from ..refusal_detector import RefusalDetector
 
@@ -225,7 +206,6 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     default="generation",
     show_default=True,
     metavar="NAME",
-    callback=_output_field_option,
     help="The field the answer is written to. Input fields keep their values unless NAME is one of "
     "them (e.g. --output-field response replaces the gold answer).",
 )
@@ -286,128 +266,57 @@ def command(
     unbuffered,
     quiet,
 ):
-    rule = build_rule(threshold, cats, thresholds_file)
-    if logit_bias and rule.mode != "own":
-        raise click.UsageError("--logit-bias cannot be combined with --threshold, --cat or --thresholds")
+    from ..config import ConfigError
+    from ..model.generation import Answerer, GenerateConfig
+    from ..model.loading import ModelError
 
-    from ..model.chat import ChatEncoder, context_limit, record_messages
-    from ..model.generation import ControlChooser, Generator, Sampling, end_ids, record_decision
-    from ..model.scoring import windows
-    from ..tokens import CATEGORY
-
+    config = make_config(
+        GenerateConfig,
+        rule=build_rule(threshold, cats, thresholds_file),
+        logit_bias=logit_bias,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop),
+        output_field=output_field,
+        detector=detector,
+        batch_size=batch_size,
+        window=window,
+        truncate=truncate,
+        base=base,
+        device=device,
+        dtype=dtype,
+        load_4bit=load_4bit,
+        allow_untrained=allow_untrained,
+        trust_remote_code=trust_remote_code,
+    )
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
-        lm = load_model(
-            model,
-            quiet,
-            device=device,
-            dtype=dtype,
-            load_4bit=load_4bit,
-            allow_untrained=allow_untrained,
-            trust_remote_code=trust_remote_code,
-            base=base,
-        )
-        token_map = lm.token_map
-        if rule.mode == "category":
-            if token_map.mode != CATEGORY:
-                raise fail(
-                    "--cat and per-category thresholds need a category-token model "
-                    f"(this one has the single refusal token {token_map.refuse})",
-                    hint="use --threshold",
-                )
-            try:
-                rule = rule.resolve(token_map.categories)
-            except RecordError as e:
-                raise fail(e.message.replace("p_cat has", "the model has")) from None
+        lm = load_model(model, quiet, **config.load_options())
         try:
-            chooser = ControlChooser(token_map, rule=rule, bias=logit_bias)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from None
-        encoder = ChatEncoder(lm.tokenizer, token_map.tokens())
-        pad_id = lm.tokenizer.pad_token_id
-        generator = Generator(
-            lm.model,
-            encoder,
-            device=lm.device,
-            pad_id=0 if pad_id is None else pad_id,
-            eos_ids=end_ids(lm.model, lm.tokenizer, encoder),
-            batch_size=batch_size,
-        )
-        sampling = Sampling(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
-        )
-        tokens = token_map.tokens()
+            answerer = Answerer.from_loaded(lm, config)
+        except ConfigError as e:
+            raise config_usage_error(e, ["logit_bias"]) from None
+        except ModelError as e:
+            raise fail(option_words(str(e), ["max_new_tokens"])) from None
         bar = progress_bar(quiet, "answer")
-        pending: RecordError | None = None
-        count = 0
-        context = context_limit(lm.model, lm.tokenizer)
-        limit = what = None
-        if context is not None:
-            limit = context[0] - max_new_tokens - 1  # the answer and its forced control token must fit too
-            what = (
-                f"{limit} ({context[1]} {context[0]}, less {max_new_tokens} for --max-new-tokens "
-                "and 1 for the control token)"
-            )
-            if limit < 1:
-                raise fail(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {what}")
-        truncated = 0
-
-        def encoded():
-            nonlocal pending, count, truncated
-            try:
-                for line, rec in iter_records(fh, name):
-                    msgs = record_messages(rec, name, line)
-                    recorded = record_decision(rec, token_map, name, line)
-                    ids, dropped = encoder.encode_prompt_within(msgs, limit, truncate, name, line, what=what)
-                    truncated += dropped > 0
-                    yield count, line, rec, recorded, ids
-                    count += 1
-            except RecordError as e:
-                pending = e  # generate and write everything before the bad line first
-
-        for win in windows(encoded(), window):
-            choices: dict[int, object] = {}
-            fields: dict[int, dict] = {}
-
-            def choose(j, probs, logprobs, win=win, choices=choices, fields=fields):
-                _, line, _, recorded, _ = win[j]
-                f = chooser.fields(probs)
-                for k in ("p_refuse", "p_respond"):
-                    check_finite(f[k], k, name, line)
-                try:
-                    c = chooser.choose(f, logprobs, recorded)
-                except RecordError as e:
-                    raise RecordError(e.message, path=name, line=line, hint=e.hint) from None
-                fields[j], choices[j] = f, c
-                return c.index
-
-            gens = generator.generate(
-                [seq for *_, seq in win], choose, sampling, seeds=[ordinal for ordinal, *_ in win]
-            )
-            for j, ((_, _, rec, _, _), g) in enumerate(zip(win, gens, strict=True)):
-                c = choices[j]
-                refusal = detector(g.text)
-                rec.update(fields[j])
-                rec["decision"] = c.decision
-                rec["decision_cat"] = c.decision_cat
-                rec["control"] = tokens[c.index]
-                rec["forced"] = c.forced
-                rec[output_field] = g.text
-                rec["refusal"] = refusal
-                rec["consistent"] = refusal == (c.decision == "refuse")
-                writer.write(rec)
-            writer.flush()
+        try:
+            for win in answerer.answer_windows(iter_records(fh, name), name):
+                for rec in win:
+                    writer.write(rec)
+                writer.flush()
+                if bar is not None:
+                    bar.update(len(win))
+        finally:  # also before a bad record's error, which comes after every record before it
             if bar is not None:
-                bar.update(len(win))
-        if bar is not None:
-            bar.close()
-        if truncated and not quiet:
-            warn(
-                f"--truncate {truncate}: dropped earlier turns from {truncated} prompt(s) to fit {limit} tokens"
-            )
-        if pending is not None:
-            raise pending
+                bar.close()
+            if answerer.truncated and not quiet:
+                warn(
+                    f"--truncate {truncate}: dropped earlier turns from {answerer.truncated} prompt(s) "
+                    f"to fit {answerer.limit} tokens"
+                )
 
 
 main = entry_point(command, "rt-generate")

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import click
 
-from ..cli import common_options, entry_point, fail, input_argument, progress_bar, warn
+from ..cli import (
+    common_options,
+    config_usage_error,
+    entry_point,
+    fail,
+    input_argument,
+    make_config,
+    progress_bar,
+    warn,
+)
 from ..model.training import TrainConfig
-from ..records import RecordError, display_name, read_records
+from ..records import display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
 HELP = """Fine-tune a model on rt-tag's output so that its control tokens carry the refusal decision.
@@ -237,25 +246,16 @@ def command(
 ):
     import orjson
 
+    from ..config import ConfigError
     from ..model.loading import ModelError
     from ..model.training import TrainConfig, train
     from ..tokens import TokenMap
 
-    name = display_name(file)
-    records = list(read_records(file))
-    if not records:
-        raise fail("no training records", path=name)
-    tm = None
-    if token_map_file:
-        try:
-            with open(token_map_file, "rb") as fh:
-                tm = TokenMap.from_dict(orjson.loads(fh.read()))
-        except (ValueError, KeyError, orjson.JSONDecodeError) as e:
-            raise fail(f"bad token map: {e}", path=token_map_file) from None
     tmods = (
         target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
     )
-    cfg = TrainConfig(
+    cfg = make_config(
+        TrainConfig,
         out=out,
         model=model,
         epochs=epochs,
@@ -283,6 +283,17 @@ def command(
         trust_remote_code=trust_remote_code,
         merge=merge,
     )
+    name = display_name(file)
+    records = list(read_records(file))
+    if not records:
+        raise fail("no training records", path=name)
+    tm = None
+    if token_map_file:
+        try:
+            with open(token_map_file, "rb") as fh:
+                tm = TokenMap.from_dict(orjson.loads(fh.read()))
+        except (ValueError, KeyError, orjson.JSONDecodeError) as e:
+            raise fail(f"bad token map: {e}", path=token_map_file) from None
     try:
         summary = train(
             records,
@@ -296,10 +307,10 @@ def command(
             else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
             log=None if quiet else warn,
         )
+    except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
+        raise config_usage_error(e, TrainConfig.__dataclass_fields__) from None
     except ModelError as e:
         raise fail(str(e)) from None
-    except RecordError:
-        raise
     click.echo(orjson.dumps({"out": out, **summary}).decode())
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, usage_errors, warn
+from ..cli import common_options, entry_point, input_argument, option_given, usage_errors, warn
 
 # Kept free of numpy/sklearn/matplotlib at import time so that --help answers at once; the
 # metrics core (rtools.metrics) is imported when the command runs.
@@ -63,10 +63,9 @@ def _parse_points(ctx: click.Context, param: click.Parameter, value: str) -> int
 
 def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fmt: str) -> None:
     """An option that would be silently ignored is a usage error (exit 2)."""
-    from click.core import ParameterSource
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+        return option_given(ctx, name)
 
     if do_sweep:
         if given("pretty"):

@@ -9,13 +9,14 @@ from ..cli import (
     entry_point,
     input_argument,
     load_model,
+    make_config,
     model_options,
     progress_bar,
     unbuffered_option,
     warn,
 )
 from ..model.chat import TRUNCATE_HELP
-from ..records import RecordError, RecordWriter, check_finite, display_name, iter_records, open_input
+from ..records import RecordWriter, display_name, iter_records, open_input
 
 HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
 
@@ -97,70 +98,42 @@ def command(
     unbuffered,
     quiet,
 ):
-    from ..model.chat import ChatEncoder, context_limit, record_messages
-    from ..model.scoring import Scorer, windows
+    from ..model.scoring import ScoreConfig, Scorer
 
+    config = make_config(
+        ScoreConfig,
+        device=device,
+        dtype=dtype,
+        load_4bit=load_4bit,
+        base=base,
+        allow_untrained=allow_untrained,
+        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
+        batch_tokens=batch_tokens,
+        window=window,
+        temperature=temperature,
+        truncate=truncate,
+    )
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
-        lm = load_model(
-            model,
-            quiet,
-            device=device,
-            dtype=dtype,
-            load_4bit=load_4bit,
-            allow_untrained=allow_untrained,
-            trust_remote_code=trust_remote_code,
-            base=base,
-        )
-        encoder = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
-        scorer = Scorer(
-            lm.model,
-            encoder,
-            lm.token_map,
-            device=lm.device,
-            batch_tokens=batch_tokens,
-            batch_size=batch_size,
-            temperature=temperature,
-            pad_id=lm.tokenizer.pad_token_id or 0,
-        )
+        scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
         bar = progress_bar(quiet, "prompt")
-        pending: RecordError | None = None
-        limit, source = context_limit(lm.model, lm.tokenizer) or (None, "")
-        truncated = 0
-
-        def encoded():
-            nonlocal pending, truncated
-            try:
-                for line, rec in iter_records(fh, name):
-                    msgs = record_messages(rec, name, line)
-                    ids, dropped = encoder.encode_prompt_within(
-                        msgs, limit, truncate, name, line, what=f"{limit} ({source})"
-                    )
-                    truncated += dropped > 0
-                    yield line, rec, ids
-            except RecordError as e:
-                pending = e  # score and write everything before the bad line first
-
-        for win in windows(encoded(), window):
-            probs = scorer.probabilities([seq for _, _, seq in win])
-            for (line, rec, _), p in zip(win, probs, strict=True):
-                fields = scorer.fields(p)
-                for k in ("p_refuse", "p_respond"):
-                    check_finite(fields[k], k, name, line)
-                rec.update(fields)
-                writer.write(rec)
-            writer.flush()
+        try:
+            for win in scorer.score_windows(iter_records(fh, name), name):
+                for rec in win:
+                    writer.write(rec)
+                writer.flush()
+                if bar is not None:
+                    bar.update(len(win))
+        finally:  # also before a bad record's error, which comes after every record before it
             if bar is not None:
-                bar.update(len(win))
-        if bar is not None:
-            bar.close()
-        if truncated and not quiet:
-            warn(
-                f"--truncate {truncate}: dropped earlier turns from {truncated} prompt(s) to fit {limit} tokens"
-            )
-        if pending is not None:
-            raise pending
+                bar.close()
+            if scorer.truncated and not quiet:
+                warn(
+                    f"--truncate {truncate}: dropped earlier turns from {scorer.truncated} prompt(s) "
+                    f"to fit {scorer.limit[0]} tokens"
+                )
 
 
 MAN = {

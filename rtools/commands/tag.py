@@ -8,6 +8,7 @@ from ..cli import (
     common_options,
     entry_point,
     input_argument,
+    option_given,
     output_file_option,
     prog,
     unbuffered_option,
@@ -39,11 +40,6 @@ SEPARATOR_HELP = (
     "What follows the control token in the assistant turn. 'none' (the default) suits a token "
     "that is a special token of the tokenizer."
 )
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -141,7 +137,9 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Also write the control token string into FIELD of each record (off by default).",
 )
 @output_file_option(
-    "--token-map", "token_map_path", "Write the token map (JSON) to FILE, so that rt-lora trains the same tokens."
+    "--token-map",
+    "token_map_path",
+    "Write the token map (JSON) to FILE, so that rt-lora trains the same tokens.",
 )
 @unbuffered_option
 @common_options
@@ -167,7 +165,7 @@ def command(
     with usage_errors():
         options = TagOptions.from_flags(
             mode,
-            refuse_token if _given(ctx, "refuse_token") else None,
+            refuse_token if option_given(ctx, "refuse_token") else None,
             respond_token,
             categories,
             cat_tokens or None,

@@ -26,15 +26,25 @@ rules of :mod:`rtools.thresholds`; torch is imported only inside the functions t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records import RecordError
 from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_choice, own_choice_category
+from ..config import ConfigError
+from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
 from .chat import ChatEncoder
-from .scoring import _cache_kwarg, decoder_and_head, plan_batches, right_pad
+from .scoring import (
+    LoadConfig,
+    _cache_kwarg,
+    check_truncate,
+    decoder_and_head,
+    plan_batches,
+    positive,
+    right_pad,
+    score_fields,
+)
 
 # ---------------------------------------------------------------------------
 # Choosing the control token (pure Python).
@@ -119,7 +129,7 @@ class ControlChooser:
         unknown = [t for t in self.bias if t not in tokens]
         if unknown:
             raise ValueError(
-                f"--logit-bias: {', '.join(map(repr, unknown))} "
+                f"logit_bias: {', '.join(map(repr, unknown))} "
                 f"{'is not a control token' if len(unknown) == 1 else 'are not control tokens'} "
                 f"of this model (it has: {' '.join(tokens)})"
             )
@@ -128,11 +138,7 @@ class ControlChooser:
 
     def fields(self, probs: Sequence[float]) -> dict[str, Any]:
         """``p_refuse``/``p_respond``/``p_cat`` from control-token probabilities (token_map order)."""
-        *ref, resp = probs
-        d: dict[str, Any] = {"p_refuse": sum(ref), "p_respond": resp}
-        if self.token_map.mode == CATEGORY:
-            d["p_cat"] = dict(zip(self.token_map.categories, ref, strict=True))
-        return d
+        return score_fields(self.token_map, probs)
 
     def index_of(self, decision: str, slug: str | None) -> int:
         if decision == RESPOND:
@@ -522,3 +528,232 @@ class _StopRecorder:
             if self.done_at[k] is None:
                 self.done_at[k] = input_ids.shape[1] - self.start
         return done
+
+
+# ---------------------------------------------------------------------------
+# The library entry point: records in, records with their answers out.
+
+#: Fields an Answerer writes besides the answer (``output_field`` cannot be one of them).
+WRITTEN_FIELDS = (
+    "p_refuse",
+    "p_respond",
+    "p_cat",
+    "decision",
+    "decision_cat",
+    "control",
+    "forced",
+    "refusal",
+    "consistent",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig(LoadConfig):
+    """How to load (:class:`~rtools.model.scoring.LoadConfig`), choose and generate, validated when
+    made (:class:`ConfigError`).
+
+    Choosing (see :class:`ControlChooser`): ``rule`` (a rtools.thresholds.Thresholds) or
+    ``logit_bias`` ({control token: B}), not both; neither: the record's own ``decision``, else the
+    model's own choice. Decoding: ``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``,
+    ``seed``, ``stop`` strings. Records: the answer goes to ``output_field``; ``detector``
+    (text -> bool, default rtools.refusal_detector.RefusalDetector()) fills ``refusal``;
+    ``batch_size`` prompts are generated together, ``window`` records read at a time;
+    ``truncate`` as rt-score's.
+    """
+
+    rule: Thresholds | None = None
+    logit_bias: Mapping[str, float] = field(default_factory=dict)
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    output_field: str = "generation"
+    detector: Callable[[str], bool] | None = None
+    batch_size: int = 16
+    window: int = 256
+    truncate: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "batch_size", "window")
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}", "max_new_tokens")
+        check_truncate(self.truncate)
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}", "temperature")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
+        if self.logit_bias and self.rule is not None and self.rule.mode != "own":
+            raise ConfigError("logit_bias cannot be combined with a threshold rule", "logit_bias")
+        for token, b in self.logit_bias.items():
+            if not math.isfinite(b):
+                raise ConfigError(f"logit_bias for {token!r} must be finite, got {b!r}", "logit_bias")
+        if not self.output_field:
+            raise ConfigError("output_field is empty", "output_field")
+        if self.output_field in WRITTEN_FIELDS:
+            raise ConfigError(
+                f"output_field {self.output_field!r} is a field rt-generate writes itself; choose another name",
+                "output_field",
+            )
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(self.stop),
+        )
+
+
+@dataclass
+class Answerer:
+    """Generates each record's answer after a forced control token: :meth:`load`, then iterate
+    :meth:`answer` (records in, in input order, each with the scores, the decision, the control
+    token, the answer in ``output_field``, ``refusal`` and ``consistent``).
+
+    ``truncated`` counts the prompts of the last run that lost earlier turns; ``limit`` is the
+    prompt budget (the context less the answer and the control token), ``what`` how it reads.
+    """
+
+    generator: Generator
+    chooser: ControlChooser
+    config: GenerateConfig
+    detector: Callable[[str], bool]
+    limit: int | None = None
+    what: str | None = None
+    truncated: int = field(default=0, init=False)
+
+    @classmethod
+    def load(
+        cls, model: str | None = None, config: GenerateConfig | None = None, quiet: bool = True
+    ) -> Answerer:
+        """Load ``model`` (an rt-lora output, a merged model, or None: the embedded default)."""
+        from .loading import load_for_inference
+
+        config = config or GenerateConfig()
+        return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
+
+    @classmethod
+    def from_loaded(cls, lm: Any, config: GenerateConfig | None = None) -> Answerer:
+        """An answerer for a loaded model. A rule that does not fit the model (per-category thresholds
+        on a single-token model, an unknown category, a prompt budget the answer leaves no room for)
+        is a rtools.model.loading.ModelError; a logit bias for a token the model lacks a ConfigError."""
+        from .chat import context_limit
+        from .loading import ModelError
+
+        config = config or GenerateConfig()
+        token_map, rule = lm.token_map, config.rule
+        if rule is not None and rule.mode == "category":
+            if token_map.mode != CATEGORY:
+                raise ModelError(
+                    "per-category thresholds need a category-token model "
+                    f"(this one has the single refusal token {token_map.refuse})"
+                )
+            try:
+                rule = rule.resolve(token_map.categories, seen_in="the model")
+            except RecordError as e:
+                raise ModelError(e.message) from None
+        try:
+            chooser = ControlChooser(token_map, rule=rule, bias=dict(config.logit_bias))
+        except ValueError as e:
+            raise ConfigError(str(e), "logit_bias") from None
+        encoder = ChatEncoder(lm.tokenizer, token_map.tokens())
+        pad_id = lm.tokenizer.pad_token_id
+        generator = Generator(
+            lm.model,
+            encoder,
+            device=lm.device,
+            pad_id=0 if pad_id is None else pad_id,
+            eos_ids=end_ids(lm.model, lm.tokenizer, encoder),
+            batch_size=config.batch_size,
+        )
+        limit = what = None
+        context = context_limit(lm.model, lm.tokenizer)
+        if context is not None:
+            n = config.max_new_tokens
+            limit = context[0] - n - 1  # the answer and its forced control token must fit too
+            what = f"{limit} ({context[1]} {context[0]}, less {n} for --max-new-tokens and 1 for the control token)"
+            if limit < 1:
+                raise ModelError(f"max_new_tokens {n} leaves no room for a prompt in {what}")
+        if config.detector is None:
+            from ..refusal_detector import RefusalDetector
+
+            detector: Callable[[str], bool] = RefusalDetector()
+        else:
+            detector = config.detector
+        return cls(generator, chooser, config, detector, limit, what)
+
+    def answer(self, records: Iterable[Any], name: str | None = None) -> Iterator[dict[str, Any]]:
+        """Each record with its answer, in input order (updated in place and yielded). ``records``:
+        dicts or ``(line, dict)`` pairs; a bad record's RecordError comes after every record before it."""
+        for win in self.answer_windows(records, name):
+            yield from win
+
+    def answer_windows(
+        self, records: Iterable[Any], name: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`answer`, one window (at most ``window`` records) at a time."""
+        from .chat import record_messages
+        from .scoring import windows
+
+        self.truncated = 0
+        pending: list[RecordError] = []
+        token_map = self.chooser.token_map
+        encoder = self.generator.encoder
+        cfg = self.config
+        tokens = token_map.tokens()
+
+        def encoded() -> Iterator[tuple[int, Any, dict[str, Any], Any, list[int]]]:
+            try:
+                for count, item in enumerate(records):
+                    line, rec = item if isinstance(item, tuple) else (count + 1, item)
+                    msgs = record_messages(rec, name, line)
+                    recorded = record_decision(rec, token_map, name, line)
+                    ids, dropped = encoder.encode_prompt_within(
+                        msgs, self.limit, cfg.truncate, name, line, what=self.what
+                    )
+                    self.truncated += dropped > 0
+                    yield count, line, rec, recorded, ids
+            except RecordError as e:
+                pending.append(e)  # generate and yield everything before the bad record first
+
+        sampling = cfg.sampling()
+        for win in windows(encoded(), cfg.window):
+            choices: dict[int, Choice] = {}
+            fields: dict[int, dict[str, Any]] = {}
+
+            def choose(
+                j: int, probs: list[float], logprobs: list[float], win=win, choices=choices, fields=fields
+            ) -> int:
+                _, line, _, recorded, _ = win[j]
+                f = self.chooser.fields(probs)
+                for k in ("p_refuse", "p_respond"):
+                    check_finite(f[k], k, name, line)
+                try:
+                    c = self.chooser.choose(f, logprobs, recorded)
+                except RecordError as e:
+                    raise RecordError(e.message, path=name, line=line, hint=e.hint) from None
+                fields[j], choices[j] = f, c
+                return c.index
+
+            gens = self.generator.generate(
+                [seq for *_, seq in win], choose, sampling, seeds=[ordinal for ordinal, *_ in win]
+            )
+            out = []
+            for j, ((_, _, rec, _, _), g) in enumerate(zip(win, gens, strict=True)):
+                c = choices[j]
+                refusal = self.detector(g.text)
+                rec.update(fields[j])
+                rec["decision"] = c.decision
+                rec["decision_cat"] = c.decision_cat
+                rec["control"] = tokens[c.index]
+                rec["forced"] = c.forced
+                rec[cfg.output_field] = g.text
+                rec["refusal"] = refusal
+                rec["consistent"] = refusal == (c.decision == "refuse")
+                out.append(rec)
+            yield out
+        if pending:
+            raise pending[0]

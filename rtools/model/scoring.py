@@ -4,16 +4,24 @@ Prompts are encoded, sorted by length inside a bounded window of records, cut in
 a token budget (or a fixed batch size), right-padded, and the vocabulary head is applied only at
 each prompt's last real position. Results come back in input order. Probabilities are the softmax
 over the full vocabulary, at temperature 1 unless asked.
+
+The library entry point (what rt-score iterates)::
+
+    scorer = Scorer.load("runs/adapter", ScoreConfig(device="cpu"))
+    for record in scorer.score(records):   # dicts, or (line, dict) pairs
+        ...                                # the record with p_refuse, p_respond (and p_cat)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import ConfigError
+from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
-from .chat import ChatEncoder
+from .chat import ChatEncoder, context_limit, record_messages
 
 
 def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -178,8 +186,96 @@ def control_probabilities(
     return results
 
 
+def score_fields(token_map: TokenMap, probs: Sequence[float]) -> dict[str, Any]:
+    """Record fields from control-token probabilities (token_map order: refusal tokens, respond):
+    ``p_refuse`` (their sum), ``p_respond`` and, in category mode, ``p_cat``."""
+    *ref, resp = probs
+    d: dict[str, Any] = {"p_refuse": sum(ref), "p_respond": resp}
+    if token_map.mode == CATEGORY:
+        d["p_cat"] = dict(zip(token_map.categories, ref, strict=True))
+    return d
+
+
+DTYPES = (None, "auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadConfig:
+    """How to load a model for scoring or generation (rtools.model.loading.load_for_inference):
+    ``device`` (None/``auto``: CUDA when there is one), ``dtype`` (None/``auto``, ``fp32``, ``bf16``,
+    ``fp16``), ``load_4bit``, ``base`` (where an adapter's base model is now, when it has moved),
+    ``allow_untrained`` (add untrained control tokens to a plain model: benchmarks and tests),
+    ``trust_remote_code``."""
+
+    device: str | None = None
+    dtype: str | None = None
+    load_4bit: bool = False
+    base: str | None = None
+    allow_untrained: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}", "dtype")
+
+    def load_options(self) -> dict[str, Any]:
+        """The keyword arguments of rtools.model.loading.load_for_inference."""
+        options = {
+            "device": self.device,
+            "dtype": self.dtype,
+            "load_4bit": self.load_4bit,
+            "allow_untrained": self.allow_untrained,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.base is not None:
+            options["base"] = self.base
+        return options
+
+
+def positive(config: Any, *names: str, optional: bool = False) -> None:
+    """ConfigError unless each field is a positive integer (or, with ``optional``, None)."""
+    for name in names:
+        v = getattr(config, name)
+        if not (optional and v is None) and not (isinstance(v, int) and v >= 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}", name)
+
+
+def check_truncate(value: Any) -> None:
+    if value not in (None, "left", "right"):
+        raise ConfigError(f"truncate must be None, 'left' or 'right', got {value!r}", "truncate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig(LoadConfig):
+    """How to load (:class:`LoadConfig`) and score, validated when made (:class:`ConfigError`):
+    ``batch_size`` (fixed prompts per batch) or ``batch_tokens`` (token budget; default by device),
+    ``window`` (records read, sorted and scored together), ``temperature``, ``truncate`` (None,
+    ``left`` or ``right``: drop earlier turns of a prompt past the model's context instead of failing).
+    """
+
+    batch_size: int | None = None
+    batch_tokens: int | None = None
+    window: int = 1024
+    temperature: float = 1.0
+    truncate: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "batch_size", "batch_tokens", optional=True)
+        positive(self, "window")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}", "temperature")
+        check_truncate(self.truncate)
+
+
 @dataclass
 class Scorer:
+    """Scores records with a loaded model: :meth:`load` it, then iterate :meth:`score`.
+
+    ``truncated`` counts the prompts of the last :meth:`score` run that lost earlier turns
+    (``truncate``); ``limit`` is the model's context (tokens, and where that number comes from).
+    """
+
     model: Any
     encoder: ChatEncoder
     token_map: TokenMap
@@ -189,6 +285,81 @@ class Scorer:
     max_batch: int = 64
     temperature: float = 1.0
     pad_id: int = 0
+    window: int = 1024
+    truncate: str | None = None
+    limit: tuple[int, str] | None = None
+    truncated: int = field(default=0, init=False)
+
+    @classmethod
+    def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
+        """Load ``model`` (an rt-lora output, a merged model, or None: the embedded default) as
+        ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
+        from .loading import load_for_inference
+
+        config = config or ScoreConfig()
+        return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
+
+    @classmethod
+    def from_loaded(cls, lm: Any, config: ScoreConfig | None = None) -> Scorer:
+        """A scorer for an already loaded model (rtools.model.loading.LoadedModel)."""
+        config = config or ScoreConfig()
+        return cls(
+            lm.model,
+            ChatEncoder(lm.tokenizer, lm.token_map.tokens()),
+            lm.token_map,
+            device=lm.device,
+            batch_tokens=config.batch_tokens,
+            batch_size=config.batch_size,
+            temperature=config.temperature,
+            pad_id=lm.tokenizer.pad_token_id or 0,
+            window=config.window,
+            truncate=config.truncate,
+            limit=context_limit(lm.model, lm.tokenizer),
+        )
+
+    def score(self, records: Iterable[Any], name: str | None = None) -> Iterator[dict[str, Any]]:
+        """Each record with ``p_refuse``, ``p_respond`` (and ``p_cat``) set, in input order, streaming
+        window by window (a record is updated in place and yielded).
+
+        ``records``: dicts, or ``(line, dict)`` pairs (rtools.records.iter_records) so that an error
+        names the line; ``name`` is the source shown in errors. A bad record (no prompt, a prompt past
+        the context) raises its RecordError only after every record before it has been yielded: a
+        reader's error inside ``records`` is deferred the same way.
+        """
+        for win in self.score_windows(records, name):
+            yield from win
+
+    def score_windows(
+        self, records: Iterable[Any], name: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`score`, one window (a list of at most ``window`` records) at a time."""
+        self.truncated = 0
+        pending: list[RecordError] = []
+        limit, source = self.limit or (None, "")
+
+        def encoded() -> Iterator[tuple[int | None, dict[str, Any], list[int]]]:
+            try:
+                for n, item in enumerate(records, 1):
+                    line, rec = item if isinstance(item, tuple) else (n, item)
+                    msgs = record_messages(rec, name, line)
+                    ids, dropped = self.encoder.encode_prompt_within(
+                        msgs, limit, self.truncate, name, line, what=f"{limit} ({source})"
+                    )
+                    self.truncated += dropped > 0
+                    yield line, rec, ids
+            except RecordError as e:
+                pending.append(e)  # score and yield everything before the bad record first
+
+        for win in windows(encoded(), self.window):
+            probs = self.probabilities([seq for _, _, seq in win])
+            for (line, rec, _), p in zip(win, probs, strict=True):
+                fields = self.fields(p)
+                for k in ("p_refuse", "p_respond"):
+                    check_finite(fields[k], k, name, line)
+                rec.update(fields)
+            yield [rec for _, rec, _ in win]
+        if pending:
+            raise pending[0]
 
     def probabilities(self, sequences: list[list[int]]) -> list[list[float]]:
         """For each token sequence: the probability of each control token (token_map order)."""
@@ -204,13 +375,9 @@ class Scorer:
             self.temperature,
         )
 
-    def fields(self, probs: list[float]) -> dict[str, Any]:
-        """Record fields from control-token probabilities (token_map order: refusal tokens, respond)."""
-        *ref, resp = probs
-        d: dict[str, Any] = {"p_refuse": sum(ref), "p_respond": resp}
-        if self.token_map.mode == CATEGORY:
-            d["p_cat"] = dict(zip(self.token_map.categories, ref, strict=True))
-        return d
+    def fields(self, probs: Sequence[float]) -> dict[str, Any]:
+        """Record fields from control-token probabilities (see :func:`score_fields`)."""
+        return score_fields(self.token_map, probs)
 
     def score_messages(self, conversations: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
         seqs = [self.encoder.encode_prompt(m) for m in conversations]

@@ -25,12 +25,13 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from ..config import ConfigError
 from ..records import RecordError, atomic_directory, atomic_write_json
 from ..tokens import CATEGORY, SINGLE, TokenMap, category_token
 from .card import write_model_card
@@ -56,8 +57,17 @@ CHECKPOINT_SUFFIX = ".checkpoint"
 LOG_FILE = "train_log.jsonl"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """Everything rt-lora's training takes, validated when it is made (:class:`ConfigError`, a
+    ValueError naming the field), so that a contradiction is refused before a model is loaded.
+
+    ``out``: the directory to write. ``model``: the base model (None: the embedded default).
+    ``load_4bit`` and ``gradient_checkpointing``: None means on with CUDA, off on CPU; ``device``
+    None picks CUDA when there is one; ``dtype`` None (or ``auto``) as rtools.model.loading.torch_dtype.
+    The other fields are the recipe (see the module docstring).
+    """
+
     out: str
     model: str | None = None
     epochs: float = 3.0
@@ -86,6 +96,31 @@ class TrainConfig:
     device: str | None = None
     trust_remote_code: bool = False
     merge: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "max_length")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}", name)
+        for name in ("token_lr", "weight_decay", "control_weight", "decision_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}", name)
+        for name in ("max_steps", "max_answer_tokens"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be positive (or None), got {v!r}", name)
+        for name, hi in (("warmup", 1.0), ("lora_dropout", 1.0), ("eval_fraction", 0.5)):
+            if not 0 <= getattr(self, name) <= hi:
+                raise ConfigError(f"{name} must be in [0, {hi:g}], got {getattr(self, name)!r}", name)
+        if self.save_every < 0:
+            raise ConfigError(f"save_every must be >= 0, got {self.save_every!r}", "save_every")
+        if self.dtype not in (None, "auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}", "dtype")
+        if self.merge and self.load_4bit:
+            raise ConfigError(
+                "merge writes a full-precision model: it cannot be made from a 4-bit base (load_4bit)",
+                "merge",
+            )
 
     def resolved(self, device: str) -> dict[str, Any]:
         d = asdict(self)
@@ -211,8 +246,12 @@ def build_examples(
             )
         answer = content[len(tokens[control]) :]
         prompt = record_messages({"messages": msgs[:-1]}, name, line)
-        p_ids = encoder.encode_prompt(prompt)
-        truncated = max_answer_tokens is not None and len(encoder.encode_text(answer)) > max_answer_tokens
+        p_ids = encoder.encode_prompt(prompt, name, line)
+        # counted as encode_answer encodes it: record text, after the control token
+        truncated = (
+            max_answer_tokens is not None
+            and len(encoder.encode_content(answer, start=False)) > max_answer_tokens
+        )
         a_ids = encoder.encode_answer(answer, max_tokens=max_answer_tokens, close=not truncated)
         ids = p_ids + [encoder.control_ids[control]] + a_ids
         if len(ids) > max_length:
@@ -403,65 +442,25 @@ def batch_loss(
     cfg: dict[str, Any],
     pad_id: int,
     device: str,
+    objective: Any = None,
 ) -> tuple[Any, dict[str, float], int]:
-    """Weighted loss of one batch. Returns (loss, parts, tokens).
+    """Weighted loss of one batch (objective.DecisionLoss). Returns (loss, parts, tokens).
 
-    The vocabulary head runs only on the assistant span (control token + answer): the prompt
-    positions never reach it, which saves most of the head's time and memory.
+    ``objective``: the DecisionLoss around ``model`` (made here when not given; train() makes one
+    and calls it for every batch).
     """
-    import torch
-    import torch.nn.functional as F
+    from .objective import PARTS, DecisionLoss, collate
 
-    from .precision import is_mixed
-    from .scoring import decoder_and_head, right_pad
-
-    exs = [examples[i] for i in batch]
-    B = len(exs)
-    ids, mask = right_pad([e.ids for e in exs], pad_id)
-    # positions predicting the control token and every answer token: [labels_from - 1, len - 1)
-    K = max(len(e.ids) - e.labels_from for e in exs)
-    pos = torch.zeros((B, K), dtype=torch.long)
-    tgt = torch.zeros((B, K), dtype=torch.long)
-    span = torch.zeros((B, K), dtype=torch.bool)
-    for k, e in enumerate(exs):
-        n = len(e.ids) - e.labels_from
-        pos[k, :n] = torch.arange(e.labels_from - 1, len(e.ids) - 1)
-        tgt[k, :n] = torch.tensor(e.ids[e.labels_from :])
-        span[k, :n] = True
-    ids, mask, pos, tgt, span = (
-        ids.to(device),
-        mask.to(device),
-        pos.to(device),
-        tgt.to(device),
-        span.to(device),
-    )
-    use_amp = device.startswith("cuda")
-    decoder, head = decoder_and_head(model)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-        h = decoder(
-            inputs_embeds=fast_embed(model, ids), attention_mask=mask, use_cache=False
-        ).last_hidden_state
-        h = torch.gather(h, 1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        logits = fast_head(head, h, bf16=is_mixed(model))
-    logits = logits.float()
-    V = logits.shape[-1]
-    ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none").view(B, K)
-    ce = torch.where(span, ce, torch.zeros_like(ce))
-    ctrl_at = torch.zeros(B, dtype=torch.long, device=ce.device)
-    rows = torch.arange(B, device=ce.device)
-    assistant = ce.sum(1) / span.sum(1)  # mean over control token + answer (plain SFT)
-    ctrl = ce[rows, ctrl_at]
-    sel = logits[rows, ctrl_at].index_select(-1, control_ids)
-    dec = F.cross_entropy(sel, torch.tensor([e.control for e in exs], device=sel.device), reduction="none")
-    w = torch.tensor([e.weight for e in exs], device=ce.device)
-    per_ex = assistant + cfg["control_weight"] * ctrl + cfg["decision_weight"] * dec
-    loss = (w * per_ex).sum() / w.sum()
-    parts = {
-        "assistant": float(assistant.detach().mean()),
-        "control": float(ctrl.detach().mean()),
-        "decision": float(dec.detach().mean()),
-    }
-    return loss, parts, int(mask.sum())
+    if objective is None:
+        objective = DecisionLoss(
+            model,
+            control_ids.tolist() if hasattr(control_ids, "tolist") else control_ids,
+            cfg["control_weight"],
+            cfg["decision_weight"],
+        )
+    inputs = collate([examples[i] for i in batch], pad_id, device)
+    loss, parts = objective(**inputs)
+    return loss, dict(zip(PARTS, parts.tolist(), strict=True)), int(inputs["attention_mask"].sum())
 
 
 # ---------------------------------------------------------------------------
@@ -671,6 +670,7 @@ def evaluate(
     pad_id: int,
     device: str,
     batch_size: int,
+    objective: Any = None,
 ) -> dict[str, float]:
     """Held-out loss, and the decision's AUROC from p(refusal tokens) at the control position."""
     import torch
@@ -683,7 +683,7 @@ def evaluate(
     with torch.no_grad():
         for s in range(0, len(examples), batch_size):
             batch = list(range(s, min(len(examples), s + batch_size)))
-            loss, _, _ = batch_loss(model, examples, batch, control_ids, cfg, pad_id, device)
+            loss, _, _ = batch_loss(model, examples, batch, control_ids, cfg, pad_id, device, objective)
             w = sum(examples[i].weight for i in batch)
             losses += float(loss) * w
             wsum += w
@@ -738,8 +738,12 @@ def train(
     progress_bar: Callable[[int, int], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and write the output directory. Returns a summary.
+    """Train on tagged records and write ``config.out`` (the adapter directory rt-score loads).
+    Returns the summary (steps, examples, tokens_per_s, the evaluation).
 
+    ``records``: tagged records (rtools.tag's output), or ``(line, record)`` pairs so that errors name
+    their line in ``name``. ``token_map``: default, inferred from the data. ``resume`` continues from
+    ``config.out`` + ".checkpoint"; ``overwrite`` replaces an existing ``config.out``.
     ``progress_bar(total, initial)``, when given, returns the reporter of the run's steps (an
     object with ``update(n, **stats)`` and ``close()``, rtools.cli.progress_bar); ``log`` receives
     warnings. Without either the run is silent.
@@ -747,6 +751,7 @@ def train(
     import torch
 
     say = log or (lambda s: None)
+    records = [item if isinstance(item, tuple) else (n, item) for n, item in enumerate(records, 1)]
     out = os.path.abspath(config.out)
     ckpt = out + CHECKPOINT_SUFFIX
     # everything that can be known before the model is loaded is checked first
@@ -756,6 +761,12 @@ def train(
     spec = resolve_model(config.model)
     device = pick_device(config.device)
     cfg = config.resolved(device)
+    if config.merge and cfg["load_4bit"]:  # load_4bit=None is 4-bit on CUDA
+        raise ConfigError(
+            f"merge writes a full-precision model: it cannot be made from a 4-bit base (4-bit is the "
+            f"default on {device}: set load_4bit=False)",
+            "merge",
+        )
     cfg["model"] = model_identity(spec)
     dtype = torch_dtype(config.dtype, device)
     # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
@@ -826,8 +837,10 @@ def train(
         say(f"warning: the training rows have only one class ({counts}); the decision cannot be learned")
 
     model = make_peft_model(model, control_ids, cfg)
-    if cfg["load_4bit"] or not device.startswith("cuda"):
-        pass
+    from .objective import DecisionLoss
+
+    # the whole loss in one module's forward (what a DDP/FSDP wrapper would wrap)
+    objective = DecisionLoss(model, control_ids, config.control_weight, config.decision_weight)
     opt = torch.optim.AdamW(
         param_groups(model, config.lr, config.token_lr, config.weight_decay), betas=(0.9, 0.999)
     )
@@ -863,7 +876,7 @@ def train(
             loss_v, ntok = 0.0, 0
             parts_acc: dict[str, float] = {}
             for b in group:
-                loss, parts, nt = batch_loss(model, train_ex, b, ctrl_ids_t, cfg, pad_id, device)
+                loss, parts, nt = batch_loss(model, train_ex, b, ctrl_ids_t, cfg, pad_id, device, objective)
                 (loss / len(group)).backward()
                 loss_v += float(loss) / len(group)
                 ntok += nt
@@ -898,7 +911,7 @@ def train(
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t_start
-    ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size)
+    ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size, objective)
     if ev:
         progress.log.append({"step": progress.step, **{k: round(v, 6) for k, v in ev.items()}})
     summary = {
@@ -934,8 +947,6 @@ def train(
                 fh.write(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE))
         write_model_card(tmp, name, records)  # README.md, over peft's empty template
         if config.merge:
-            if cfg["load_4bit"]:
-                raise ModelError("--merge needs a full-precision model (use --no-4bit)")
             merged = model.merge_and_unload()
             mdir = os.path.join(tmp, "merged")
             merged.save_pretrained(mdir, safe_serialization=True)
