@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_choice, own_choice_category
 from ..config import ConfigError
 from ..records import RecordError, check_finite
+from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_choice, own_choice_category
 from ..tokens import CATEGORY, TokenMap
 from .chat import ChatEncoder
 from .scoring import (

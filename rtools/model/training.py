@@ -729,9 +729,9 @@ def _auroc(gold: list[int], scores: list[float]) -> float | None:
 
 
 def train(
-    records: list[tuple[int, dict[str, Any]]],
+    records: Iterable[Any],
     config: TrainConfig,
-    name: str = "<stdin>",
+    name: str = "<input>",
     token_map: TokenMap | None = None,
     resume: bool = False,
     overwrite: bool = False,
