@@ -86,8 +86,6 @@ def main() -> None:
 
     from sklearn.metrics import roc_auc_score
 
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import load_for_inference
     from rtools.model.scoring import Scorer
     from rtools.model.training import TrainConfig, train
 
@@ -112,9 +110,7 @@ def main() -> None:
             train_rows, cfg, token_map=tm, overwrite=True, log=lambda s: print(s, file=sys.stderr)
         )
         t_train = time.perf_counter() - t0
-        lm = load_for_inference(out)
-        enc = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
-        sc = Scorer(lm.model, enc, lm.token_map, device=lm.device, pad_id=lm.tokenizer.pad_token_id or 0)
+        sc = Scorer.load(out)  # rt-score's scorer, from the library
         t1 = time.perf_counter()
         res = sc.score_messages([[{"role": "user", "content": r["prompt"]}] for r, _ in test])
         t_score = time.perf_counter() - t1
@@ -142,7 +138,7 @@ def main() -> None:
             "score_s": round(t_score, 1),
             "steps": summary["steps"],
             "train_tokens_per_s": summary["tokens_per_s"],
-            "device": lm.device,
+            "device": sc.device,
         }
         if args.mode == "category":
             row["by_category_auroc"] = {}

@@ -366,6 +366,30 @@ def _from_environment(name: str) -> bool:
     return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
 
 
+def write_windows(
+    windows: Iterable[list[Any]], writer: Any, quiet: bool, unit: str, runner: Any, truncate: str | None
+) -> None:
+    """Write a model command's output: each window of records as it comes (then flushed), with
+    progress in ``unit`` s; at the end, also before a bad record's error (which comes after every
+    record before it), the --truncate note from ``runner`` (a Scorer or an Answerer)."""
+    bar = progress_bar(quiet, unit)
+    try:
+        for win in windows:
+            for rec in win:
+                writer.write(rec)
+            writer.flush()
+            if bar is not None:
+                bar.update(len(win))
+    finally:
+        if bar is not None:
+            bar.close()
+        if runner.truncated and not quiet:
+            warn(
+                f"--truncate {truncate}: dropped earlier turns from {runner.truncated} prompt(s) "
+                f"to fit {runner.prompt_limit} tokens"
+            )
+
+
 def make_config(cls: Callable[..., Any], **values: Any) -> Any:
     """A library configuration object built from a command's options; its ConfigError (an invalid
     or contradictory combination) becomes a usage error (exit 2) (see :func:`config_usage_error`)."""
@@ -384,15 +408,26 @@ def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageErr
 
 def option_words(message: str, names: Iterable[str]) -> str:
     """A library message in a command's words: the configuration fields it names (of ``names``) written
-    as the options that set them (``batch_size`` as ``--batch-size``; ``load_4bit`` as ``--4bit``,
-    ``load_4bit=False`` as ``--no-4bit``)."""
+    as the options that set them: ``batch_size`` as ``--batch-size``, ``resume=True`` as ``--resume``,
+    ``x=False`` as ``--no-x``; ``load_4bit`` is ``--4bit``. A field without an underscore is
+    translated only as ``name=True``/``name=False`` or when it is one of a few unambiguous words."""
     import re
 
     message = message.replace("load_4bit=False", "--no-4bit").replace("load_4bit", "--4bit")
-    names = [n for n in names if "_" in n or n in ("merge", "epochs", "lr", "dtype", "window", "truncate")]
-    if names:
+    names = list(names)
+    if not names:
+        return message
+    alternatives = "|".join(map(re.escape, names))
+    message = re.sub(
+        r"\b(" + alternatives + r")=True\b", lambda m: "--" + m.group(1).replace("_", "-"), message
+    )
+    message = re.sub(
+        r"\b(" + alternatives + r")=False\b", lambda m: "--no-" + m.group(1).replace("_", "-"), message
+    )
+    plain = [n for n in names if "_" in n or n in ("merge", "epochs", "lr", "dtype", "window", "truncate")]
+    if plain:
         message = re.sub(
-            r"\b(" + "|".join(map(re.escape, names)) + r")\b",
+            r"(?<!-)\b(" + "|".join(map(re.escape, plain)) + r")\b",
             lambda m: "--" + m.group(0).replace("_", "-"),
             message,
         )

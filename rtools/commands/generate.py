@@ -15,10 +15,9 @@ from ..cli import (
     make_config,
     model_options,
     option_words,
-    progress_bar,
     rule_options,
     unbuffered_option,
-    warn,
+    write_windows,
 )
 from ..model.chat import TRUNCATE_HELP
 from ..records import RecordWriter, display_name, iter_records, open_input

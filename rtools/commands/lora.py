@@ -11,13 +11,16 @@ from ..cli import (
     fail,
     input_argument,
     make_config,
+    option_words,
     progress_bar,
     warn,
 )
 from ..model.training import TrainConfig
-from ..records import display_name, read_records
+from ..records import RecordError, display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
+#: The words of the library's messages that are this command's options (max_length: --max-length).
+OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 HELP = """Fine-tune a model on rt-tag's output so that its control tokens carry the refusal decision.
 
 Reads tagged chat records (FILE, or stdin when FILE is `-` or missing; it reads everything
@@ -305,12 +308,14 @@ def command(
             progress_bar=None
             if quiet
             else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
-            log=None if quiet else warn,
+            log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
         )
     except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
-        raise config_usage_error(e, TrainConfig.__dataclass_fields__) from None
+        raise config_usage_error(e, OPTIONS) from None
     except ModelError as e:
-        raise fail(str(e)) from None
+        raise fail(option_words(str(e), OPTIONS)) from None
+    except RecordError as e:  # the library names configuration fields; the command, its options
+        raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
     click.echo(orjson.dumps({"out": out, **summary}).decode())
 
 

@@ -11,9 +11,8 @@ from ..cli import (
     load_model,
     make_config,
     model_options,
-    progress_bar,
     unbuffered_option,
-    warn,
+    write_windows,
 )
 from ..model.chat import TRUNCATE_HELP
 from ..records import RecordWriter, display_name, iter_records, open_input

@@ -695,39 +695,29 @@ class Answerer:
         self, records: Iterable[Any], name: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """:meth:`answer`, one window (at most ``window`` records) at a time."""
-        from .chat import record_messages
-        from .scoring import windows
+        from .scoring import PromptStream, windows
 
-        self.truncated = 0
-        pending: list[RecordError] = []
         token_map = self.chooser.token_map
-        encoder = self.generator.encoder
         cfg = self.config
         tokens = token_map.tokens()
-
-        def encoded() -> Iterator[tuple[int, Any, dict[str, Any], Any, list[int]]]:
-            try:
-                for count, item in enumerate(records):
-                    line, rec = item if isinstance(item, tuple) else (count + 1, item)
-                    msgs = record_messages(rec, name, line)
-                    recorded = record_decision(rec, token_map, name, line)
-                    ids, dropped = encoder.encode_prompt_within(
-                        msgs, self.limit, cfg.truncate, name, line, what=self.what
-                    )
-                    self.truncated += dropped > 0
-                    yield count, line, rec, recorded, ids
-            except RecordError as e:
-                pending.append(e)  # generate and yield everything before the bad record first
-
+        prompts = PromptStream(
+            self.generator.encoder,
+            self.limit,
+            cfg.truncate,
+            self.what,
+            name,
+            check=lambda rec, line: record_decision(rec, token_map, name, line),
+        )
         sampling = cfg.sampling()
-        for win in windows(encoded(), cfg.window):
+        for win in windows(prompts.read(records), cfg.window):
+            self.truncated = prompts.truncated
             choices: dict[int, Choice] = {}
             fields: dict[int, dict[str, Any]] = {}
 
             def choose(
                 j: int, probs: list[float], logprobs: list[float], win=win, choices=choices, fields=fields
             ) -> int:
-                _, line, _, recorded, _ = win[j]
+                line, recorded = win[j].line, win[j].extra
                 f = self.chooser.fields(probs)
                 for k in ("p_refuse", "p_respond"):
                     check_finite(f[k], k, name, line)
@@ -739,11 +729,10 @@ class Answerer:
                 return c.index
 
             gens = self.generator.generate(
-                [seq for *_, seq in win], choose, sampling, seeds=[ordinal for ordinal, *_ in win]
+                [p.ids for p in win], choose, sampling, seeds=[p.ordinal for p in win]
             )
-            out = []
-            for j, ((_, _, rec, _, _), g) in enumerate(zip(win, gens, strict=True)):
-                c = choices[j]
+            for j, (p, g) in enumerate(zip(win, gens, strict=True)):
+                c, rec = choices[j], p.record
                 refusal = self.detector(g.text)
                 rec.update(fields[j])
                 rec["decision"] = c.decision
@@ -753,7 +742,11 @@ class Answerer:
                 rec[cfg.output_field] = g.text
                 rec["refusal"] = refusal
                 rec["consistent"] = refusal == (c.decision == "refuse")
-                out.append(rec)
-            yield out
-        if pending:
-            raise pending[0]
+            yield [p.record for p in win]
+        self.truncated = prompts.truncated
+        prompts.raise_error()
+
+    @property
+    def prompt_limit(self) -> int | None:
+        """The most tokens a prompt may have (the context less the answer and the control token)."""
+        return self.limit

@@ -333,33 +333,24 @@ class Scorer:
         self, records: Iterable[Any], name: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """:meth:`score`, one window (a list of at most ``window`` records) at a time."""
-        self.truncated = 0
-        pending: list[RecordError] = []
         limit, source = self.limit or (None, "")
-
-        def encoded() -> Iterator[tuple[int | None, dict[str, Any], list[int]]]:
-            try:
-                for n, item in enumerate(records, 1):
-                    line, rec = item if isinstance(item, tuple) else (n, item)
-                    msgs = record_messages(rec, name, line)
-                    ids, dropped = self.encoder.encode_prompt_within(
-                        msgs, limit, self.truncate, name, line, what=f"{limit} ({source})"
-                    )
-                    self.truncated += dropped > 0
-                    yield line, rec, ids
-            except RecordError as e:
-                pending.append(e)  # score and yield everything before the bad record first
-
-        for win in windows(encoded(), self.window):
-            probs = self.probabilities([seq for _, _, seq in win])
-            for (line, rec, _), p in zip(win, probs, strict=True):
-                fields = self.fields(p)
+        prompts = PromptStream(self.encoder, limit, self.truncate, f"{limit} ({source})", name)
+        for win in windows(prompts.read(records), self.window):
+            self.truncated = prompts.truncated
+            probs = self.probabilities([p.ids for p in win])
+            for p, probs_ in zip(win, probs, strict=True):
+                fields = self.fields(probs_)
                 for k in ("p_refuse", "p_respond"):
-                    check_finite(fields[k], k, name, line)
-                rec.update(fields)
-            yield [rec for _, rec, _ in win]
-        if pending:
-            raise pending[0]
+                    check_finite(fields[k], k, name, p.line)
+                p.record.update(fields)
+            yield [p.record for p in win]
+        self.truncated = prompts.truncated
+        prompts.raise_error()
+
+    @property
+    def prompt_limit(self) -> int | None:
+        """The most tokens a prompt may have (the model's context), None when unknown."""
+        return self.limit[0] if self.limit else None
 
     def probabilities(self, sequences: list[list[int]]) -> list[list[float]]:
         """For each token sequence: the probability of each control token (token_map order)."""
@@ -382,6 +373,54 @@ class Scorer:
     def score_messages(self, conversations: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
         seqs = [self.encoder.encode_prompt(m) for m in conversations]
         return [self.fields(p) for p in self.probabilities(seqs)]
+
+
+@dataclass
+class Prompt:
+    """A record read for a model: its position (from 0), input line, the record, what ``check`` made
+    of it, and its prompt's token ids."""
+
+    ordinal: int
+    line: int
+    record: dict[str, Any]
+    extra: Any
+    ids: list[int]
+
+
+@dataclass
+class PromptStream:
+    """Records to :class:`Prompt` s: the conversation checked, encoded within ``limit`` tokens
+    (``truncate``: drop earlier turns; ``what``: how the limit reads in an error), and ``check(record,
+    line)`` applied when given. The first bad record's RecordError (or the reader's) ends the stream
+    and is kept until :meth:`raise_error`, so that the caller finishes every record before it first.
+    ``truncated`` counts the prompts that lost turns."""
+
+    encoder: ChatEncoder
+    limit: int | None
+    truncate: str | None
+    what: str | None
+    name: str | None
+    check: Any = None
+    truncated: int = 0
+    error: RecordError | None = None
+
+    def read(self, records: Iterable[Any]) -> Iterator[Prompt]:
+        try:
+            for ordinal, item in enumerate(records):
+                line, rec = item if isinstance(item, tuple) else (ordinal + 1, item)
+                msgs = record_messages(rec, self.name, line)
+                extra = self.check(rec, line) if self.check is not None else None
+                ids, dropped = self.encoder.encode_prompt_within(
+                    msgs, self.limit, self.truncate, self.name, line, what=self.what
+                )
+                self.truncated += dropped > 0
+                yield Prompt(ordinal, line, rec, extra, ids)
+        except RecordError as e:
+            self.error = e
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

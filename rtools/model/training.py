@@ -242,7 +242,7 @@ def build_examples(
                 f"the assistant answer does not start with a control token ({', '.join(tokens)})",
                 name,
                 line,
-                hint="tag the data with rt-tag, or pass the --token-map that rt-tag wrote",
+                hint="tag the data with rt-tag, or pass the token map rt-tag wrote",
             )
         answer = content[len(tokens[control]) :]
         prompt = record_messages({"messages": msgs[:-1]}, name, line)
@@ -589,7 +589,7 @@ def _read_json(path: str) -> Any:
             return orjson.loads(fh.read())
     except FileNotFoundError:
         raise ModelError(
-            f"{path}: missing: the checkpoint is incomplete (start again without --resume)"
+            f"{path}: missing: the checkpoint is incomplete (start again without resume=True)"
         ) from None
     except (OSError, orjson.JSONDecodeError) as e:
         raise ModelError(f"{path}: cannot read the checkpoint: {e}") from None
@@ -599,7 +599,7 @@ def _read_tensors(path: str) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     if not os.path.isfile(path):
-        raise ModelError(f"{path}: missing: the checkpoint is incomplete (start again without --resume)")
+        raise ModelError(f"{path}: missing: the checkpoint is incomplete (start again without resume=True)")
     try:
         return load_file(path)
     except Exception as e:  # SafetensorError, OSError: a truncated, corrupt or foreign file
@@ -614,7 +614,7 @@ def check_checkpoint(path: str) -> dict[str, Any]:
     if pickles:
         raise ModelError(
             f"{os.path.join(path, pickles[0])}: a pickled checkpoint is never loaded (it could run code); "
-            f"delete {path} and train again without --resume"
+            f"delete {path} and train again without resume=True"
         )
     return _read_json(os.path.join(path, PROGRESS_FILE))
 
@@ -646,7 +646,7 @@ def load_checkpoint(path: str, model: Any, opt: Any) -> Progress:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelError(
-            f"{path}: a damaged checkpoint ({type(e).__name__}: {e}); train again without --resume"
+            f"{path}: a damaged checkpoint ({type(e).__name__}: {e}); train again without resume=True"
         ) from None
     with torch.no_grad():
         for n, t in saved.items():
@@ -756,7 +756,7 @@ def train(
     ckpt = out + CHECKPOINT_SUFFIX
     # everything that can be known before the model is loaded is checked first
     if os.path.exists(out) and not overwrite:
-        raise ModelError(f"{config.out} already exists (use --overwrite to replace it)")
+        raise ModelError(f"{config.out} already exists (set overwrite=True to replace it)")
     check_writable(config.out)
     spec = resolve_model(config.model)
     device = pick_device(config.device)
@@ -781,7 +781,7 @@ def train(
                 continue
             if key not in saved or saved[key] != cfg[key]:
                 raise ModelError(
-                    f"--resume with a different setting: {key}={cfg[key]!r}, "
+                    f"resume=True with a different setting: {key}={cfg[key]!r}, "
                     f"checkpoint has {saved.get(key, '(nothing)')!r}"
                 )
         saved_fingerprint = check_checkpoint(ckpt).get("fingerprint") or {}
@@ -808,13 +808,13 @@ def train(
     if skipped:
         shown = ", ".join(map(str, skipped[:20])) + (", ..." if len(skipped) > 20 else "")
         say(
-            f"{name}: skipped {len(skipped)} of {len(records)} examples longer than --max-length "
+            f"{name}: skipped {len(skipped)} of {len(records)} examples longer than max_length "
             f"{config.max_length} (prompt + control token + one answer token do not fit): lines {shown}"
         )
     if not examples:
         if skipped:
             raise ModelError(
-                f"{name}: no training examples: all {len(skipped)} are longer than --max-length {config.max_length}"
+                f"{name}: no training examples: all {len(skipped)} are longer than max_length {config.max_length}"
             )
         raise ModelError("no training examples (empty input?)")
     train_ex, eval_ex = split_eval(examples, config.eval_fraction, config.seed)
@@ -824,10 +824,10 @@ def train(
     }
     if resume and saved_fingerprint.get("data") != fingerprint["data"]:
         raise ModelError(
-            f"--resume with different training data: the checkpoint was trained on "
+            f"resume=True with different training data: the checkpoint was trained on "
             f"{saved_fingerprint.get('examples', '?')} examples (sha256 {str(saved_fingerprint.get('data'))[:12]}), "
             f"{name} gives {fingerprint['examples']} (sha256 {fingerprint['data'][:12]}); "
-            "resume with the same data and settings, or train again without --resume"
+            "train with the same data and settings, or again without resume=True"
         )
     if config.balance:
         apply_balance(train_ex)
