@@ -352,3 +352,58 @@ def test_man_example_runs(code, workspace, tmp_path):
         interrupted_training(d, code)
     env = block_env(d, RT_MODEL="runs/adapter", RT_BASE_MODEL=os.path.join(d, "models", BASE_NAME))
     check(run_block(code, d, env), code)
+
+
+# ---------------------------------------------------------------------------
+# docs/RECORDS.md: its example records are what the commands write
+
+
+def records_examples() -> dict[str, list[dict]]:
+    """The records of each ```json block of docs/RECORDS.md, by the section (## heading) it is in."""
+    with open(os.path.join(ROOT, "docs", "RECORDS.md")) as fh:
+        text = fh.read()
+    out: dict[str, list[dict]] = {}
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        title = section.split("\n", 1)[0].strip()
+        for block in re.findall(r"```json\n(.*?)```", section, flags=re.S):
+            out.setdefault(title, []).extend(
+                orjson.loads(line) for line in block.splitlines() if line.strip()
+            )
+    return out
+
+
+def _jsonl(records) -> str:
+    return "".join(orjson.dumps(r).decode() + "\n" for r in records)
+
+
+def test_records_md_examples_are_what_the_commands_write():
+    ex = records_examples()
+    inputs, tagged = ex["Input records"], ex["rt-tag → training records"]
+    (scored,), (decided,) = ex["rt-score → scores"], ex["rt-threshold → decisions"]
+    (summary,), (answer,) = ex["rt-metrics → one summary"], ex["rt-generate → answers"]
+    r = invoke_command("rt-tag", ["-q", "--mode", "category"], input=_jsonl(inputs))
+    assert r.exit_code == 0, r.stderr
+    assert [orjson.loads(line) for line in r.stdout.splitlines()] == tagged
+    # the scores: the input record plus p_refuse, p_respond, p_cat (p_refuse their sum)
+    assert list(scored) == [*inputs[0], "p_refuse", "p_respond", "p_cat"]
+    assert abs(sum(scored["p_cat"].values()) - scored["p_refuse"]) < 1e-9
+    assert scored["p_refuse"] + scored["p_respond"] <= 1
+    r = invoke_command("rt-threshold", ["--cat", "safety=0.3"], input=_jsonl([scored]))
+    assert r.exit_code == 0, r.stderr
+    assert orjson.loads(r.stdout) == decided and list(orjson.loads(r.stdout)) == list(decided)
+    # the summary: three records decided with -t 0.3, as the text says
+    three = [
+        {"label": "refuse", "category": "safety", "p_refuse": 0.83, "p_respond": 0.16},
+        {"label": "respond", "p_refuse": 0.12, "p_respond": 0.87},
+        {"label": "respond", "p_refuse": 0.41, "p_respond": 0.58},
+    ]
+    r = invoke_command("rt-threshold", ["-t", "0.3"], input=_jsonl(three))
+    m = invoke_command("rt-metrics", [], input=r.stdout)
+    assert m.exit_code == 0, m.stderr
+    assert orjson.loads(m.stdout) == summary
+    # the answer: the decided record (its scores and decision kept) and rt-generate's own fields, in
+    # the order rt-generate(1) documents
+    assert list(answer) == [*decided, "control", "forced", "generation", "refusal", "consistent"]
+    assert {k: answer[k] for k in decided} == decided
+    assert answer["control"] == f"[refuse:{answer['decision_cat']}]" and answer["forced"] is True
+    assert answer["consistent"] == (answer["refusal"] == (answer["decision"] == "refuse"))
