@@ -427,7 +427,7 @@ def option_words(message: str, names: Iterable[str]) -> str:
     plain = [n for n in names if "_" in n or n in ("merge", "epochs", "lr", "dtype", "window", "truncate")]
     if plain:
         message = re.sub(
-            r"(?<!-)\b(" + "|".join(map(re.escape, plain)) + r")\b",
+            r"(?<!-)\b(" + "|".join(map(re.escape, plain)) + r")\b(?!=)",  # not a setting: name=value
             lambda m: "--" + m.group(0).replace("_", "-"),
             message,
         )

@@ -118,9 +118,8 @@ MAN = {
         "    rt-generate --threshold 0.3 test.jsonl | rt-metrics\n\n"
         "Decide with fitted per-category thresholds, then generate (the records carry the decision):\n"
         "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate > answers.jsonl\n\n"
-        "Nudge towards refusing instead of thresholding (lower the respond token's logit; a single-token "
-        "model can also raise '[refuse]', a category model '[refuse:SLUG]'):\n"
-        "    rt-generate --logit-bias '[respond]=-2.0' prompts.jsonl\n\n"
+        "Nudge towards refusing instead of thresholding:\n"
+        "    rt-generate --logit-bias '[refuse]=2.0' prompts.jsonl\n\n"
         "Sample, reproducibly, and stop at a blank line:\n"
         "    rt-generate --temperature 0.7 --top-p 0.9 --seed 1 --stop $'\\n\\n' prompts.jsonl"
     ),
@@ -301,22 +300,8 @@ def command(
             raise config_usage_error(e, ["logit_bias"]) from None
         except ModelError as e:
             raise fail(option_words(str(e), ["max_new_tokens"])) from None
-        bar = progress_bar(quiet, "answer")
-        try:
-            for win in answerer.answer_windows(iter_records(fh, name), name):
-                for rec in win:
-                    writer.write(rec)
-                writer.flush()
-                if bar is not None:
-                    bar.update(len(win))
-        finally:  # also before a bad record's error, which comes after every record before it
-            if bar is not None:
-                bar.close()
-            if answerer.truncated and not quiet:
-                warn(
-                    f"--truncate {truncate}: dropped earlier turns from {answerer.truncated} prompt(s) "
-                    f"to fit {answerer.limit} tokens"
-                )
+        windows = answerer.answer_windows(iter_records(fh, name), name)
+        write_windows(windows, writer, quiet, "answer", answerer, truncate)
 
 
 main = entry_point(command, "rt-generate")

@@ -31,9 +31,8 @@ stream out window by window, so a file larger than memory works. CPU or CUDA is 
 automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
 
 \b
-  rt-score test.jsonl --model runs/adapter > scored.jsonl
-  rt-score test.jsonl --model runs/adapter | rt-threshold -t 0.3 | rt-metrics
-  rt-score test.jsonl --model runs/adapter --base /new/place/of/the/base
+  rt-score test.jsonl --model out/adapter > scored.jsonl
+  rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
 """
 
 
@@ -118,22 +117,8 @@ def command(
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
         scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
-        bar = progress_bar(quiet, "prompt")
-        try:
-            for win in scorer.score_windows(iter_records(fh, name), name):
-                for rec in win:
-                    writer.write(rec)
-                writer.flush()
-                if bar is not None:
-                    bar.update(len(win))
-        finally:  # also before a bad record's error, which comes after every record before it
-            if bar is not None:
-                bar.close()
-            if scorer.truncated and not quiet:
-                warn(
-                    f"--truncate {truncate}: dropped earlier turns from {scorer.truncated} prompt(s) "
-                    f"to fit {scorer.limit[0]} tokens"
-                )
+        windows = scorer.score_windows(iter_records(fh, name), name)
+        write_windows(windows, writer, quiet, "prompt", scorer, truncate)
 
 
 MAN = {
@@ -156,14 +141,9 @@ MAN = {
         "is cached as safetensors (default ~/.cache/rtools/models)."
     ),
     "EXAMPLES": (
-        "Score a test split with an rt-lora output:\n"
-        "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
-        "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only:\n"
-        "    RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
-        "A fixed batch size (the scores do not depend on it):\n"
-        "    rt-score --batch-size 1 prompts.jsonl\n\n"
-        "The adapter was trained on another machine, where the base model lived elsewhere:\n"
-        "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
+        "rt-score test.jsonl --model runs/adapter > scored.jsonl\n"
+        "RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n"
+        "rt-score --batch-size 1 prompts.jsonl   # a fixed batch size; scores do not depend on it"
     ),
 }
 
