@@ -189,3 +189,14 @@ def test_module_entry_help_and_version_stay_light():
     assert "Build a training mix" in r.stdout and "--max-per-source" in r.stdout
     r = subprocess.run([sys.executable, "-m", "rtools.datasets.mix", "-V"], capture_output=True, text=True)
     assert r.returncode == 0 and "rtools.datasets.mix" in r.stdout
+
+
+def test_cli_coconot_test_split(tmp_path):
+    c = write_coconot(str(tmp_path / "coconot"), n=20)
+    r = CliRunner().invoke(main, ["--coconot", c, "--coconot-part", "test", "-o", str(tmp_path / "t.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [orjson.loads(line) for line in (tmp_path / "t.jsonl").read_bytes().splitlines()]
+    assert {r["source"] for r in rows} == {"coconot_eval", "coconot_contrast"}
+    assert {r["prompt"] for r in rows} == {r["prompt"] for r in broad.coconot_rows(c, "test", 0)}
+    train = {r["prompt"] for r in broad.coconot_rows(c, "train", 0)}
+    assert not train & {r["prompt"] for r in rows}

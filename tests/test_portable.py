@@ -167,3 +167,20 @@ def test_model_card(trained):
     assert f"eval_loss {ev['eval_loss']:.6g}" in card
     # peft's template is gone, and no temporary directory name is left in it
     assert "More Information Needed" not in card and ".tmp" not in card
+
+
+def test_console_script_with_base_is_quiet(trained, moved, script):
+    """The real command: scores with --base, and no warning on stderr about the base's new place."""
+    import subprocess
+
+    from model_data import SUBPROCESS_ENV
+
+    r = subprocess.run(
+        [script("rt-score"), trained["prompts"], "--model", moved["out"], "--base", moved["base"], *SCORE],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert max(abs(a - b) for a, b in zip(scores(r.stdout), trained["scores"], strict=True)) <= 1e-6

@@ -336,9 +336,15 @@ MAN = {
         "model rt-score and rt-generate use, often an rt-lora output, which is never a base model."
     ),
     "EXAMPLES": (
-        "rt-tag train.jsonl --token-map tokens.json > tagged.jsonl\n"
-        "rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter\n"
-        "rt-lora tagged.jsonl --out runs/adapter --resume   # after an interruption"
+        "Tag, saving the token map, and train on the default model:\n"
+        "    rt-tag train.jsonl --token-map tokens.json > tagged.jsonl\n"
+        "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter\n\n"
+        "After an interruption (Ctrl-C, a killed job), continue from runs/adapter.checkpoint with the same "
+        "data and settings:\n"
+        "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter --resume\n\n"
+        "Your own base model, one refusal token per category:\n"
+        "    rt-tag --mode category train.jsonl --token-map tokens.json > tagged.jsonl\n"
+        "    rt-lora tagged.jsonl --token-map tokens.json --model ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3"
     ),
 }
 

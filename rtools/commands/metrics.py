@@ -300,18 +300,18 @@ is still printed, each failed gate is reported on stderr
 (rt-metrics: gate failed: f1=0.712 < 0.8) and the exit status is 1. An unknown metric
 name is a usage error (exit status 2).""",
     "EXAMPLES": """\
-rt-score -m ADAPTER test.jsonl | rt-threshold | rt-metrics
-    Measure the model's own decisions.
+Measure the model's own decisions:
+    rt-score -m runs/adapter test.jsonl | rt-threshold | rt-metrics
 
-rt-metrics --threshold 0.4 --format table scored.jsonl
-    Decide on p_refuse >= 0.4 and print a table, overall and per category.
+Decide on p_refuse >= 0.4 and print a table, overall and per category:
+    rt-metrics --threshold 0.4 --format table scored.jsonl
 
-rt-metrics --sweep scored.jsonl | jq -c 'select(.category == null and .fpr <= 0.05)' | head -1
-    The lowest threshold that refuses at most 5% of answerable requests.
+The lowest threshold that refuses at most 5% of answerable requests:
+    rt-metrics --sweep scored.jsonl | jq -cn 'first(inputs | select(.category == null and .fpr <= 0.05))'
 
-rt-metrics --plot roc.png --bootstrap 1000 --seed 1 decided.jsonl
-    Summary with 95% confidence intervals, and a PNG of ROC curves and refusal rates.
+Summary with 95% confidence intervals, and a PNG of ROC curves and refusal rates:
+    rt-metrics --plot roc.png --bootstrap 1000 --seed 1 decided.jsonl
 
-rt-metrics --fail-under f1=0.8 --fail-over false_refusal_rate=0.1 decided.jsonl > metrics.json
-    A gate for make or cron: exit status 1 when the model got worse.""",
+A gate for make or cron: exit status 1 when the model got worse:
+    rt-metrics --fail-under f1=0.8 --fail-over false_refusal_rate=0.1 decided.jsonl > metrics.json""",
 }

@@ -31,8 +31,9 @@ stream out window by window, so a file larger than memory works. CPU or CUDA is 
 automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
 
 \b
-  rt-score test.jsonl --model out/adapter > scored.jsonl
-  rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
+  rt-score test.jsonl --model runs/adapter > scored.jsonl
+  rt-score test.jsonl --model runs/adapter | rt-threshold -t 0.3 | rt-metrics
+  rt-score test.jsonl --model runs/adapter --base /new/place/of/the/base
 """
 
 
@@ -141,9 +142,14 @@ MAN = {
         "is cached as safetensors (default ~/.cache/rtools/models)."
     ),
     "EXAMPLES": (
-        "rt-score test.jsonl --model runs/adapter > scored.jsonl\n"
-        "RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n"
-        "rt-score --batch-size 1 prompts.jsonl   # a fixed batch size; scores do not depend on it"
+        "Score a test split with an rt-lora output:\n"
+        "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
+        "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only:\n"
+        "    RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
+        "A fixed batch size (the scores do not depend on it):\n"
+        "    rt-score --batch-size 1 prompts.jsonl\n\n"
+        "The adapter was trained on another machine, where the base model lived elsewhere:\n"
+        "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
     ),
 }
 

@@ -255,11 +255,11 @@ MAN = {
         ),
         (
             "One refusal token per category, with the token map saved for rt-lora:",
-            "rt-tag -m category --token-map tokens.json --label refuse coconot_eval.jsonl > refuse.jsonl",
+            "rt-tag --mode category --token-map tokens.json --label refuse coconot_eval.jsonl > refuse.jsonl",
         ),
         (
             "Your own categories and tokens:",
-            "rt-tag -m category --categories medical,legal --map 'Medical advice=medical' \\\n"
+            "rt-tag --mode category --categories medical,legal --map 'Medical advice=medical' \\\n"
             "    --cat-token medical='[refuse:med]' --refusal-text legal='I cannot give legal advice.' data.jsonl",
         ),
         (

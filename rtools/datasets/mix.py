@@ -297,11 +297,14 @@ def input_hashes(broad_dir: str | None, sources: Iterable[str], coconot_dir: str
     return hashes
 
 
-def load_pool(broad_dir: str | None, coconot_dir: str | None, seed: int = 0) -> list[dict[str, Any]]:
-    """The broad pool (every file of broad_dir) plus CoCoNot's training part (when coconot_dir is given)."""
+def load_pool(
+    broad_dir: str | None, coconot_dir: str | None, seed: int = 0, coconot_part: str = "train"
+) -> list[dict[str, Any]]:
+    """The broad pool (every file of broad_dir) plus CoCoNot's training part, or its test split
+    (``coconot_part='test'``), when coconot_dir is given."""
     rows = broad.load(broad_dir) if broad_dir else []
     if coconot_dir:
-        rows += broad.coconot_rows(coconot_dir, "train", seed)
+        rows += broad.coconot_rows(coconot_dir, coconot_part, seed)
     return rows
 
 
@@ -323,6 +326,13 @@ PROG = "python -m rtools.datasets.mix"
     "coconot_dir",
     type=click.Path(file_okay=False),
     help="CoCoNot's directory: adds its training part (coconot_eval's train half, coconot_pref).",
+)
+@click.option(
+    "--coconot-part",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="test: CoCoNot's test split instead (examples/coconot's, for --seed), to evaluate on.",
 )
 @click.option("--source", "sources", multiple=True, metavar="NAME,...", help="Only these sources.")
 @click.option("--exclude-source", multiple=True, metavar="NAME,...", help="Not these sources.")
@@ -394,7 +404,7 @@ def main(**kw: Any) -> None:
     if opts.answer == "self" and not kw["self_answers"]:
         raise click.UsageError("--answer self needs --self-answers FILE (rt-generate --force respond output)")
     try:
-        pool = load_pool(kw["broad_dir"], kw["coconot_dir"], opts.seed)
+        pool = load_pool(kw["broad_dir"], kw["coconot_dir"], opts.seed, kw["coconot_part"])
         known = {r["source"] for r in pool}
         for s in opts.include_sources + opts.exclude_sources:
             if s not in known:

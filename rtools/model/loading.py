@@ -554,6 +554,8 @@ def load_adapter(model: Any, directory: str) -> Any:
             f"{os.path.join(directory, ADAPTER_CONFIG)}: cannot read the adapter configuration: {e}"
         ) from None
     config.inference_mode = True
+    # the base may be loaded from another place than the one recorded (--base): no peft warning about it
+    config.base_model_name_or_path = getattr(model, "name_or_path", None) or config.base_model_name_or_path
     try:
         weights = load_file(path)
     except Exception as e:  # SafetensorError: truncated or not a safetensors file
