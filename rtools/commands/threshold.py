@@ -48,8 +48,9 @@ fitted decisions. A one-line summary goes to stderr unless -q.
 \b
 Examples:
   rt-score in.jsonl | rt-threshold | rt-metrics
-  rt-score in.jsonl | rt-threshold --cat safety=0.3 | rt-metrics
-  rt-threshold --fit f1 --per-category --save cats.json dev.jsonl >/dev/null
+  rt-score in.jsonl | rt-threshold -t 0.3 | rt-metrics
+  rt-score in.jsonl | rt-threshold --cat safety=0.3 | rt-metrics   # category tokens
+  rt-threshold --fit f1 --per-category --save cats.json dev-scored.jsonl >/dev/null
   rt-threshold --thresholds cats.json test-scored.jsonl | rt-metrics
 """
 
@@ -135,11 +136,9 @@ MAN = {
         "    rt-score test.jsonl | rt-threshold | rt-metrics\n\n"
         "Refuse whenever the refusal tokens get at least 30%:\n"
         "    rt-score test.jsonl | rt-threshold --threshold 0.3 | rt-metrics\n\n"
-        "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only, "
-        "every other category by the model's own choice:\n"
+        "A lower bar for safety refusals only, every other category by the model's own choice:\n"
         "    rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
-        "Fit per-category thresholds (a category-token model) on a dev split, then apply them to the test "
-        "split:\n"
+        "Fit per-category thresholds on a dev split, then apply them to the test split:\n"
         "    rt-score dev.jsonl > dev-scored.jsonl\n"
         "    rt-threshold --fit false_refusal_rate=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
         "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-metrics\n\n"
