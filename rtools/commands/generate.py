@@ -118,8 +118,9 @@ MAN = {
         "    rt-generate --threshold 0.3 test.jsonl | rt-metrics\n\n"
         "Decide with fitted per-category thresholds, then generate (the records carry the decision):\n"
         "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate > answers.jsonl\n\n"
-        "Nudge towards refusing instead of thresholding:\n"
-        "    rt-generate --logit-bias '[refuse]=2.0' prompts.jsonl\n\n"
+        "Nudge towards refusing instead of thresholding (lower the respond token's logit; a single-token "
+        "model can also raise '[refuse]', a category model '[refuse:SLUG]'):\n"
+        "    rt-generate --logit-bias '[respond]=-2.0' prompts.jsonl\n\n"
         "Sample, reproducibly, and stop at a blank line:\n"
         "    rt-generate --temperature 0.7 --top-p 0.9 --seed 1 --stop $'\\n\\n' prompts.jsonl"
     ),
