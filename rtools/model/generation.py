@@ -312,18 +312,16 @@ class Generator:
 
         ``seeds`` (one per sequence) seed the sampling generators; default: the positions.
         """
-        results: list[Generation | None] = [None] * len(sequences)
         if not sequences:
             return []
         seeds = list(range(len(sequences))) if seeds is None else seeds
-        lengths = [len(s) for s in sequences]
-        for batch in plan_batches(lengths, 0, self.batch_size):
-            out = self._batch(
+        return _in_groups(
+            plan_batches([len(s) for s in sequences], 0, self.batch_size),
+            len(sequences),
+            lambda batch: self._batch(
                 [sequences[j] for j in batch], batch, choose, sampling, [seeds[j] for j in batch]
-            )
-            for j, g in zip(batch, out, strict=True):
-                results[j] = g
-        return results  # type: ignore[return-value]
+            ),
+        )
 
     def _batch(
         self,
@@ -334,18 +332,17 @@ class Generator:
         seeds: list[int],
     ) -> list[Generation]:
         """One batch, run as groups of rows of similar length (:func:`prefill_chunks`)."""
-        results: list[Generation | None] = [None] * len(seqs)
-        for rows in prefill_chunks([len(s) for s in seqs], self.prefill_slack):
-            out = self._group(
+        return _in_groups(
+            prefill_chunks([len(s) for s in seqs], self.prefill_slack),
+            len(seqs),
+            lambda rows: self._group(
                 [seqs[r] for r in rows],
                 [positions[r] for r in rows],
                 choose,
                 sampling,
                 [seeds[r] for r in rows],
-            )
-            for r, g in zip(rows, out, strict=True):
-                results[r] = g
-        return results  # type: ignore[return-value]
+            ),
+        )
 
     def _group(
         self,
@@ -482,6 +479,15 @@ class Generator:
 
     def _decode(self, ids: list[int]) -> str:
         return self.encoder.tok.decode(ids, skip_special_tokens=True)
+
+
+def _in_groups(groups: list[list[int]], n: int, run: Callable[[list[int]], list[Any]]) -> list[Any]:
+    """``run`` on each group of indices (a partition of range(n)); the results back in index order."""
+    results: list[Any] = [None] * n
+    for group in groups:
+        for j, r in zip(group, run(group), strict=True):
+            results[j] = r
+    return results
 
 
 def _base(model: Any) -> Any:
