@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, parse_number, parse_pair
 from ..records import RecordError, check_finite
-from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_choice, own_choice_category
+from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_rule
 from ..tokens import CATEGORY, TokenMap
 from .chat import ChatEncoder
 from .scoring import (
@@ -52,17 +52,9 @@ from .scoring import (
 
 def parse_logit_bias(text: str) -> tuple[str, float]:
     """``TOKEN=B`` -> (token, B); ValueError when malformed. B must be a finite number."""
-    token, sep, value = text.rpartition("=")
-    token = token.strip()
-    if not sep or not token:
-        raise ValueError(f"expected TOKEN=B (e.g. '[refuse]=2.0'), got {text!r}")
-    try:
-        bias = float(value)
-    except ValueError:
-        raise ValueError(f"bias for {token!r} is not a number: {value!r}") from None
-    if not math.isfinite(bias):
-        raise ValueError(f"bias for {token!r} must be finite, got {value!r}")
-    return token, bias
+    token, value = parse_pair(text, "TOKEN=B (e.g. '[refuse]=2.0')", last=True)
+    assert token is not None
+    return token, parse_number(value, f"bias for {token!r}")
 
 
 def record_decision(
@@ -161,22 +153,17 @@ class ControlChooser:
         elif self.bias:
             tokens = self.token_map.tokens()
             biased = [lp + self.bias.get(t, 0.0) for lp, t in zip(logprobs, tokens, strict=True)]
-            if cat_mode:
-                decision, slug = own_choice_category(
-                    dict(zip(self.token_map.categories, biased[:-1], strict=True)), biased[-1]
-                )
-            else:
-                decision, slug = own_choice(biased[0], biased[1])
+            p_cat = dict(zip(self.token_map.categories, biased[:-1], strict=True)) if cat_mode else None
+            decision, slug = own_rule(biased[0], biased[-1], p_cat)
         elif recorded is not None:
             decision, slug = recorded
             if decision == REFUSE and cat_mode and slug is None:
                 slug = argmax_slug(fields["p_cat"])
         else:
             forced = False
-            if cat_mode:
-                decision, slug = own_choice_category(fields["p_cat"], fields["p_respond"])
-            else:
-                decision, slug = own_choice(fields["p_refuse"], fields["p_respond"])
+            decision, slug = own_rule(
+                fields["p_refuse"], fields["p_respond"], fields["p_cat"] if cat_mode else None
+            )
         if not cat_mode:
             slug = None
         index = self.index_of(decision, slug)

@@ -698,7 +698,9 @@ def evaluate(
         gold.append(1 if e.label == "refuse" else 0)
     model.train()
     out = {"eval_loss": losses / max(wsum, 1e-12)}
-    auc = _auroc(gold, scores)
+    from ..metrics import auroc  # scikit-learn's, the one AUROC of rtools
+
+    auc = auroc(gold, scores)
     if auc is not None:
         out["eval_auroc"] = auc
     out["eval_refusal_rate_refuse"] = _mean([s >= 0.5 for s, g in zip(scores, gold, strict=True) if g == 1])
@@ -708,24 +710,6 @@ def evaluate(
 
 def _mean(xs: list[bool]) -> float | None:
     return sum(xs) / len(xs) if xs else None
-
-
-def _auroc(gold: list[int], scores: list[float]) -> float | None:
-    """Mann-Whitney AUROC (ties count half), without sklearn."""
-    n_pos = sum(gold)
-    n_neg = len(gold) - n_pos
-    if not n_pos or not n_neg:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    rank_sum, i = 0.0, 0
-    while i < len(order):
-        j = i
-        while j < len(order) and scores[order[j]] == scores[order[i]]:
-            j += 1
-        avg_rank = (i + j + 1) / 2
-        rank_sum += avg_rank * sum(gold[order[k]] for k in range(i, j))
-        i = j
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def train(
