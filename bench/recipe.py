@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write JSON lines here too")
     ap.add_argument("--extra", default="{}", help="JSON of TrainConfig overrides for every recipe")
     ap.add_argument("--keep", default=None, help="keep the trained adapters under this directory")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint (needs --keep)")
     args = ap.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -107,7 +108,12 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         summary = train(
-            train_rows, cfg, token_map=tm, overwrite=True, log=lambda s: print(s, file=sys.stderr)
+            train_rows,
+            cfg,
+            token_map=tm,
+            overwrite=True,
+            resume=args.resume,
+            log=lambda s: print(s, file=sys.stderr),
         )
         t_train = time.perf_counter() - t0
         sc = Scorer.load(out)  # rt-score's scorer, from the library

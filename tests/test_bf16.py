@@ -226,7 +226,17 @@ def test_rt_generate_runs_in_bf16(invoke, trained_tied):
     """Generation through the mixed model (bf16 products, fp32 KV cache keys and attention)."""
     out = {}
     for dtype in ("fp32", "bf16"):
-        args = ["--model", trained_tied.out, "--device", "cpu", "-q", "--dtype", dtype, "--max-new-tokens", "6"]
+        args = [
+            "--model",
+            trained_tied.out,
+            "--device",
+            "cpu",
+            "-q",
+            "--dtype",
+            dtype,
+            "--max-new-tokens",
+            "6",
+        ]
         r = invoke("rt-generate", args, input=jsonl(PROMPTS[:4]))
         assert r.exit_code == 0, r.stderr
         out[dtype] = read_jsonl(r.stdout)

@@ -108,7 +108,6 @@ class Runner:
             os.replace(stdout + ".tmp", stdout)
         return time.perf_counter() - t
 
-
     def _logged(self, args: list[str], stdout: str | None, stdin: str | None, note: str = "") -> list[str]:
         """Write the command line to commands.sh and stderr; the arguments relative to OUT."""
         args = [os.path.relpath(a, self.out) if a.startswith(self.out + os.sep) else a for a in args]
@@ -238,7 +237,9 @@ def cat_rates(rows: list[dict[str, Any]], thr: dict[str, float]) -> dict[str, fl
     """Refusal rate of each category's refusal rows (and the contrast rows) under per-category thresholds
     (``rtools.decide``: the rule rt-threshold --cat applies)."""
     out = {}
-    dec = np.array([r["decision"] == "refuse" for r in rtools.decide(rows, rtools.Thresholds(categories=thr))])
+    dec = np.array(
+        [r["decision"] == "refuse" for r in rtools.decide(rows, rtools.Thresholds(categories=thr))]
+    )
     y = np.array([r["label"] == "refuse" for r in rows])
     cat = np.array([COCONOT_CATEGORIES.get(r["category"], "") for r in rows])
     for s in SLUGS:
@@ -448,7 +449,10 @@ def main() -> None:
             ["rt-threshold", "-q", "--fit", "f1", *(["--per-category"] if per_category else []), dev_scored],
             f,
             lambda pc=per_category: rtools.fit(
-                rtools.read_records(dev_scored), "f1", per_category=pc, fitted_on=os.path.relpath(dev_scored, out)
+                rtools.read_records(dev_scored),
+                "f1",
+                per_category=pc,
+                fitted_on=os.path.relpath(dev_scored, out),
             ).to_json(),
         )
     for kind, f in (("percat", fit_cat), ("global", fit_glob)):

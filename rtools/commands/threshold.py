@@ -176,7 +176,9 @@ def _objective_option(ctx: click.Context, param: click.Parameter, value: str | N
     help="With --fit: one threshold per p_cat category instead of one on p_refuse.",
 )
 @output_file_option(
-    "--save", "save_path", "With --fit: write the thresholds to FILE (atomically) and print the decided records."
+    "--save",
+    "save_path",
+    "With --fit: write the thresholds to FILE (atomically) and print the decided records.",
 )
 @unbuffered_option
 @common_options
