@@ -56,11 +56,14 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
 @input_argument
 @click.option("-o", "--out", required=True, metavar="DIR", help="Output directory (written atomically).")
 @click.option(
+    "--base",
     "-m",
     "--model",
+    "model",
     envvar="RT_BASE_MODEL",
     metavar="DIR",
-    help="Base model directory (not an rt-lora output). Default: $RT_BASE_MODEL, else the embedded "
+    help="Base model directory (not an rt-lora output), as --base means in rt-score and rt-generate "
+    "(-m/--model: the older name). Default: $RT_BASE_MODEL, else the embedded "
     "SmolLM2-135M-Instruct; $RT_MODEL, the model rt-score uses, is never read here.",
 )
 @click.option(
@@ -332,7 +335,7 @@ MAN = {
         "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge."
     ),
     "ENVIRONMENT": (
-        "RT_BASE_MODEL: the base model when --model is not given. RT_MODEL is not read: it names the "
+        "RT_BASE_MODEL: the base model when --base is not given. RT_MODEL is not read: it names the "
         "model rt-score and rt-generate use, often an rt-lora output, which is never a base model."
     ),
     "EXAMPLES": (
@@ -344,7 +347,7 @@ MAN = {
         "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter --resume\n\n"
         "Your own base model, one refusal token per category:\n"
         "    rt-tag --mode category train.jsonl --token-map tokens.json > tagged.jsonl\n"
-        "    rt-lora tagged.jsonl --token-map tokens.json --model ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3"
+        "    rt-lora tagged.jsonl --token-map tokens.json --base ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3"
     ),
 }
 

@@ -46,7 +46,7 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
     """``-m`` was rt-tag's --mode; every other command reads it as --model: say so instead of guessing."""
     if value is not None:
         raise click.UsageError(
-            f"-m is not an rt-tag option (in rt-lora, rt-score and rt-generate it is --model): "
+            f"-m is not an rt-tag option (in rt-score and rt-generate it is --model, the trained model; in rt-lora, the base): "
             f"for the tagging mode write --mode {value}"
         )
 
