@@ -7,29 +7,12 @@ intervals as columns; --plot's right panel is the refusal rate per gold class; o
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import orjson
 import pytest
-from click.testing import CliRunner
+from test_metrics_cli import rt  # the one rt-metrics runner of the tests
 
-from rtools.cli import run
-from rtools.commands import metrics as cmd
 from rtools.plots import Curve, build_figure
-
-
-def rt(args: list[str], input: bytes | None = None) -> tuple[int, str, str]:
-    runner = CliRunner()
-    with runner.isolation(input=input) as (out, err, *_):
-        try:
-            run(cmd.command, "rt-metrics", args)
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def row(label, decision, p, category=None):
