@@ -101,7 +101,8 @@ default-scorer: install
 	$(BIN)/rt-score $(SCORER)/coconot_test.jsonl --model $(SCORER)/adapter > $(SCORER)/coconot_test.scored.jsonl
 	$(BIN)/rt-threshold $(SCORER)/coconot_test.scored.jsonl > $(SCORER)/coconot_test.decided.jsonl
 	$(BIN)/rt-metrics $(SCORER)/coconot_test.decided.jsonl > $(SCORER)/metrics.json
-	@echo "default scorer: $(SCORER)/adapter ($$(du -sh $(SCORER)/adapter | cut -f1)), CoCoNot test: $(SCORER)/metrics.json"
+	$(BIN)/python examples/broad/ship.py $(SCORER)/adapter rtools/scorers/default --metrics $(SCORER)/metrics.json
+	@echo "default scorer: $(SCORER)/adapter, shipped as rtools/scorers/default ($$(du -sh rtools/scorers/default | cut -f1)), CoCoNot test: $(SCORER)/metrics.json"
 	@echo "default-scorer: $$(( $$(date +%s) - $$(cat $(SCORER)/.started) )) s"
 
 clean:

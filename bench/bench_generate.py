@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from rtools.model.generation import ControlChooser, Generator, Sampling, end_ids
     from rtools.model.loading import load_for_inference
 
-    lm = load_for_inference(None, allow_untrained=True, device="cpu", dtype="fp32")
+    lm = load_for_inference("embedded", allow_untrained=True, device="cpu", dtype="fp32")
     model, tok = lm.model, lm.tokenizer
     encoder = ChatEncoder(tok, lm.token_map.tokens())
     chooser = ControlChooser(lm.token_map)

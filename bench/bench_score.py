@@ -1,7 +1,7 @@
 """Throughput of rt-score's scoring path against the paper's code path and a naive loop (CPU).
 
 Model: the embedded default, SmolLM2-135M-Instruct (fp32), loaded with untrained control tokens
-(``load_for_inference(None, allow_untrained=True)``): the weights' values do not change the speed.
+(``load_for_inference("embedded", allow_untrained=True)``): the weights' values do not change the speed.
 Prompts: CoCoNot (coconot_eval.jsonl), a fixed seeded sample of ``-n`` prompts, rendered with the
 chat template exactly as rt-score renders them.
 
@@ -112,7 +112,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lm = load_for_inference(None, allow_untrained=True)
+    lm = load_for_inference("embedded", allow_untrained=True)
     load_s = time.perf_counter() - t0
     model, tok = lm.model, lm.tokenizer
     enc = ChatEncoder(tok, lm.token_map.tokens())

@@ -647,7 +647,7 @@ def test_default_model_forcing_and_detector():
     from rtools.refusal_detector import RefusalDetector
 
     try:
-        lm = load_for_inference(None, allow_untrained=True, device="cpu")
+        lm = load_for_inference("embedded", allow_untrained=True, device="cpu")
     except ModelError as e:
         pytest.skip(str(e))
     enc = ChatEncoder(lm.tokenizer, lm.token_map.tokens())

@@ -18,7 +18,7 @@ from rtools.refusal_detector import (
 detect = RefusalDetector()
 
 # Real answers of the embedded default model, SmolLM2-135M-Instruct (rtools.model.loading.
-# load_for_inference(None, allow_untrained=True), CPU, fp32, greedy, 48 new tokens), with the label a
+# load_for_inference("embedded", allow_untrained=True), CPU, fp32, greedy, 48 new tokens), with the label a
 # person gave each one: True when the answer refuses or asks for the missing part instead of
 # complying. "plain" answers come from transformers' generate on the chat prompt (no control token);
 # "forced" answers from rt-generate --allow-untrained -t 0 (the untrained [refuse] token forced, which

