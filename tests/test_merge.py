@@ -26,21 +26,10 @@ pytest_plugins = ["model_fixtures"]
 SCORE = ["--device", "cpu", "--dtype", "fp32", "-q"]
 
 
-@pytest.fixture(scope="module")
-def merged_dirs(tmp_path_factory, trained_tied, trained_untied):
-    out = {}
-    for name, trained in (("tied", trained_tied), ("untied", trained_untied)):
-        d = str(tmp_path_factory.mktemp(f"merged-{name}") / "merged")
-        summary = merge_adapter(trained.out, d)
-        assert summary["tie_word_embeddings"] is (name == "tied")
-        out[name] = d
-    return out
-
-
 @pytest.fixture(params=["tied", "untied"])
-def case(request, merged_dirs):
+def case(request):
     trained = request.getfixturevalue(f"trained_{request.param}")
-    return request.param, trained, merged_dirs[request.param]
+    return request.param, trained, request.getfixturevalue(f"merged_{request.param}")
 
 
 def weight_keys(directory):
