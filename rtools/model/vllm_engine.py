@@ -203,10 +203,16 @@ class VllmScorer(Scorer):
 
     @classmethod
     def load(
-        cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True
+        cls,
+        model: str | None = None,
+        config: ScoreConfig | None = None,
+        quiet: bool = True,
+        engine_args: dict[str, Any] | None = None,
     ) -> VllmScorer:
         """A vLLM engine for the merged model ``model``. ConfigError: a setting this engine cannot
-        honour; ModelError: an adapter, a model without control tokens, or no vLLM installed."""
+        honour; ModelError: an adapter, a model without control tokens, or no vLLM installed.
+        ``engine_args``: more ``vllm.LLM`` keywords (``gpu_memory_utilization``,
+        ``tensor_parallel_size``, ``max_model_len``...), passed as they are."""
         config = config or ScoreConfig()
         check_config(config)
         directory = merged_model_dir(model)
@@ -228,16 +234,14 @@ class VllmScorer(Scorer):
             )
         sampling_fields = struct_fields(vllm.SamplingParams)
         sampling = sampling_options(encoder.control_ids, sampling_fields)
-        engine_fields = struct_fields(getattr(vllm, "EngineArgs", object))
-        llm = vllm.LLM(
-            **engine_options(
-                directory,
-                config.dtype,
-                config.trust_remote_code,
-                engine_fields,
-                full_vocab="logprob_token_ids" not in sampling,
-            )
+        options = engine_options(
+            directory,
+            config.dtype,
+            config.trust_remote_code,
+            struct_fields(getattr(vllm, "EngineArgs", object)),
+            full_vocab="logprob_token_ids" not in sampling,
         )
+        llm = vllm.LLM(**{**options, **(engine_args or {})})
         return cls(
             llm,
             encoder,
