@@ -406,7 +406,7 @@ MAN = {
         "    rt-tag --mode category train.jsonl --token-map tokens.json > tagged.jsonl\n"
         "    rt-lora tagged.jsonl --token-map tokens.json --base ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3\n\n"
         "Merge a trained adapter into its base, for plain transformers or vLLM (rt-score --engine vllm):\n"
-        "    rt-lora --merge-only runs/llama3 --out runs/llama3-merged"
+        "    rt-lora --merge-only runs/adapter --out runs/merged"
     ),
 }
 

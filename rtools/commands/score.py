@@ -177,10 +177,7 @@ MAN = {
         "A fixed batch size (the scores do not depend on it):\n"
         "    rt-score --batch-size 1 prompts.jsonl\n\n"
         "The adapter was trained on another machine, where the base model lived elsewhere:\n"
-        "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl\n\n"
-        "On a GPU host with vLLM (pip install 'rtools[vllm]'), a merged model, the same records:\n"
-        "    rt-lora --merge-only runs/adapter --out runs/merged\n"
-        "    rt-score test.jsonl --model runs/merged --engine vllm > scored.jsonl"
+        "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
     ),
     "ENGINES": (
         "local (the default): transformers in this process, as described above. "
@@ -190,7 +187,9 @@ MAN = {
         "(SamplingParams.logprob_token_ids, raw logprobs), so the fields are those of the local engine "
         "up to GPU arithmetic. It needs the vllm extra and a merged model: an rt-lora adapter is refused "
         "(vLLM rejects adapters that add token rows), as are --4bit, --base, --allow-untrained, "
-        "--batch-size, --batch-tokens and a --temperature other than 1."
+        "--batch-size, --batch-tokens and a --temperature other than 1. On a GPU host with the extra "
+        "installed: rt-lora --merge-only runs/adapter --out runs/merged, then "
+        "rt-score test.jsonl --model runs/merged --engine vllm > scored.jsonl."
     ),
 }
 
