@@ -20,6 +20,10 @@ Model half (torch, transformers, peft):
 * ``Scorer.load(model, ScoreConfig(...))``; ``scorer.score(records)`` -> scored records (rt-score)
 * ``Answerer.load(model, GenerateConfig(...))``; ``answerer.answer(records)`` -> records with
   answers after a forced control token (rt-generate)
+* ``merge_adapter(adapter_dir, out)`` -> the summary; writes the adapter merged into its base, a
+  standalone model that plain transformers and vLLM load (rt-lora --merge-only)
+* ``VllmScorer.load(merged_dir, ScoreConfig(...))``: a Scorer whose probabilities come from vLLM
+  (rt-score --engine vllm; the ``vllm`` extra, GPU hosts)
 * ``ModelError``: a model that cannot be found or loaded
 
 Every function takes plain records or the ``(line, record)`` pairs of ``read_records``; a bad
@@ -60,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     "Answerer": "model.generation",
     "TrainConfig": "model.training",
     "train": "model.training",
+    "merge_adapter": "model.merging",
+    "VllmScorer": "model.vllm_engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]

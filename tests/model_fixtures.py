@@ -40,3 +40,19 @@ def trained_untied(tmp_path_factory, tiny_base_untied) -> Trained:
 def trained(request) -> Trained:
     """Both trained models, one after the other."""
     return request.getfixturevalue(f"trained_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def merged_tied(tmp_path_factory, trained_tied) -> str:
+    """trained_tied merged into its base (rt-lora --merge-only)."""
+    from rtools.model.merging import merge_adapter
+
+    return merge_adapter(trained_tied.out, str(tmp_path_factory.mktemp("merged-tied") / "merged"))["out"]
+
+
+@pytest.fixture(scope="session")
+def merged_untied(tmp_path_factory, trained_untied) -> str:
+    """trained_untied merged into its base (rt-lora --merge-only)."""
+    from rtools.model.merging import merge_adapter
+
+    return merge_adapter(trained_untied.out, str(tmp_path_factory.mktemp("merged-untied") / "merged"))["out"]

@@ -8,6 +8,7 @@ as it was before the move), so that the test does not depend on recorded numbers
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -176,7 +177,6 @@ def test_training_equals_the_old_loss_step_for_step(tmp_path, tiny_base_untied, 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"merge": True, "load_4bit": True},
         {"batch_size": 0},
         {"lr": 0.0},
         {"eval_fraction": 0.9},
@@ -195,27 +195,29 @@ def test_train_config_is_frozen():
         TrainConfig(out="x").lr = 1.0
 
 
-def test_merge_with_4bit_refused_before_the_model_loads(invoke, tmp_path, tiny_base, monkeypatch):
-    """Before: rt-lora --merge --4bit trained, then failed while writing, throwing the adapter away."""
+def test_merge_into_a_quantized_base_refused_before_the_model_loads(invoke, tmp_path, tiny_base, monkeypatch):
+    """A merged model is written in full precision: a base stored quantized is refused before training
+    (rt-lora --merge used to train, then fail while writing, throwing the adapter away). A base that
+    is quantized only when loaded (--4bit, QLoRA) merges: see tests/test_merge.py."""
+    import shutil
 
     def no_load(*a, **kw):
         raise AssertionError("the model was loaded")
 
+    quantized = str(tmp_path / "quantized-base")
+    shutil.copytree(tiny_base, quantized)
+    with open(os.path.join(quantized, "config.json")) as fh:
+        cfg = json.load(fh)
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    with open(os.path.join(quantized, "config.json"), "w") as fh:
+        json.dump(cfg, fh)
     monkeypatch.setattr(training, "load_base", no_load)
     data = str(tmp_path / "t.jsonl")
     with open(data, "w") as fh:
         fh.write(jsonl(tag_single(raw_rows(1))))
-    r = invoke(
-        "rt-lora", [data, "--out", str(tmp_path / "o"), "--model", tiny_base, *FAST, "--merge", "--4bit"]
-    )
-    assert r.exit_code == 2, r.stderr
-    assert "--merge" in r.stderr and "--4bit" in r.stderr and "load_4bit" not in r.stderr
-    # 4-bit by default on CUDA: refused in train() before loading, whatever the machine
-    with pytest.raises(ConfigError, match="merge"):
-        train(
-            list(enumerate(tag_single(raw_rows(1)), 1)),
-            TrainConfig(out=str(tmp_path / "o"), model=tiny_base, merge=True, device="cuda"),
-        )
+    r = invoke("rt-lora", [data, "--out", str(tmp_path / "o"), "--model", quantized, *FAST, "--merge"])
+    assert r.exit_code == 1, r.stderr
+    assert "quantized" in r.stderr and "bitsandbytes" in r.stderr and "--base" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "o")
 
 

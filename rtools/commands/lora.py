@@ -30,6 +30,10 @@ model's identity (rtools_config.json), and the training log (train_log.jsonl). r
 rt-generate need nothing else. A one-line JSON summary goes to stdout (out, steps, examples,
 eval_examples, skipped_too_long, skipped_lines, tokens_per_s and the evaluation).
 
+--merge also writes DIR/merged, and --merge-only ADAPTER (which trains nothing) writes --out DIR:
+the adapter merged into its base model, a standalone model directory that plain transformers and
+serving engines (vLLM: rt-score --engine vllm) load, with the control tokens and the token map.
+
 On a CUDA GPU: QLoRA (4-bit NF4, double quantization, bf16 compute) with gradient checkpointing.
 On CPU: plain LoRA, with bf16 matrix products in the frozen base where the CPU has bf16 units
 (AVX512-BF16 or AMX), else fp32 (--dtype; --4bit to quantize there too).
@@ -49,6 +53,7 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
   rt-tag train.jsonl > tagged.jsonl
   rt-lora tagged.jsonl --out runs/adapter
   rt-score test.jsonl --model runs/adapter | rt-metrics --threshold 0.5
+  rt-lora --merge-only runs/adapter --out runs/merged
 """
 
 
@@ -204,7 +209,18 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option(
-    "--merge", is_flag=True, help="Also write DIR/merged: a full model that plain transformers loads."
+    "--merge",
+    is_flag=True,
+    help="Also write DIR/merged: the adapter merged into its base, a standalone model that plain "
+    "transformers and vLLM load (see --merge-only).",
+)
+@click.option(
+    "--merge-only",
+    metavar="ADAPTER",
+    type=click.Path(file_okay=False),
+    help="Train nothing: merge the rt-lora output ADAPTER into its base model and write the standalone "
+    "model to --out DIR (LoRA and control-token rows folded in, in fp32; stored in --dtype, auto: the "
+    "base's own; tied embeddings stay tied; --base if the base has moved; runs on --device, auto: cpu).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -245,6 +261,7 @@ def command(
     resume,
     overwrite,
     merge,
+    merge_only,
     device,
     dtype,
     trust_remote_code,
@@ -257,6 +274,10 @@ def command(
     from ..model.training import TrainConfig, train
     from ..tokens import TokenMap
 
+    if merge_only is not None:
+        return merge_command(
+            merge_only, file, out, model, merge, resume, device, dtype, overwrite, trust_remote_code, quiet
+        )
     tmods = (
         target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
     )
@@ -322,6 +343,36 @@ def command(
     click.echo(orjson.dumps({"out": out, **summary}).decode())
 
 
+def merge_command(
+    adapter, file, out, base, merge, resume, device, dtype, overwrite, trust_remote_code, quiet
+):
+    """rt-lora --merge-only ADAPTER --out DIR: the merged model, nothing trained."""
+    import orjson
+
+    from ..model.loading import ModelError
+    from ..model.merging import merge_adapter
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("file") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(f"--merge-only merges an adapter and reads no training data (got FILE {file})")
+    if merge or resume:
+        raise click.UsageError(f"--merge-only cannot be combined with --{'merge' if merge else 'resume'}")
+    try:
+        summary = merge_adapter(
+            adapter,
+            out,
+            base=base,
+            dtype=None if dtype == "auto" else dtype,
+            device="cpu" if device == "auto" else device,
+            overwrite=overwrite,
+            trust_remote_code=trust_remote_code,
+            quiet=quiet,
+        )
+    except ModelError as e:
+        raise fail(option_words(str(e), OPTIONS)) from None
+    click.echo(orjson.dumps(summary).decode())
+
+
 MAN = {
     "FIELDS READ": (
         "messages: the conversation, whose last turn is the assistant answer starting with a control token "
@@ -332,7 +383,13 @@ MAN = {
         "tokenizer files: the base tokenizer plus the control tokens. rtools_tokens.json: the token map. "
         "rtools_config.json: base model identity, control-token ids, the resolved training configuration and "
         "the summary. train_log.jsonl: one line per step (step, epoch, loss and its parts, lr, tokens_per_s) "
-        "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge."
+        "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge, the "
+        "standalone merged model (as --merge-only writes). "
+        "With --merge-only, --out DIR is that merged model: config.json and model*.safetensors (LoRA and the "
+        "control-token rows folded into the weights; no peft names), the tokenizer with the control tokens, "
+        "rtools_tokens.json, rtools_config.json (merged_from: the adapter, its base's identity, its recipe) "
+        "and README.md. A one-line JSON summary goes to stdout (out, merged_from, base_model, dtype, "
+        "tie_word_embeddings, vocab_size, control_token_ids)."
     ),
     "ENVIRONMENT": (
         "RT_BASE_MODEL: the base model when --base is not given. RT_MODEL is not read: it names the "
@@ -347,7 +404,9 @@ MAN = {
         "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter --resume\n\n"
         "Your own base model, one refusal token per category:\n"
         "    rt-tag --mode category train.jsonl --token-map tokens.json > tagged.jsonl\n"
-        "    rt-lora tagged.jsonl --token-map tokens.json --base ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3"
+        "    rt-lora tagged.jsonl --token-map tokens.json --base ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3\n\n"
+        "Merge a trained adapter into its base, for plain transformers or vLLM (rt-score --engine vllm):\n"
+        "    rt-lora --merge-only runs/adapter --out runs/merged"
     ),
 }
 

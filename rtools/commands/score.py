@@ -6,7 +6,9 @@ import click
 
 from ..cli import (
     common_options,
+    config_usage_error,
     entry_point,
+    fail,
     input_argument,
     load_model,
     make_config,
@@ -79,6 +81,14 @@ automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for 
     default=None,
     help=TRUNCATE_HELP,
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "vllm"]),
+    default="local",
+    show_default=True,
+    help="local: this process (transformers). vllm: a vLLM engine on a GPU host (pip install "
+    "'rtools[vllm]'), for a merged model (rt-lora --merge-only); same records.",
+)
 @model_options
 @unbuffered_option
 @common_options
@@ -93,6 +103,7 @@ def command(
     load_4bit,
     temperature,
     truncate,
+    engine,
     base,
     allow_untrained,
     trust_remote_code,
@@ -118,9 +129,26 @@ def command(
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
-        scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
+        if engine == "vllm":
+            scorer = vllm_scorer(model, config, quiet)
+        else:
+            scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
         windows = scorer.score_windows(iter_records(fh, name), name)
         write_windows(windows, writer, quiet, "prompt", scorer, truncate)
+
+
+def vllm_scorer(model, config, quiet):
+    """The vLLM engine's scorer (rtools.model.vllm_engine), its errors as the command's."""
+    from ..config import ConfigError
+    from ..model.loading import ModelError
+    from ..model.vllm_engine import VllmScorer
+
+    try:
+        return VllmScorer.load(model, config, quiet=quiet)
+    except ConfigError as e:
+        raise config_usage_error(e, [*config.__dataclass_fields__, "engine"]) from None
+    except ModelError as e:
+        raise fail(str(e)) from None
 
 
 MAN = {
@@ -151,6 +179,18 @@ MAN = {
         "    rt-score --batch-size 1 prompts.jsonl\n\n"
         "The adapter was trained on another machine, where the base model lived elsewhere:\n"
         "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
+    ),
+    "ENGINES": (
+        "local (the default): transformers in this process, as described above. "
+        "vllm: the prompts are encoded here (the same chat template, context check and --truncate) and "
+        "sent to a vLLM engine as token ids, one request per prompt with max_tokens=1 (one prefill); "
+        "the control tokens' log-probabilities come back over the full vocabulary "
+        "(SamplingParams.logprob_token_ids, raw logprobs), so the fields are those of the local engine "
+        "up to GPU arithmetic. It needs the vllm extra and a merged model: an rt-lora adapter is refused "
+        "(vLLM rejects adapters that add token rows), as are --4bit, --base, --allow-untrained, "
+        "--batch-size, --batch-tokens and a --temperature other than 1. On a GPU host with the extra "
+        "installed: rt-lora --merge-only runs/adapter --out runs/merged, then "
+        "rt-score test.jsonl --model runs/merged --engine vllm > scored.jsonl."
     ),
 }
 

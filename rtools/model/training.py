@@ -116,11 +116,6 @@ class TrainConfig:
             raise ConfigError(f"save_every must be >= 0, got {self.save_every!r}", "save_every")
         if self.dtype not in (None, "auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}", "dtype")
-        if self.merge and self.load_4bit:
-            raise ConfigError(
-                "merge writes a full-precision model: it cannot be made from a 4-bit base (load_4bit)",
-                "merge",
-            )
 
     def resolved(self, device: str) -> dict[str, Any]:
         d = asdict(self)
@@ -745,12 +740,6 @@ def train(
     spec = resolve_model(config.model)
     device = pick_device(config.device)
     cfg = config.resolved(device)
-    if config.merge and cfg["load_4bit"]:  # load_4bit=None is 4-bit on CUDA
-        raise ConfigError(
-            f"merge writes a full-precision model: it cannot be made from a 4-bit base (4-bit is the "
-            f"default on {device}: set load_4bit=False)",
-            "merge",
-        )
     cfg["model"] = model_identity(spec)
     dtype = torch_dtype(config.dtype, device)
     # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
@@ -779,6 +768,10 @@ def train(
             f"{spec} is an rt-lora adapter, not a base model: train on its base model "
             f"({read_rtools_config(base_dir).get('base_model') or 'named in its adapter_config.json'})"
         )
+    if config.merge:  # a base stored quantized cannot be merged into: say so before training
+        from .merging import check_mergeable
+
+        check_mergeable(base_dir)
     tok = load_tokenizer(base_dir, config.trust_remote_code)
     if token_map is None:
         token_map = infer_token_map(records)
@@ -931,11 +924,12 @@ def train(
                 fh.write(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE))
         write_model_card(tmp, name, records)  # README.md, over peft's empty template
         if config.merge:
-            merged = model.merge_and_unload()
-            mdir = os.path.join(tmp, "merged")
-            merged.save_pretrained(mdir, safe_serialization=True)
-            tok.save_pretrained(mdir)
-            token_map.save(mdir)
+            # from the adapter just written, as rt-score loads it: the base in fp32 on the CPU
+            # (also after QLoRA or bf16 training), LoRA and token rows folded in (merging.py)
+            from .merging import write_merged
+
+            model = objective = opt = None  # the trained copy is no longer needed: free it first
+            write_merged(tmp, os.path.join(tmp, "merged"), trust_remote_code=config.trust_remote_code)
     shutil.rmtree(ckpt, ignore_errors=True)
     return summary
 
