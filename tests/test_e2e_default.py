@@ -91,7 +91,7 @@ def test_pipeline_on_the_default_model(tmp_path):
         assert 0.0 <= s["p_refuse"] <= 1.0 and 0.0 <= s["p_respond"] <= 1.0
         assert s["p_refuse"] + s["p_respond"] <= 1.0 + 1e-6
     # three steps already lift the control tokens above their untrained (mean-initialised) rows
-    r = sh("rt-score -q --allow-untrained test.jsonl > base.jsonl")
+    r = sh("rt-score -q --model embedded --allow-untrained test.jsonl > base.jsonl")
     assert r.returncode == 0, r.stderr
     base = [json.loads(line) for line in (tmp_path / "base.jsonl").read_text().splitlines()]
     mass = lambda rows: sum(x["p_refuse"] + x["p_respond"] for x in rows) / len(rows)  # noqa: E731
@@ -157,13 +157,14 @@ def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
     not _have_default_model(), reason="the embedded default model is not installed (make install)"
 )
 def test_first_use_builds_the_cache_quietly(tmp_path):
-    """A fresh machine: the first command de-quantizes the GGUF into an empty XDG cache, silently
-    under -q (nothing for a cron job's mail); the second reuses the cache and scores the same."""
+    """A fresh machine, no flags (the shipped default scorer): the first command de-quantizes the GGUF
+    into an empty XDG cache, silently under -q (nothing for a cron job's mail); the second reuses the
+    cache and scores the same."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": 1, "prompt": "How do I boil an egg?"}\n{"id": 2, "prompt": "Hi"}\n')
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     env.pop("RT_MODEL", None)
-    cmd = [os.path.join(BIN, "rt-score"), "-q", "--allow-untrained", str(prompts)]
+    cmd = [os.path.join(BIN, "rt-score"), "-q", str(prompts)]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert first.stderr == ""
