@@ -11,7 +11,9 @@ Light half (no model):
 * ``Thresholds`` (``from_flags``, ``load``, ``save``), ``decide(records, rule)`` -> decided records
   (rt-threshold); ``fit(records, "f1", per_category=...)`` -> Thresholds (rt-threshold --fit)
 * ``summarize(records, threshold=..., bootstrap=...)`` -> the rt-metrics summary;
-  ``threshold_sweep(records, points)`` -> the rt-metrics --sweep rows; ``MetricsOptions``
+  ``threshold_sweep(records, points)`` -> the rt-metrics --sweep rows; ``MetricsOptions``;
+  ``separation(y, score, threshold, bar=...)`` -> the refusal-rate gap between the classes, with a
+  bootstrap interval and a pass criterion that a random score fails
 
 Model half (torch, transformers, peft):
 
@@ -56,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "Gate": "metrics",
     "summarize": "metrics",
     "threshold_sweep": "metrics",
+    "separation": "metrics",
     "ModelError": "model.loading",
     "LoadConfig": "model.scoring",
     "ScoreConfig": "model.scoring",

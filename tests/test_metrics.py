@@ -379,6 +379,116 @@ def test_bootstrap_is_fast_enough():
 
 
 # ---------------------------------------------------------------------------
+# Separation: the refusal-rate gap between the classes (the controllability criterion).
+
+
+@SETTINGS
+@given(rows(min_size=1))
+def test_max_gap_is_the_largest_gap_of_the_sweep(data):
+    """max_gap and its threshold agree with rt-metrics --sweep over every distinct score; the gap at a
+    threshold is the sweep's tpr - fpr there."""
+    y, _, score = data
+    out = M.separation(y, score, threshold=0.5, n_boot=0)
+    if not (0 < y.sum() < len(y)):
+        assert out["max_gap"] is None and out["gap"] is None and out["passed"] is None
+        return
+    table = M.sweep(y, score, np.r_[np.unique(score), np.inf])
+    gaps = table["tpr"] - table["fpr"]
+    assert out["max_gap"] == pytest.approx(gaps.max(), abs=TOL)
+    if out["max_gap_threshold"] is None:
+        assert gaps.max() <= TOL
+    else:
+        best = np.flatnonzero(gaps >= gaps.max() - TOL)
+        assert out["max_gap_threshold"] == pytest.approx(table["threshold"][best[-1]])
+    at = M.sweep(y, score, np.array([0.5]))
+    assert out["gap"] == pytest.approx(at["tpr"][0] - at["fpr"][0], abs=TOL)
+    assert out["max_gap"] >= out["gap"] - TOL
+
+
+def test_separation_resample_matches_direct_computation():
+    """With one resample the intervals collapse to that resample's own max gap and gap."""
+    y, _, score = ordinary_data(n=80, seed=4)
+    draws = np.random.default_rng(5).integers(0, len(y), size=(1, len(y)))[0]
+    rows_ = np.argsort(score, kind="stable")[draws]
+    direct = M.separation(y[rows_], score[rows_], threshold=0.4, n_boot=0)
+    one = M.separation(y, score, threshold=0.4, n_boot=1, seed=5)
+    for key in ("max_gap", "gap"):
+        lo, hi = one[key + "_ci"]
+        assert lo == pytest.approx(direct[key], abs=TOL) and hi == pytest.approx(direct[key], abs=TOL)
+
+
+def test_separation_is_deterministic_for_a_seed():
+    y, _, score = ordinary_data()
+    a = M.separation(y, score, threshold=0.5, bar=0.2, n_boot=300, seed=7)
+    assert a == M.separation(y, score, threshold=0.5, bar=0.2, n_boot=300, seed=7)
+    assert a == M.separation(y, score, threshold=0.5, bar=0.2, n_boot=300, seed=7, max_cells=500)
+    b = M.separation(y, score, threshold=0.5, bar=0.2, n_boot=300, seed=8)
+    assert a["max_gap_ci"] != b["max_gap_ci"] and a["null_max_gap"] != b["null_max_gap"]
+    assert a["max_gap"] == b["max_gap"] and a["gap"] == b["gap"]  # the point values need no draws
+    assert a["max_gap_ci"][0] <= a["max_gap"] <= a["max_gap_ci"][1]
+    assert a["gap_ci"][0] <= a["gap"] <= a["gap_ci"][1]
+
+
+def test_a_random_score_fails_the_separation_criterion():
+    """A score unrelated to the label passes no more often than the 5% a 95% criterion allows, even
+    with no bar at all (the max over thresholds is above 0 by chance; the permutation null guards it)."""
+    passed = gap_passed = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        y = rng.random(120) < 0.5
+        out = M.separation(y, rng.random(120), threshold=0.5, bar=0.0, n_boot=300, seed=seed)
+        assert out["max_gap"] > 0  # chance alone makes a positive max gap...
+        passed += out["passed"]
+        gap_passed += out["gap_passed"]
+    assert passed <= 2 and gap_passed <= 2, (passed, gap_passed)  # ...that the criterion rejects
+
+
+def test_a_separating_score_passes_and_the_bar_can_fail_it():
+    rng = np.random.default_rng(1)
+    y = rng.random(200) < 0.5
+    perfect = M.separation(y, np.where(y, 0.9, 0.1), threshold=0.5, bar=0.9, n_boot=300)
+    assert perfect["max_gap"] == 1.0 and perfect["max_gap_ci"] == [1.0, 1.0] and perfect["passed"]
+    assert perfect["gap"] == 1.0 and perfect["gap_passed"]
+    assert perfect["max_gap_threshold"] == 0.9
+    # a useful but imperfect score: passes a low bar, fails a high one
+    score = np.clip(rng.normal(np.where(y, 0.65, 0.35), 0.2), 0, 1)
+    out = M.separation(y, score, threshold=0.5, bar=0.3, n_boot=300)
+    assert out["passed"] and out["gap_passed"] and 0.4 < out["max_gap"] < 0.8
+    assert not M.separation(y, score, bar=0.8, n_boot=300)["passed"]
+    # a weak signal: not enough evidence on 60 rows, enough on 3000
+    rng = np.random.default_rng(2)
+    for n, passes in ((60, False), (3000, True)):
+        y = rng.random(n) < 0.5
+        out = M.separation(y, rng.normal(np.where(y, 0.55, 0.45), 0.2), bar=0.1, n_boot=300)
+        assert out["passed"] is passes, (n, out)
+
+
+def test_separation_edge_cases():
+    y = np.ones(10, dtype=bool)
+    out = M.separation(y, np.linspace(0, 1, 10), threshold=0.5)
+    assert out["max_gap"] is None and out["gap"] is None and out["threshold"] == 0.5
+    assert out["n_refuse"] == 10 and out["n_respond"] == 0
+    assert set(M.separation(y, np.linspace(0, 1, 10))) == {
+        "n_refuse",
+        "n_respond",
+        "bar",
+        "max_gap",
+        "max_gap_threshold",
+        "max_gap_ci",
+        "null_max_gap",
+        "passed",
+    }
+    # the scores rank the respond rows higher: no threshold has a positive gap
+    y = np.array([True, True, False, False])
+    out = M.separation(y, np.array([0.1, 0.2, 0.8, 0.9]), n_boot=50)
+    assert out["max_gap"] == 0.0 and out["max_gap_threshold"] is None and not out["passed"]
+    with pytest.raises(ValueError, match="one score per label"):
+        M.separation(y, np.zeros(3))
+    with pytest.raises(ValueError, match="ci"):
+        M.separation(y, np.zeros(4), ci=1.5)
+
+
+# ---------------------------------------------------------------------------
 # Gates.
 
 
