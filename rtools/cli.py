@@ -347,13 +347,21 @@ def progress_bar(quiet: bool, unit: str, total: int | None = None, initial: int 
 
 def load_model(model: str | None, quiet: bool, **options: Any) -> Any:
     """load_for_inference with the model_options values; a ModelError becomes the usual error exit."""
-    from .model.loading import ModelError, is_adapter_dir, load_for_inference, model_directory, resolve_scorer
+    from .model.loading import (
+        DEFAULT_SCORER,
+        ModelError,
+        is_adapter_dir,
+        load_for_inference,
+        model_directory,
+        resolve_scorer,
+    )
 
     try:
         if options.get("base") and _from_environment("base"):
-            # RT_BASE_MODEL is also rt-lora's base: exported for a whole pipeline, it only applies to adapters
+            # RT_BASE_MODEL is also rt-lora's base: exported for a whole pipeline, it only applies to
+            # adapters, and not to the shipped default scorer (its base ships with the package)
             spec = resolve_scorer(model)
-            if not is_adapter_dir(model_directory(spec, quiet=quiet)):
+            if spec == DEFAULT_SCORER or not is_adapter_dir(model_directory(spec, quiet=quiet)):
                 options["base"] = None
         return load_for_inference(model, quiet=quiet, **options)
     except ModelError as e:

@@ -18,6 +18,8 @@ import pytest
 
 from rtools.model.loading import DEFAULT_SCORER, default_scorer_dir, resolve_scorer
 
+pytest_plugins = ["model_fixtures"]
+
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = default_scorer_dir()
@@ -112,3 +114,18 @@ def test_the_library_loads_the_shipped_scorer_with_no_model():
     scorer = Scorer.load(None, ScoreConfig(device="cpu", dtype="fp32"))
     recs = list(scorer.score([{"prompt": HARMFUL[0]}, {"prompt": BENIGN[0]}]))
     assert recs[0]["p_refuse"] > recs[1]["p_refuse"]
+
+
+@needs_model
+def test_an_exported_rt_base_model_does_not_apply_to_the_shipped_scorer(tmp_path, tiny_base):
+    """A user who exported RT_BASE_MODEL for training their own model still gets the default scorer
+    (its base ships with the package); --base given on the command line is still checked."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": BENIGN[0]}) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "RT_MODEL"}
+    cmd = [os.path.join(BIN, "rt-score"), "-q", "--dtype", "fp32", str(path)]
+    r = subprocess.run(cmd, env=dict(env, RT_BASE_MODEL=tiny_base), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["p_refuse"] < 0.5
+    r = subprocess.run([*cmd, "--base", tiny_base], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "not the base model" in r.stderr, r.stderr
