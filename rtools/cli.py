@@ -20,7 +20,7 @@ import stat
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import click
@@ -365,7 +365,7 @@ def load_model(model: str | None, quiet: bool, **options: Any) -> Any:
                 options["base"] = None
         return load_for_inference(model, quiet=quiet, **options)
     except ModelError as e:
-        raise fail(str(e)) from None
+        raise fail(in_flags(str(e), e.fields)) from None
 
 
 def _from_environment(name: str) -> bool:
@@ -410,36 +410,89 @@ def make_config(cls: Callable[..., Any], **values: Any) -> Any:
 
 
 def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageError:
-    """A configuration object's error as a usage error, in the command's words (:func:`option_words`)."""
-    return click.UsageError(option_words(str(error), names))
+    """A configuration object's error as a usage error, in the command's words (:func:`option_words`:
+    each field of ``names`` as the running command's option for it, else as ``--field-name``)."""
+    flags = command_flags()
+    return click.UsageError(option_words(str(error), {n: flags.get(n) or _default_flag(n) for n in names}))
 
 
-def option_words(message: str, names: Iterable[str]) -> str:
-    """A library message in a command's words: the configuration fields it names (of ``names``) written
-    as the options that set them: ``batch_size`` as ``--batch-size``, ``resume=True`` as ``--resume``,
-    ``x=False`` as ``--no-x``; ``load_4bit`` is ``--4bit``. A field without an underscore is
-    translated only as ``name=True``/``name=False`` or when it is one of a few unambiguous words."""
+def option_words(message: str, names: Iterable[str] | Mapping[str, str]) -> str:
+    """A library message in a command's words: the configuration fields it names (of ``names``; a
+    mapping gives each field's flag, else ``batch_size`` is ``--batch-size`` and ``load_4bit``
+    ``--4bit``) written as the options that set them: ``resume=True`` as ``--resume``, ``x=False`` as
+    ``--no-x``, ``base=DIR`` (a metavar: capitals, or ``left|right``) as ``--base DIR``, and a bare
+    ``batch_size`` as ``--batch-size``. A setting reported with its value (``lr=0.1``, ``x='a'``) stays
+    as it is. A bare field without an underscore is translated only when it is one of a few
+    unambiguous words (``merge``, ``truncate``, ``rule``...)."""
     import re
 
-    message = message.replace("load_4bit=False", "--no-4bit").replace("load_4bit", "--4bit")
-    names = list(names)
-    if not names:
+    flags = dict(names) if isinstance(names, Mapping) else {n: _default_flag(n) for n in names}
+    if not flags:
         return message
-    alternatives = "|".join(map(re.escape, names))
+    alternatives = "|".join(map(re.escape, sorted(flags, key=len, reverse=True)))
+
+    def no(field: str) -> str:
+        return "--no-" + flags[field].removeprefix("--")
+
+    message = re.sub(r"\b(" + alternatives + r")=True\b", lambda m: flags[m.group(1)], message)
+    message = re.sub(r"\b(" + alternatives + r")=False\b", lambda m: no(m.group(1)), message)
     message = re.sub(
-        r"\b(" + alternatives + r")=True\b", lambda m: "--" + m.group(1).replace("_", "-"), message
+        r"\b(" + alternatives + r")=([A-Z][A-Z0-9_]*|[a-z0-9]+(?:\|[a-z0-9]+)+)\b",
+        lambda m: f"{flags[m.group(1)]} {m.group(2)}",
+        message,
     )
-    message = re.sub(
-        r"\b(" + alternatives + r")=False\b", lambda m: "--no-" + m.group(1).replace("_", "-"), message
-    )
-    plain = [n for n in names if "_" in n or n in ("merge", "epochs", "lr", "dtype", "window", "truncate")]
+    plain = [n for n in flags if "_" in n or n in _PLAIN_FIELDS]
     if plain:
         message = re.sub(
-            r"(?<!-)\b(" + "|".join(map(re.escape, plain)) + r")\b(?!=)",  # not a setting: name=value
-            lambda m: "--" + m.group(0).replace("_", "-"),
+            r"(?<![-\w])(" + "|".join(map(re.escape, sorted(plain, key=len, reverse=True))) + r")\b(?!=)",
+            lambda m: flags[m.group(0)],
             message,
         )
     return message
+
+
+#: Fields without an underscore that a message names only as options (a bare ``base`` is a word).
+_PLAIN_FIELDS = ("merge", "epochs", "lr", "dtype", "window", "truncate", "rule")
+
+
+def _default_flag(field: str) -> str:
+    return "--4bit" if field == "load_4bit" else "--" + field.replace("_", "-")
+
+
+def command_flags(command: click.Command | None = None) -> dict[str, str]:
+    """Each option of ``command`` (default: the running one) by its configuration field: the field
+    (click's parameter name) -> its first long flag (rt-lora's ``model`` is ``--base``); ``rule`` is
+    the rule flags, for a command that takes them."""
+    if command is None:
+        ctx = click.get_current_context(silent=True)
+        if ctx is None:
+            return {}
+        command = ctx.command
+    flags = {}
+    for param in command.params:
+        long = [o for o in param.opts if o.startswith("--")]
+        if isinstance(param, click.Option) and long and param.name:
+            flags[param.name] = long[0]
+    if {"threshold", "cats", "thresholds_file"} <= flags.keys():
+        flags["rule"] = "/".join(flags[k] for k in ("threshold", "cats", "thresholds_file"))
+    return flags
+
+
+def in_flags(message: str, fields: Iterable[str], command: click.Command | None = None) -> str:
+    """A library error's message with the configuration ``fields`` it names (its ``.fields``) written
+    as ``command``'s options (see :func:`option_words`)."""
+    flags = command_flags(command)
+    return option_words(message, {f: flags[f] for f in fields if f in flags})
+
+
+def record_error_in_flags(error: RecordError, command: click.Command | None = None) -> RecordError:
+    """A RecordError whose message and hint name its ``fields`` as ``command``'s options."""
+    if not error.fields:
+        return error
+    hint = None if error.hint is None else in_flags(error.hint, error.fields, command)
+    return RecordError(
+        in_flags(error.message, error.fields, command), path=error.path, line=error.line, hint=hint
+    )
 
 
 def warn(message: str) -> None:
@@ -649,7 +702,7 @@ def _run(command: click.Command, name: str, args: list[str] | None) -> int:
         except RecordError as e:
             if _state["verbose"]:
                 traceback.print_exc()
-            click.echo(f"{name}: {e.format()}", err=True)
+            click.echo(f"{name}: {record_error_in_flags(e, command).format()}", err=True)
             code = ExitStatus.ERROR
     except BrokenPipeError:
         _silence_stdout()

@@ -31,15 +31,22 @@ _LONG_DIGIT_RUN = b"0" * 19
 
 
 class RecordError(Exception):
-    """Bad input data. ``str()`` gives ``file:line: message``."""
+    """Bad input data. ``str()`` gives ``file:line: message``. ``fields``: the configuration fields
+    the message or hint names (``truncate``, ``max_new_tokens=N``), which a command writes as its options."""
 
     def __init__(
-        self, message: str, path: str | None = None, line: int | None = None, hint: str | None = None
+        self,
+        message: str,
+        path: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+        fields: tuple[str, ...] = (),
     ):
         self.message = message
         self.path = path
         self.line = line
         self.hint = hint
+        self.fields = tuple(fields)
         super().__init__(self.format())
 
     def format(self) -> str:

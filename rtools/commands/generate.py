@@ -10,11 +10,11 @@ from ..cli import (
     config_usage_error,
     entry_point,
     fail,
+    in_flags,
     input_argument,
     load_model,
     make_config,
     model_options,
-    option_words,
     rule_options,
     unbuffered_option,
     write_windows,
@@ -301,7 +301,7 @@ def command(
         except ConfigError as e:
             raise config_usage_error(e, ["logit_bias"]) from None
         except ModelError as e:
-            raise fail(option_words(str(e), ["max_new_tokens"])) from None
+            raise fail(in_flags(str(e), e.fields)) from None
         windows = answerer.answer_windows(iter_records(fh, name), name)
         write_windows(windows, writer, quiet, "answer", answerer, truncate)
 

@@ -27,6 +27,9 @@ TRUNCATE_HELP = (
     "before the last user turn, newest first, and keeps the start. Whole turns are dropped; the last "
     "user turn is never cut (alone too long, it is still an error). Default: an error."
 )
+#: The configuration fields a prompt-length error may name: ``truncate``, and ``max_new_tokens`` in
+#: rt-generate's prompt budget (the ``what`` of :meth:`ChatEncoder.encode_prompt_within`).
+WHAT_FIELDS = ("truncate", "max_new_tokens")
 
 
 def record_messages(
@@ -270,7 +273,8 @@ class ChatEncoder:
                 f"the prompt is {len(ids)} tokens, past the model's limit of {what}",
                 path=name,
                 line=line,
-                hint="shorten it, or pass --truncate left|right to drop earlier turns",
+                hint="shorten it, or pass truncate=left|right to drop earlier turns",
+                fields=WHAT_FIELDS,
             )
         steps = _drop_steps(messages, truncate)
         lo, hi = 1, len(steps)  # the fewest steps that fit; steps[-1] leaves the last user turn alone
@@ -286,10 +290,11 @@ class ChatEncoder:
             alone = self.encode_prompt(messages[-1:], name, line)
             raise RecordError(
                 f"the prompt is {len(ids)} tokens, past the model's limit of {what}, and the last user "
-                f"turn alone is {len(alone)} tokens; --truncate never cuts it",
+                f"turn alone is {len(alone)} tokens; truncate never cuts it",
                 path=name,
                 line=line,
                 hint="shorten the last user turn",
+                fields=WHAT_FIELDS,
             )
         kept = steps[lo - 1]
         return best, len(messages) - len(kept)
@@ -317,7 +322,7 @@ def _marker_chars(text: str) -> tuple[str, str]:
 
 
 def _drop_steps(messages: list[dict[str, str]], side: str) -> list[list[dict[str, str]]]:
-    """The conversations --truncate tries, each shorter than the one before; the last is the last
+    """The conversations ``truncate`` tries, each shorter than the one before; the last is the last
     user turn alone. Turns go in user/assistant pairs so that the roles still alternate."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     history = messages[len(system) : -1]

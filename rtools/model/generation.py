@@ -73,7 +73,8 @@ def record_decision(
             f'decision must be "refuse" or "respond", got {decision!r}',
             path=name,
             line=line,
-            hint="or give --threshold/--cat/--thresholds/--logit-bias to decide anew",
+            hint="or give rule or logit_bias to decide anew",
+            fields=("rule", "logit_bias"),
         )
     if decision == RESPOND or token_map.mode != CATEGORY:
         return decision, None
@@ -667,9 +668,11 @@ class Answerer:
         if context is not None:
             n = config.max_new_tokens
             limit = context[0] - n - 1  # the answer and its forced control token must fit too
-            what = f"{limit} ({context[1]} {context[0]}, less {n} for --max-new-tokens and 1 for the control token)"
+            what = f"{limit} ({context[1]} {context[0]}, less {n} for max_new_tokens and 1 for the control token)"
             if limit < 1:
-                raise ModelError(f"max_new_tokens {n} leaves no room for a prompt in {what}")
+                raise ModelError(
+                    f"max_new_tokens {n} leaves no room for a prompt in {what}", ("max_new_tokens",)
+                )
         if config.detector is None:
             from ..refusal_detector import RefusalDetector
 

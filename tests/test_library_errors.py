@@ -1,0 +1,138 @@
+"""The library's errors name configuration fields, never command-line flags; the commands write those
+fields as their own options (rtools.cli.in_flags), so a command's user still reads the flag."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+from rtools.cli import command_flags, in_flags, option_words, record_error_in_flags
+from rtools.commands import generate, lora, score, threshold
+from rtools.records import RecordError
+
+MODEL_DIR = pathlib.Path(__file__).resolve().parent.parent / "rtools" / "model"
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+QUOTED = re.compile(r"`[^`]*`")  # a shell command quoted in a message (`pip install --no-deps ...`)
+
+
+def _names_flag(text: str) -> bool:
+    return bool(FLAG.search(QUOTED.sub("", text)))
+
+
+def _raised_strings(tree: ast.AST):
+    """Every string constant inside a ``raise`` statement, with its line."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for sub in ast.walk(node.exc):
+                if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    yield sub.lineno, sub.value
+
+
+def test_model_layer_errors_name_no_flag():
+    found = []
+    for path in sorted(MODEL_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        found += [f"{path.name}:{n}: {s!r}" for n, s in _raised_strings(tree) if _names_flag(s)]
+        # a hint or message built before the raise (hint=..., what = ...) is an assignment's string
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "hint":
+                for sub in ast.walk(node.value):
+                    if (
+                        isinstance(sub, ast.Constant)
+                        and isinstance(sub.value, str)
+                        and _names_flag(sub.value)
+                    ):
+                        found.append(f"{path.name}:{sub.lineno}: hint {sub.value!r}")
+    assert not found, "messages of rtools/model/ that name flags:\n" + "\n".join(found)
+
+
+def test_command_flags_come_from_the_click_options():
+    flags = command_flags(score.command)
+    assert flags["allow_untrained"] == "--allow-untrained"
+    assert flags["load_4bit"] == "--4bit"
+    assert flags["base"] == "--base"
+    assert command_flags(lora.command)["model"] == "--base"  # rt-lora's base model is --base
+    assert command_flags(generate.command)["rule"] == "--threshold/--cat/--thresholds"
+    assert command_flags(threshold.command)["rule"] == "--threshold/--cat/--thresholds"
+    assert "rule" not in flags
+
+
+@pytest.mark.parametrize(
+    ("message", "fields", "command", "expected"),
+    [
+        (
+            "or pass allow_untrained=True to score",
+            ("allow_untrained",),
+            score,
+            "or pass --allow-untrained to score",
+        ),
+        (
+            "its base model cannot be loaded; give its new place with base=DIR",
+            ("base",),
+            score,
+            "its base model cannot be loaded; give its new place with --base DIR",
+        ),
+        ("or name a model directory: model=DIR", ("model",), lora, "or name a model directory: --base DIR"),
+        ("or name a model directory: model=DIR", ("model",), score, "or name a model directory: --model DIR"),
+        (
+            "or pass truncate=left|right to drop",
+            ("truncate",),
+            generate,
+            "or pass --truncate left|right to drop",
+        ),
+        (
+            "less 3 for max_new_tokens and 1",
+            ("max_new_tokens",),
+            generate,
+            "less 3 for --max-new-tokens and 1",
+        ),
+        (
+            "or give rule or logit_bias to decide anew",
+            ("rule", "logit_bias"),
+            generate,
+            "or give --threshold/--cat/--thresholds or --logit-bias to decide anew",
+        ),
+        ("load_4bit=False", ("load_4bit",), lora, "--no-4bit"),
+        # a field the command lacks stays a field; a setting with its value stays a setting
+        ("pass allow_untrained=True", ("allow_untrained",), lora, "pass allow_untrained=True"),
+        (
+            "a different setting: lr=0.001, dtype='bf16'",
+            ("lr", "dtype"),
+            lora,
+            "a different setting: lr=0.001, dtype='bf16'",
+        ),
+    ],
+)
+def test_in_flags(message, fields, command, expected):
+    assert in_flags(message, fields, command.command) == expected
+
+
+def test_only_declared_fields_are_translated():
+    # rt-score has --batch-size, but a message that does not declare batch_size keeps its words
+    assert in_flags("batch_size is 4", (), score.command) == "batch_size is 4"
+    assert option_words("batch_size is 4", ["batch_size"]) == "--batch-size is 4"
+
+
+def test_record_error_in_flags_keeps_place():
+    e = RecordError(
+        "too long; truncate never cuts it", path="in.jsonl", line=3, hint="x", fields=("truncate",)
+    )
+    out = record_error_in_flags(e, generate.command)
+    assert out.format() == "in.jsonl:3: too long; --truncate never cuts it (x)"
+    assert str(e) == "in.jsonl:3: too long; truncate never cuts it (x)"  # the library's own words
+
+
+def test_record_decision_error_library_and_cli(invoke):
+    from rtools.model.generation import record_decision
+    from rtools.tokens import TokenMap
+
+    with pytest.raises(RecordError) as info:
+        record_decision({"decision": "maybe"}, TokenMap.single(), "in.jsonl", 1)
+    assert not FLAG.search(str(info.value)) and "rule or logit_bias" in str(info.value)
+    assert (
+        "--threshold/--cat/--thresholds or --logit-bias"
+        in record_error_in_flags(info.value, generate.command).format()
+    )
