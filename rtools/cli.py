@@ -400,13 +400,24 @@ def write_windows(
 
 def make_config(cls: Callable[..., Any], **values: Any) -> Any:
     """A library configuration object built from a command's options; its ConfigError (an invalid
-    or contradictory combination) becomes a usage error (exit 2) (see :func:`config_usage_error`)."""
+    or contradictory combination) becomes a usage error (exit 2) (see :func:`config_usage_error`).
+    A configuration with a ``cpu_bf16`` field gets it from ``$RT_CPU_BF16`` (see :func:`cpu_bf16`)."""
+    import dataclasses
+
     from .config import ConfigError
 
+    if dataclasses.is_dataclass(cls) and "cpu_bf16" in {f.name for f in dataclasses.fields(cls)}:
+        values.setdefault("cpu_bf16", cpu_bf16())
     try:
         return cls(**values)
     except ConfigError as e:
         raise config_usage_error(e, values) from None
+
+
+def cpu_bf16() -> bool | None:
+    """``$RT_CPU_BF16``: ``1`` takes this CPU for one with bf16 matrix units (``--dtype auto`` is then
+    bf16), ``0`` for one without (fp32); unset (or another value), the CPU's flags decide."""
+    return {"0": False, "1": True}.get(os.environ.get("RT_CPU_BF16", ""))
 
 
 def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageError:

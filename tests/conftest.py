@@ -17,7 +17,17 @@ BIN = os.path.dirname(sys.executable)
 
 # `--dtype auto` picks bf16 on a CPU with bf16 instructions: pin it to fp32 so that the suite's exact
 # comparisons do not depend on the runner's CPU (tests/test_bf16.py tests the bf16 paths explicitly).
+# The commands (in-process and as subprocesses) read $RT_CPU_BF16; the library reads no environment
+# variable, so its detection is pinned too (pin_cpu_fp32), except in tests marked real_cpu.
 os.environ["RT_CPU_BF16"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def pin_cpu_fp32(request, monkeypatch):
+    if request.node.get_closest_marker("real_cpu") is None:
+        from rtools.model import precision
+
+        monkeypatch.setattr(precision, "_detect_native_bf16", lambda: False)
 
 
 def command_module(name: str):

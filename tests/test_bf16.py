@@ -41,26 +41,42 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert not native_bf16(set())
 
 
-def test_auto_dtype_is_bf16_on_a_cpu_with_bf16_units(monkeypatch):
-    monkeypatch.setenv("RT_CPU_BF16", "1")
-    assert torch_dtype("auto", "cpu") == torch.bfloat16
-    assert torch_dtype(None, "cpu") == torch.bfloat16
-    assert torch_dtype("fp32", "cpu") == torch.float32  # an explicit choice wins
-    monkeypatch.setenv("RT_CPU_BF16", "0")
-    assert torch_dtype("auto", "cpu") == torch.float32
-    assert torch_dtype("bf16", "cpu") == torch.bfloat16
-    for flag in ("0", "1"):  # CUDA: bf16 whatever the CPU
-        monkeypatch.setenv("RT_CPU_BF16", flag)
-        assert torch_dtype("auto", "cuda") == torch.bfloat16
-        assert torch_dtype("auto", "cuda:1") == torch.bfloat16
+def test_auto_dtype_is_bf16_on_a_cpu_with_bf16_units():
+    assert torch_dtype("auto", "cpu", cpu_bf16=True) == torch.bfloat16
+    assert torch_dtype(None, "cpu", cpu_bf16=True) == torch.bfloat16
+    assert torch_dtype("fp32", "cpu", cpu_bf16=True) == torch.float32  # an explicit choice wins
+    assert torch_dtype("auto", "cpu", cpu_bf16=False) == torch.float32
+    assert torch_dtype("bf16", "cpu", cpu_bf16=False) == torch.bfloat16
+    for flag in (False, True):  # CUDA: bf16 whatever the CPU
+        assert torch_dtype("auto", "cuda", cpu_bf16=flag) == torch.bfloat16
+        assert torch_dtype("auto", "cuda:1", cpu_bf16=flag) == torch.bfloat16
     with pytest.raises(ModelError):
         torch_dtype("int3", "cpu")
 
 
+@pytest.mark.real_cpu
 def test_auto_follows_this_cpu_without_the_override(monkeypatch):
-    monkeypatch.delenv("RT_CPU_BF16", raising=False)
+    monkeypatch.setenv("RT_CPU_BF16", "1")  # the library reads no environment variable
     want = torch.bfloat16 if precision._detect_native_bf16() else torch.float32
     assert torch_dtype("auto", "cpu") == want
+    monkeypatch.setenv("RT_CPU_BF16", "0")
+    assert torch_dtype("auto", "cpu") == want
+
+
+def test_rt_cpu_bf16_is_read_by_the_commands(monkeypatch):
+    """$RT_CPU_BF16 reaches a model configuration through the CLI boundary (rtools.cli.make_config)."""
+    from rtools.cli import make_config
+    from rtools.model.scoring import ScoreConfig
+    from rtools.model.training import TrainConfig
+
+    for value, want in (("1", True), ("0", False), ("", None), ("yes", None)):
+        monkeypatch.setenv("RT_CPU_BF16", value)
+        assert make_config(ScoreConfig).cpu_bf16 is want
+        assert make_config(TrainConfig, out="x").cpu_bf16 is want
+        assert ScoreConfig().cpu_bf16 is None  # the library itself: detect
+    monkeypatch.delenv("RT_CPU_BF16")
+    assert make_config(ScoreConfig).cpu_bf16 is None
+    assert make_config(ScoreConfig, cpu_bf16=True).cpu_bf16 is True  # a caller's value wins
 
 
 def test_4bit_device_map_follows_the_cuda_index():

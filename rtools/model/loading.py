@@ -55,6 +55,9 @@ class ModelError(Exception):
 
 
 def cache_root() -> str:
+    """Where the embedded model is converted once. The one environment variable the library reads,
+    by the XDG base-directory convention (as huggingface_hub reads HF_HOME), so that a library user
+    and the commands share one converted copy."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "rtools", "models")
 
@@ -287,9 +290,10 @@ def _quant_config(dtype: Any) -> Any:
     )
 
 
-def torch_dtype(name: str | None, device: str) -> Any:
+def torch_dtype(name: str | None, device: str, cpu_bf16: bool | None = None) -> Any:
     """The compute dtype: ``auto`` is bf16 on CUDA, and on a CPU with native bf16 matrix units
-    (AVX512-BF16 or AMX, see precision.cpu_has_native_bf16); fp32 on any other CPU.
+    (AVX512-BF16 or AMX, see precision.cpu_has_native_bf16; ``cpu_bf16`` True/False says whether
+    this CPU has them, None detects it); fp32 on any other CPU.
 
     bf16 on CPU means mixed precision (precision.mix_bf16): bf16 matrix products, fp32 the rest.
     """
@@ -300,7 +304,7 @@ def torch_dtype(name: str | None, device: str) -> Any:
     if name in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16
-        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
+        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16(cpu_bf16) else torch.float32
     table = {
         "fp32": torch.float32,
         "float32": torch.float32,
@@ -467,12 +471,15 @@ def load_for_inference(
     quiet: bool = True,
     merge: bool = True,
     base: str | None = None,
+    cpu_bf16: bool | None = None,
 ) -> LoadedModel:
     """Load a model for scoring or generation, with its control tokens.
 
     An rt-lora output directory brings its own base model identity, tokenizer and token map.
     ``base``: where the adapter's base model is now (when it has moved since training); it must be
     the base the adapter was trained on (rtools_config.json's ``base_identity``), else a ModelError.
+    ``cpu_bf16``: whether ``dtype`` auto takes this CPU for one with bf16 units (None: detect; see
+    torch_dtype).
     A plain model directory must already contain the control tokens (a merged rt-lora model), or
     ``allow_untrained`` adds them with untrained rows (useful only for benchmarks and tests).
     ``spec`` None: the shipped default scorer (resolve_scorer).
@@ -480,7 +487,7 @@ def load_for_inference(
     spec = resolve_scorer(spec)
     directory = model_directory(spec, quiet=quiet)
     dev = pick_device(device)
-    dt = torch_dtype(dtype, dev)
+    dt = torch_dtype(dtype, dev, cpu_bf16)
     info: dict[str, Any] = {"model": spec}
     if is_adapter_dir(directory):
         cfg = read_rtools_config(directory)

@@ -25,7 +25,6 @@ files on disk never change. On CUDA the model is loaded in bf16 as before.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 #: The name under which the fp32 attention is registered with transformers.
@@ -45,16 +44,16 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(override: bool | None = None) -> bool:
     """Whether this CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16).
 
     Reads /proc/cpuinfo's flags, else asks torch (``torch.cpu._is_avx512_bf16_supported``).
-    ``RT_CPU_BF16=0`` / ``=1`` overrides the answer (the test suite pins it to 0, so that its
-    exact comparisons do not depend on the CPU a test runs on).
+    ``override`` (a configuration's ``cpu_bf16``; the commands take it from ``RT_CPU_BF16=0``/``=1``)
+    replaces the answer: the test suite pins it to off, so that its exact comparisons do not depend
+    on the CPU a test runs on. No environment variable is read here.
     """
-    env = os.environ.get("RT_CPU_BF16")
-    if env in ("0", "1"):
-        return env == "1"
+    if override is not None:
+        return bool(override)
     return _detect_native_bf16()
 
 

@@ -205,7 +205,8 @@ class LoadConfig:
     ``device`` (None/``auto``: CUDA when there is one), ``dtype`` (None/``auto``, ``fp32``, ``bf16``,
     ``fp16``), ``load_4bit``, ``base`` (where an adapter's base model is now, when it has moved),
     ``allow_untrained`` (add untrained control tokens to a plain model: benchmarks and tests),
-    ``trust_remote_code``."""
+    ``trust_remote_code``, ``cpu_bf16`` (whether ``dtype`` auto takes this CPU for one with bf16
+    units; None: detect it, see rtools.model.precision.cpu_has_native_bf16)."""
 
     device: str | None = None
     dtype: str | None = None
@@ -213,6 +214,7 @@ class LoadConfig:
     base: str | None = None
     allow_untrained: bool = False
     trust_remote_code: bool = False
+    cpu_bf16: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -226,6 +228,7 @@ class LoadConfig:
             "load_4bit": self.load_4bit,
             "allow_untrained": self.allow_untrained,
             "trust_remote_code": self.trust_remote_code,
+            "cpu_bf16": self.cpu_bf16,
         }
         if self.base is not None:
             options["base"] = self.base

@@ -64,7 +64,8 @@ class TrainConfig:
 
     ``out``: the directory to write. ``model``: the base model (None: the embedded default).
     ``load_4bit`` and ``gradient_checkpointing``: None means on with CUDA, off on CPU; ``device``
-    None picks CUDA when there is one; ``dtype`` None (or ``auto``) as rtools.model.loading.torch_dtype.
+    None picks CUDA when there is one; ``dtype`` None (or ``auto``) as rtools.model.loading.torch_dtype
+    (``cpu_bf16``: whether this CPU has bf16 units, None detects it; not saved: the dtype it resolves to is).
     The other fields are the recipe (see the module docstring).
     """
 
@@ -96,6 +97,7 @@ class TrainConfig:
     device: str | None = None
     trust_remote_code: bool = False
     merge: bool = False
+    cpu_bf16: bool | None = None
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "max_length")
@@ -119,6 +121,7 @@ class TrainConfig:
 
     def resolved(self, device: str) -> dict[str, Any]:
         d = asdict(self)
+        del d["cpu_bf16"]  # how "auto" was resolved: the dtype it gives is recorded
         d["device"] = device
         d["load_4bit"] = self.load_4bit if self.load_4bit is not None else device.startswith("cuda")
         d["gradient_checkpointing"] = (
@@ -741,7 +744,7 @@ def train(
     device = pick_device(config.device)
     cfg = config.resolved(device)
     cfg["model"] = model_identity(spec)
-    dtype = torch_dtype(config.dtype, device)
+    dtype = torch_dtype(config.dtype, device, config.cpu_bf16)
     # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
     cfg["dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     saved_fingerprint: dict[str, Any] = {}

@@ -1,5 +1,6 @@
-"""The library's errors name configuration fields, never command-line flags; the commands write those
-fields as their own options (rtools.cli.in_flags), so a command's user still reads the flag."""
+"""The boundary between the library and the commands: the library's errors name configuration fields,
+never command-line flags (the commands write those fields as their own options, rtools.cli.in_flags,
+so a command's user still reads the flag), and only the CLI reads environment variables."""
 
 from __future__ import annotations
 
@@ -136,3 +137,18 @@ def test_record_decision_error_library_and_cli(invoke):
         "--threshold/--cat/--thresholds or --logit-bias"
         in record_error_in_flags(info.value, generate.command).format()
     )
+
+
+def test_environment_read_only_at_the_cli_boundary():
+    """rtools/cli.py reads the environment (click envvar=, RT_CPU_BF16, RT_DEBUG); the library does not
+    (but for XDG_CACHE_HOME, the conversion cache of the embedded model: rtools.model.loading.cache_root)."""
+    root = MODEL_DIR.parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "cli.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"os\.environ|getenv\(", line) and "XDG_CACHE_HOME" not in line:
+                found.append(f"{rel}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
