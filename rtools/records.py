@@ -125,6 +125,26 @@ def loads_exact(line: bytes | str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
+def read_json_file(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value of a small file (a token map, a thresholds file). A file that cannot be read
+    or parsed is a RecordError naming it, and for invalid JSON the line; ``what`` says what the
+    file should be (``a thresholds JSON file``)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise RecordError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise RecordError(f"is a directory, expected {what}", path=path) from None
+    except PermissionError:
+        raise RecordError("permission denied", path=path) from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise RecordError(f"invalid JSON: {e}", path=path, line=getattr(e, "lineno", None)) from None
+
+
 def loads(line: bytes) -> Any:
     """One JSON value, as orjson reads it but with integers of any size exact.
 

@@ -47,7 +47,15 @@ import orjson
 
 from .config import ConfigError, parse_number, parse_pair
 from .rates import confusion_summary
-from .records import RecordError, atomic_write_json, json_type, may_hold_big_int, numbered, parse_line
+from .records import (
+    RecordError,
+    atomic_write_json,
+    json_type,
+    may_hold_big_int,
+    numbered,
+    parse_line,
+    read_json_file,
+)
 from .records import dumps as dump_record
 from .tokens import slugify
 
@@ -248,17 +256,7 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str) -> Thresholds:
-        try:
-            with open(path, "rb") as fh:
-                data = orjson.loads(fh.read())
-        except FileNotFoundError:
-            raise RecordError("no such file", path=path) from None
-        except IsADirectoryError:
-            raise RecordError("is a directory, expected a thresholds JSON file", path=path) from None
-        except PermissionError:
-            raise RecordError("permission denied", path=path) from None
-        except orjson.JSONDecodeError as e:
-            raise RecordError(f"invalid JSON: {e}", path=path) from None
+        data = read_json_file(path, "a thresholds JSON file")
         try:
             return cls.from_dict(data)
         except ValueError as e:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .records import atomic_write_bytes, json_type
+from .records import RecordError, atomic_write_bytes, json_type, read_json_file
 
 #: CoCoNot's five top-level categories and their slugs.
 COCONOT_CATEGORIES: dict[str, str] = {
@@ -189,11 +189,17 @@ class TokenMap:
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> TokenMap:
-        path = os.path.join(os.fspath(directory), TOKEN_MAP_FILE)
-        with open(path, "rb") as fh:
-            data = fh.read()
+    def read(cls, path: str | os.PathLike) -> TokenMap:
+        """The token map in file ``path`` (as :meth:`write` and ``rt-tag --token-map`` write it). A
+        file that cannot be read, is not JSON (``file:line``) or is not a token map is a RecordError
+        naming the file."""
+        data = read_json_file(path, "a token map JSON file")
         try:
-            return cls.from_dict(orjson.loads(data))
-        except ValueError as e:  # orjson.JSONDecodeError included
-            raise ValueError(f"{path}: {e}") from None
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise RecordError(f"not a valid token map: {e}", path=os.fspath(path)) from None
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TokenMap:
+        """The token map of a model directory (its rtools_tokens.json; see :meth:`read`)."""
+        return cls.read(os.path.join(os.fspath(directory), TOKEN_MAP_FILE))

@@ -152,3 +152,47 @@ def test_environment_read_only_at_the_cli_boundary():
             if re.search(r"os\.environ|getenv\(", line) and "XDG_CACHE_HOME" not in line:
                 found.append(f"{rel}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+# ---------------------------------------------------------------------------
+# the token map file: one reader (TokenMap.read), used by rt-lora
+
+
+def test_token_map_read(tmp_path):
+    from rtools.tokens import TokenMap
+
+    tm = TokenMap.category(["safety", "humanizing"])
+    tm.write(tmp_path / "tokens.json")
+    assert TokenMap.read(tmp_path / "tokens.json") == tm
+    assert TokenMap.read(str(tmp_path / "tokens.json")).categories == tm.categories  # order kept
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "mode": "single",\n  "refuse": [oops]\n}\n')
+    with pytest.raises(RecordError) as info:
+        TokenMap.read(bad)
+    assert info.value.path == str(bad) and info.value.line == 3 and "invalid JSON" in info.value.message
+
+    bad.write_text('{"threshold": 0.5}\n')
+    with pytest.raises(RecordError) as info:
+        TokenMap.read(bad)
+    assert str(info.value).startswith(f"{bad}: not a valid token map: ") and "thresholds file" in str(
+        info.value
+    )
+
+    for path, what in ((tmp_path / "missing.json", "no such file"), (tmp_path, "is a directory")):
+        with pytest.raises(RecordError, match=what):
+            TokenMap.read(path)
+
+
+def test_rt_lora_reports_a_bad_token_map_with_its_line(invoke, tmp_path):
+    """Refused before the (default) model is loaded: file:line, exit status 1."""
+    tm = tmp_path / "tokens.json"
+    tm.write_text('{"mode": "single",\n "refuse": }\n')
+    data = tmp_path / "tagged.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "[respond] hi"}]}\n'
+    )
+    r = invoke("rt-lora", [str(data), "--out", str(tmp_path / "out"), "--token-map", str(tm), "-q"])
+    assert r.exit_code == 1, r.stderr
+    assert r.stderr.startswith(f"rt-lora: {tm}:2: invalid JSON: "), r.stderr
+    assert not (tmp_path / "out").exists()

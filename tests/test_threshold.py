@@ -249,7 +249,9 @@ def test_bad_thresholds_file(content, message, tmp_path, invoke):
     path.write_text(content)
     r = invoke("rt-threshold", ["--thresholds", str(path)], input=jsonl(rec(1, 0.5)))
     assert r.exit_code == 1
-    assert r.stderr.startswith(f"rt-threshold: {path}: ")
+    # invalid JSON names its line too (records.read_json_file)
+    where = f"{path}:1: " if message == "invalid JSON" else f"{path}: "
+    assert r.stderr.startswith(f"rt-threshold: {where}")
     assert message in r.stderr
 
 

@@ -310,17 +310,11 @@ def command(
         trust_remote_code=trust_remote_code,
         merge=merge,
     )
+    tm = TokenMap.read(token_map_file) if token_map_file else None
     name = display_name(file)
     records = list(read_records(file))
     if not records:
         raise fail("no training records", path=name)
-    tm = None
-    if token_map_file:
-        try:
-            with open(token_map_file, "rb") as fh:
-                tm = TokenMap.from_dict(orjson.loads(fh.read()))
-        except (ValueError, KeyError, orjson.JSONDecodeError) as e:
-            raise fail(f"bad token map: {e}", path=token_map_file) from None
     try:
         summary = train(
             records,
