@@ -357,6 +357,18 @@ def param_groups(model: Any, lr: float, token_lr: float, weight_decay: float) ->
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 0) as a fraction of the base rate: a linear
+    warm-up over ``warmup`` steps that reaches 1 at its last step ((step + 1) / warmup), then a
+    linear decay to 0 at ``total``.
+
+    Kept rather than ``transformers.get_scheduler`` because no scheduler there gives these numbers
+    exactly (tests/test_schedule.py checks both claims against the installed transformers):
+    ``linear`` warms up as step / warmup (its first step has rate 0), and shifting its steps by one
+    then leaves the decay's denominator off by one; ``warmup_stable_decay`` with the shift (one
+    stable step, linear decay over total - warmup) is the same schedule, but computes the decay as
+    1 - (step - warmup) / (total - warmup), which is an ulp away from (total - step) / (total - warmup)
+    on about a quarter of the steps, so a run would not reproduce the measured recipe bit for bit.
+    """
     if warmup and step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
