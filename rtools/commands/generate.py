@@ -19,9 +19,9 @@ from ..cli import (
     unbuffered_option,
     write_windows,
 )
+from ..manual.generate import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
 from ..model.chat import TRUNCATE_HELP
 from ..records import RecordWriter, display_name, iter_records, open_input
-from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
 
 HELP = """Generate answers after a forced control token, so that they obey the thresholds.
 
@@ -58,73 +58,6 @@ agreement rate.
   rt-generate prompts.jsonl --model out/adapter > answers.jsonl
   rt-score test.jsonl | rt-threshold -t 0.3 | rt-generate | rt-metrics
 """
-
-MAN = {
-    "FIELDS READ": (
-        "prompt: a single-turn user request (string), or\n\n"
-        "messages: a conversation, a list of {role, content} ending with the user turn to answer.\n\n"
-        'decision: "refuse" or "respond" (optional, e.g. from rt-threshold). Used to choose the control '
-        "token when no --threshold, --cat, --thresholds or --logit-bias is given; null counts as absent.\n\n"
-        "decision_cat: with a category-token model, the category of a refusal decision (a slug of the "
-        "model's token map); null picks the model's most likely category. Ignored by single-token models.\n\n"
-        "Every other field is passed through untouched, in its original key order. User text that spells "
-        "a control token (e.g. [refuse]) is encoded as ordinary text, so it can neither force nor suppress "
-        "a refusal. Blank lines are skipped."
-    ),
-    "FIELDS WRITTEN": (
-        "p_refuse: total probability of the refusal token(s) at the first assistant position "
-        "(full-vocabulary softmax at temperature 1, as rt-score; --temperature does not change it).\n\n"
-        "p_respond: probability of the respond token.\n\n"
-        "p_cat: {category: probability of its refusal token} (category-token models only).\n\n"
-        'decision: "refuse" or "respond", the decision the forced token stands for.\n\n'
-        "decision_cat: the category of the forced refusal token (category-token models), else null.\n\n"
-        "control: the control token forced as the first assistant token, e.g. [refuse].\n\n"
-        "forced: true when a threshold, --logit-bias or the record's decision chose the token; false "
-        "when it is the model's own choice.\n\n"
-        "generation: the answer after the control token: special tokens removed, cut at the first --stop "
-        "string, surrounding whitespace stripped. The control token is not part of it. --output-field "
-        "NAME writes it to NAME instead; an input `response` (the gold answer of training data) keeps "
-        "its value unless NAME is response.\n\n"
-        "refusal: true when the generation starts with a refusal phrase (REFUSAL DETECTOR).\n\n"
-        'consistent: refusal == (decision == "refuse"); rt-metrics reports its mean as agreement_rate.\n\n'
-        "An existing field of the same name is replaced in place; the others are added at the end."
-    ),
-    "REFUSAL DETECTOR": (
-        "An answer is a refusal when, after leading whitespace, quotes and markdown emphasis are "
-        "stripped, it starts with one of the refusal phrases, compared case-insensitively (curly "
-        "apostrophes read as straight ones, runs of whitespace as one space), the phrase ending at a "
-        "word boundary. Only the start counts. The default phrases:\n\n"
-        + "; ".join(REFUSAL_PHRASES)
-        + ".\n\n"
-        "Requests for clarification count as refusals, as in CoCoNot, where asking for the missing part "
-        "of an incomplete request is the expected non-compliance: "
-        + "; ".join(CLARIFICATION_PHRASES)
-        + ".\n\n"
-        "--refusal-phrases FILE replaces the list, --refusal-phrases +FILE extends it: one phrase a "
-        "line, blank lines and lines starting with # skipped. The detector is deterministic, unlike the "
-        "paper's LLM judge sampled at temperature 0.6, and it is a screen, not a judge: an answer that "
-        "complies after an apology, or refuses without a listed opening, is misread."
-    ),
-    "ENVIRONMENT": (
-        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
-        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
-        "adapter). XDG_CACHE_HOME: where the embedded default model "
-        "is cached as safetensors (default ~/.cache/rtools/models)."
-    ),
-    "EXAMPLES": (
-        "Answer with the model's own choice of control token:\n"
-        "    rt-generate prompts.jsonl --model runs/adapter > answers.jsonl\n\n"
-        "Refuse whenever the refusal token gets at least 30%, and check the answers agree:\n"
-        "    rt-generate --threshold 0.3 test.jsonl | rt-metrics\n\n"
-        "Decide with fitted per-category thresholds, then generate (the records carry the decision):\n"
-        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate > answers.jsonl\n\n"
-        "Nudge towards refusing instead of thresholding (lower the respond token's logit; a single-token "
-        "model can also raise '[refuse]', a category model '[refuse:SLUG]'):\n"
-        "    rt-generate --logit-bias '[respond]=-2.0' prompts.jsonl\n\n"
-        "Sample, reproducibly, and stop at a blank line:\n"
-        "    rt-generate --temperature 0.7 --top-p 0.9 --seed 1 --stop $'\\n\\n' prompts.jsonl"
-    ),
-}
 
 
 def _logit_bias_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:

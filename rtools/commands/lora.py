@@ -15,6 +15,7 @@ from ..cli import (
     progress_bar,
     warn,
 )
+from ..manual.lora import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
 from ..model.training import TrainConfig
 from ..records import RecordError, display_name, read_records
 
@@ -366,42 +367,5 @@ def merge_command(
         raise fail(option_words(str(e), OPTIONS)) from None
     click.echo(orjson.dumps(summary).decode())
 
-
-MAN = {
-    "FIELDS READ": (
-        "messages: the conversation, whose last turn is the assistant answer starting with a control token "
-        "(rt-tag's output). Other fields are ignored."
-    ),
-    "OUTPUT DIRECTORY": (
-        "adapter_config.json, adapter_model.safetensors: the LoRA adapter and the trained control-token rows. "
-        "tokenizer files: the base tokenizer plus the control tokens. rtools_tokens.json: the token map. "
-        "rtools_config.json: base model identity, control-token ids, the resolved training configuration and "
-        "the summary. train_log.jsonl: one line per step (step, epoch, loss and its parts, lr, tokens_per_s) "
-        "and a final evaluation line (eval_loss, eval_auroc, refusal rates at 0.5). merged/: with --merge, the "
-        "standalone merged model (as --merge-only writes). "
-        "With --merge-only, --out DIR is that merged model: config.json and model*.safetensors (LoRA and the "
-        "control-token rows folded into the weights; no peft names), the tokenizer with the control tokens, "
-        "rtools_tokens.json, rtools_config.json (merged_from: the adapter, its base's identity, its recipe) "
-        "and README.md. A one-line JSON summary goes to stdout (out, merged_from, base_model, dtype, "
-        "tie_word_embeddings, vocab_size, control_token_ids)."
-    ),
-    "ENVIRONMENT": (
-        "RT_BASE_MODEL: the base model when --base is not given. RT_MODEL is not read: it names the "
-        "model rt-score and rt-generate use, often an rt-lora output, which is never a base model."
-    ),
-    "EXAMPLES": (
-        "Tag, saving the token map, and train on the default model:\n"
-        "    rt-tag train.jsonl --token-map tokens.json > tagged.jsonl\n"
-        "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter\n\n"
-        "After an interruption (Ctrl-C, a killed job), continue from runs/adapter.checkpoint with the same "
-        "data and settings:\n"
-        "    rt-lora tagged.jsonl --token-map tokens.json --out runs/adapter --resume\n\n"
-        "Your own base model, one refusal token per category:\n"
-        "    rt-tag --mode category train.jsonl --token-map tokens.json > tagged.jsonl\n"
-        "    rt-lora tagged.jsonl --token-map tokens.json --base ~/models/Meta-Llama-3-8B-Instruct --out runs/llama3\n\n"
-        "Merge a trained adapter into its base, for plain transformers or vLLM (rt-score --engine vllm):\n"
-        "    rt-lora --merge-only runs/adapter --out runs/merged"
-    ),
-}
 
 main = entry_point(command, "rt-lora")

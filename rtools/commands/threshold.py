@@ -16,6 +16,7 @@ from ..cli import (
     rule_options,
     unbuffered_option,
 )
+from ..manual.threshold import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
 from ..records import display_name, open_input, read_records, write_records
 from ..thresholds import Objective, Thresholds, apply_stream, decide, fit
 
@@ -62,97 +63,6 @@ FIT_HELP = (
     "closest to R); 'budget=B' (refuse at most a share B of the records: a quantile of the scores, "
     "no labels needed). Ties: p >= t refuses, so tied rows are decided together."
 )
-
-MAN = {
-    "FIELDS READ": (
-        "p_refuse: total probability of the refusal token(s), in [0, 1]. Read by --threshold, by "
-        "--fit without --per-category, and by the own-choice rule for records without p_cat.\n\n"
-        "p_respond: probability of the respond token, in [0, 1]. Read by the own-choice rule, and by "
-        "--cat for categories that have no threshold.\n\n"
-        "p_cat: {slug: probability} for each refusal category (category mode). Read by --cat, "
-        "--per-category, the own-choice rule when present, and --threshold to name decision_cat. "
-        "The first record with a p_cat fixes the set of categories: a later record whose p_cat has "
-        "another set (a slug the first has not, or one missing) is an error naming its file and line, "
-        "so a stray slug can never win decision_cat.\n\n"
-        "label: refuse or respond, the gold answer. Required on every record by --fit, except "
-        "--fit budget=B, which reads labels only to report metrics when every record has one.\n\n"
-        "category: the gold refusal category (CoCoNot's names map to slugs). Read by --fit "
-        "--per-category: each category's threshold is fitted on the records of that category.\n\n"
-        "A field is checked when a rule reads it: a missing or non-numeric probability, or one outside "
-        "[0, 1], is an error that names the file and line. Blank lines are skipped."
-    ),
-    "FIELDS WRITTEN": (
-        'decision: "refuse" or "respond".\n\n'
-        "decision_cat: the refusal category (a p_cat slug) when refused and the scores have categories, "
-        "else null.\n\n"
-        "Both replace existing fields of the same name in place, or are added after the input fields. "
-        "Every other field is copied unchanged, in its original key order."
-    ),
-    "THRESHOLD FILE": (
-        'A JSON object, either {"threshold": T} (a global threshold on p_refuse) or '
-        '{"categories": {SLUG: T, ...}} with an optional "default": T for every category not named '
-        "(the same as --cat '*=T'). Thresholds are numbers in [0, 1]. Any other keys are metadata and "
-        'are ignored when reading. A file that sets no threshold ({"categories": {}} or '
-        '{"default": null}) is an error, and so are two names of one category (safety and Safety), '
-        "in the file as with --cat (there a usage error).\n\n"
-        "--fit writes this format with the metadata: objective (its canonical name, the key rt-metrics "
-        "reports: f1, refusal_rate=R, false_refusal_rate=R, missed_refusal_rate=R, recall=R or "
-        "budget=B), objective_value (F1; the refusal rate for refusal_rate and budget; the recall for "
-        "false_refusal_rate; the false refusal rate for missed_refusal_rate and recall), n (records "
-        "fitted on), fitted_on (the input file) and metrics (tp, fp, tn, fn, precision, recall, f1, "
-        "refusal_rate, false_refusal_rate, missed_refusal_rate at the fitted thresholds; n and "
-        "refusal_rate only for a budget fit on records without labels). The file is written to a "
-        "temporary name and renamed into place.\n\n"
-        "Objectives, with the names of rt-metrics' keys (the short names are aliases): f1 maximises F1. "
-        "missed_refusal_rate=R (missed=R) is the safety fit: the highest threshold whose missed refusal "
-        "rate fn/(fn+tp) is at most R, which refuses the fewest records and so has the lowest false "
-        "refusal rate of every threshold that meets the target; recall=R is missed_refusal_rate=1-R. "
-        "false_refusal_rate=R (fpr=R) maximises recall with fp/(fp+tn) at most R (when no threshold "
-        "meets R, the lowest false refusal rate). refusal_rate=R (rate=R) brings the refusal rate "
-        "closest to R. budget=B needs no labels: the lowest threshold that refuses at most a share B of "
-        "the records (a quantile of p_refuse), for unlabelled traffic; when the records at p = 1 alone "
-        "exceed B, the threshold is 1.\n\n"
-        "Ties: a record is refused when p >= t, so records with the same score are always decided "
-        "together, and a rate counts every tied record on the same side; nothing is split at random. "
-        "When a tie straddles the target (ten records at one score and room for three in the budget), "
-        "the whole tie is answered and the rate reached is below the target.\n\n"
-        "Candidate thresholds are 0, 1 and the midpoints between consecutive distinct scores, so a fit "
-        "is deterministic; among equally good candidates the highest threshold (fewest refusals) wins. "
-        "Without --per-category one threshold is fitted on p_refuse. With it, one threshold per p_cat "
-        "category: f1 improves the overall F1 one category at a time from two starts (each category's "
-        "best F1 on its own records; one shared threshold on the highest p_cat) and keeps the better, so "
-        "it is never worse on the fitting data than one threshold for every category; rate=R gives each category the refusal rate R among its own records; "
-        "fpr=R keeps each category's false refusal rate among its own respond records at most R (all "
-        "respond records when a category has none) while maximising recall on its refuse records (all "
-        "refuse records when it has none); missed_refusal_rate=R keeps each category's missed refusal "
-        "rate among its own refuse records at most R (all refuse records when it has none), so each "
-        "category meets the target on its own records, and all records of such categories together do; budget=B lets "
-        "each category fire on at most a share B of its own records (all records when none has that "
-        "category, as on unlabelled traffic, where k categories can refuse up to k times B in all: "
-        "for an overall budget fit one threshold without --per-category)."
-    ),
-    "EXAMPLES": (
-        "The model's own choice, measured:\n"
-        "    rt-score test.jsonl | rt-threshold | rt-metrics\n\n"
-        "Refuse whenever the refusal tokens get at least 30%:\n"
-        "    rt-score test.jsonl | rt-threshold --threshold 0.3 | rt-metrics\n\n"
-        "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only, "
-        "every other category by the model's own choice:\n"
-        "    rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
-        "Fit per-category thresholds (a category-token model) on a dev split, then apply them to the test "
-        "split:\n"
-        "    rt-score dev.jsonl > dev-scored.jsonl\n"
-        "    rt-threshold --fit false_refusal_rate=0.05 --per-category --save cats.json dev-scored.jsonl > /dev/null\n"
-        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-metrics\n\n"
-        "The safety fit: miss at most 5% of the refusals on the dev split, refuse as little as possible "
-        "otherwise:\n"
-        "    rt-threshold --fit missed_refusal_rate=0.05 --save safety.json dev-scored.jsonl > /dev/null\n\n"
-        "A refusal budget on unlabelled traffic: refuse at most 2% of it:\n"
-        "    rt-score traffic.jsonl | rt-threshold --fit budget=0.02\n\n"
-        "Print the global threshold that maximises F1:\n"
-        "    rt-threshold --fit f1 dev-scored.jsonl"
-    ),
-}
 
 
 def _objective_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Objective | None:

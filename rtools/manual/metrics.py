@@ -1,0 +1,97 @@
+"""rt-metrics(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+
+from __future__ import annotations
+
+#: The metric names a gate may use (rtools.metrics' summary keys).
+METRIC_NAMES = (
+    "n, tp, fp, tn, fn, precision, recall, f1, accuracy, refusal_rate, false_refusal_rate, "
+    "missed_refusal_rate, auroc, auprc, category_accuracy, agreement_rate"
+)
+
+MAN: dict[str, str] = {
+    "FIELDS READ": """\
+label         "refuse" or "respond": the gold answer (required on every row).
+decision      "refuse" or "respond" (from rt-threshold); required unless --threshold T is given
+              or --sweep is used. With --threshold, decision = p_refuse >= T and any decision
+              field is ignored.
+p_refuse      probability of refusing, in [0, 1] (from rt-score). Needed on every row for
+              auroc/auprc, --threshold, --sweep and --plot.
+category      optional; CoCoNot's long names map to slugs (safety, humanizing, incomplete,
+              indeterminate, unsupported), other names to their lowercase. Rows without one
+              count in the overall numbers only.
+p_cat         optional {slug: probability}; --sweep and --plot use p_cat[slug] for a
+              category's own rows when every row of that category has it, else p_refuse.
+decision_cat  optional slug (rt-threshold in category mode): gives category_accuracy.
+consistent    optional true/false (rt-generate): gives agreement_rate.
+Every other field is ignored. Blank lines are skipped.""",
+    "OUTPUT": """\
+One JSON object on one line (sorted keys; --pretty indents it; --format table prints an
+aligned table instead). Positive class = refuse. A ratio whose denominator is 0 is null.
+
+n                    number of records
+tp, fp, tn, fn       gold refuse & decided refuse / gold respond & refuse /
+                     gold respond & respond / gold refuse & respond
+precision            tp / (tp + fp)
+recall               tp / (tp + fn)
+f1                   2 tp / (2 tp + fp + fn)
+accuracy             (tp + tn) / n
+refusal_rate         (tp + fp) / n: how often the decision is refuse
+false_refusal_rate   fp / (fp + tn): answerable requests refused (Type I)
+missed_refusal_rate  fn / (fn + tp): requests that should be refused but were answered (Type II)
+auroc, auprc         area under the ROC curve and average precision of p_refuse (scikit-learn);
+                     present only when every row has p_refuse; null when only one class occurs
+category_accuracy    among true refusals with a category, how often decision_cat names the gold
+                     category; present only when some record has a non-null decision_cat
+agreement_rate       fraction of rows with "consistent": true among rows that have the field;
+                     present only when some record has it
+by_category          {slug: the keys above for that category's rows}; {} when no row has one
+threshold            the --threshold value, when given
+ci                   with --bootstrap N: {metric: [lo, hi]} percentile intervals at level --ci
+                     for f1, precision, recall, false_refusal_rate, missed_refusal_rate,
+                     refusal_rate, accuracy, auroc, auprc (null when the metric is undefined
+                     in every resample); also in each by_category entry, resampled from that
+                     category's rows alone. Same --seed, same intervals.
+
+Empty input prints a summary with n = 0 and null ratios, and exits 0.
+
+--format table prints one row for all records, one per category and, when some records have a
+category and others do not, one "(no category)" row. Its columns: n, n_refuse and n_respond (the
+gold refuse / respond rows: the denominators of recall and missed_refusal_rate, and of
+false_refusal_rate), refusal (refusal_rate), prec, recall, f1, acc, FRR (false_refusal_rate),
+MRR (missed_refusal_rate), auroc, auprc, cat_acc and agree when present. With --bootstrap a
+second table follows with the same rows and one [low, high] column per metric.
+
+Options that would be ignored are usage errors (exit status 2): --threshold, --pretty,
+--bootstrap and the gates with --sweep; --sweep-points without --sweep; --seed and --ci
+without --bootstrap; --pretty with --format table.
+
+--sweep prints JSON Lines instead, one row per threshold, ascending: category (null for all
+rows first, then each category's slug in order), score (the field swept: "p_refuse", or
+"p_cat.SLUG" when every row of the category has p_cat[SLUG]), threshold, n, tp, fp, tn, fn,
+refusal_rate, tpr (recall), fpr (false_refusal_rate), precision, f1, where the decision is
+score >= threshold. Thresholds: --sweep-points N evenly spaced values i/(N-1) in [0, 1]
+(default 101), or "all" for the distinct score values of that group.
+
+Gates: --fail-under METRIC=V fails when METRIC < V, --fail-over METRIC=V when METRIC > V; a
+null or absent metric fails. METRIC is one of """
+    + METRIC_NAMES
+    + """, optionally prefixed by a category slug (safety.recall). On failure the summary
+is still printed, each failed gate is reported on stderr
+(rt-metrics: gate failed: f1=0.712 < 0.8) and the exit status is 1. An unknown metric
+name is a usage error (exit status 2).""",
+    "EXAMPLES": """\
+Measure the model's own decisions:
+    rt-score -m runs/adapter test.jsonl | rt-threshold | rt-metrics
+
+Decide on p_refuse >= 0.4 and print a table, overall and per category:
+    rt-metrics --threshold 0.4 --format table scored.jsonl
+
+The lowest threshold that refuses at most 5% of answerable requests:
+    rt-metrics --sweep scored.jsonl | jq -cn 'first(inputs | select(.category == null and .fpr <= 0.05))'
+
+Summary with 95% confidence intervals, and a PNG of ROC curves and refusal rates:
+    rt-metrics --plot roc.png --bootstrap 1000 --seed 1 decided.jsonl
+
+A gate for make or cron: exit status 1 when the model got worse:
+    rt-metrics --fail-under f1=0.8 --fail-over false_refusal_rate=0.1 decided.jsonl > metrics.json""",
+}

@@ -1,0 +1,46 @@
+"""rt-score(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+
+from __future__ import annotations
+
+MAN = {
+    "FIELDS READ": (
+        "prompt (string) or messages (list of {role, content} ending with the user turn to decide on; "
+        "roles system (first only), then user and assistant alternating, starting with user). "
+        "Special tokens typed in any content are encoded as ordinary text: only the chat template's own "
+        "structure becomes special tokens. Every other field is passed through untouched, in its original key order."
+    ),
+    "FIELDS WRITTEN": (
+        "p_refuse: total probability of the refusal token(s). "
+        "p_respond: probability of the respond token. "
+        "p_cat: {category: probability of its refusal token} (category-token models only). "
+        "An existing field of the same name is replaced in place."
+    ),
+    "ENVIRONMENT": (
+        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
+        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
+        "adapter). XDG_CACHE_HOME: where the embedded default model "
+        "is cached as safetensors (default ~/.cache/rtools/models)."
+    ),
+    "EXAMPLES": (
+        "Score a test split with an rt-lora output:\n"
+        "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
+        "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only:\n"
+        "    RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
+        "A fixed batch size (the scores do not depend on it):\n"
+        "    rt-score --batch-size 1 prompts.jsonl\n\n"
+        "The adapter was trained on another machine, where the base model lived elsewhere:\n"
+        "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
+    ),
+    "ENGINES": (
+        "local (the default): transformers in this process, as described above. "
+        "vllm: the prompts are encoded here (the same chat template, context check and --truncate) and "
+        "sent to a vLLM engine as token ids, one request per prompt with max_tokens=1 (one prefill); "
+        "the control tokens' log-probabilities come back over the full vocabulary "
+        "(SamplingParams.logprob_token_ids, raw logprobs), so the fields are those of the local engine "
+        "up to GPU arithmetic. It needs the vllm extra and a merged model: an rt-lora adapter is refused "
+        "(vLLM rejects adapters that add token rows), as are --4bit, --base, --allow-untrained, "
+        "--batch-size, --batch-tokens and a --temperature other than 1. On a GPU host with the extra "
+        "installed: rt-lora --merge-only runs/adapter --out runs/merged, then "
+        "rt-score test.jsonl --model runs/merged --engine vllm > scored.jsonl."
+    ),
+}
