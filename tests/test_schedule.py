@@ -26,6 +26,13 @@ def expected(step: int, total: int, warmup: int) -> Fraction:
     return max(Fraction(0), Fraction(total - step, max(1, total - warmup)))
 
 
+def wsd_lrs(total: int, warmup: int) -> list[float]:
+    """transformers' warmup_stable_decay shifted by one, with one stable step and a linear decay
+    over total - warmup: lr_factor's schedule, computed another way."""
+    kwargs = {"num_stable_steps": 1, "num_decay_steps": total - warmup, "decay_type": "linear"}
+    return hf_lrs("warmup_stable_decay", total, warmup, shift=1, scheduler_specific_kwargs=kwargs)
+
+
 def hf_lrs(name: str, total: int, warmup: int, shift: int, **kwargs) -> list[float]:
     """The learning rate of each optimizer step under transformers' scheduler ``name``, stepped
     ``shift`` times before the first optimizer step (base rate 1)."""
@@ -63,17 +70,7 @@ def test_transformers_schedulers_are_not_the_same_numbers(total, warmup):
         # then its decay is (total - step - 1) / (total - warmup): not ours
         assert shifted[: warmup - 1] == ours[: warmup - 1] and (total - warmup < 2 or shifted != ours)
     # warmup_stable_decay, shifted by one, with one stable step: the same schedule, within an ulp
-    wsd = hf_lrs(
-        "warmup_stable_decay",
-        total,
-        warmup,
-        shift=1,
-        scheduler_specific_kwargs={
-            "num_stable_steps": 1,
-            "num_decay_steps": total - warmup,
-            "decay_type": "linear",
-        },
-    )
+    wsd = wsd_lrs(total, warmup)
     assert all(math.isclose(a, b, rel_tol=0, abs_tol=2.3e-16) for a, b in zip(wsd, ours, strict=True))
 
 
@@ -81,16 +78,6 @@ def test_wsd_differs_by_an_ulp_somewhere():
     """Why lr_factor stays: transformers' 1 - (s - w) / d is not (t - s) / d in floating point."""
     differ = 0
     for total, warmup in [(100, 5), (1000, 50), (57, 11)]:
-        wsd = hf_lrs(
-            "warmup_stable_decay",
-            total,
-            warmup,
-            shift=1,
-            scheduler_specific_kwargs={
-                "num_stable_steps": 1,
-                "num_decay_steps": total - warmup,
-                "decay_type": "linear",
-            },
-        )
+        wsd = wsd_lrs(total, warmup)
         differ += sum(a != lr_factor(s, total, warmup) for s, a in enumerate(wsd))
     assert differ > 0

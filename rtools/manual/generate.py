@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..refusal_detector import CLARIFICATION_PHRASES, REFUSAL_PHRASES
+from . import MODEL_ENVIRONMENT
 
 MAN = {
     "FIELDS READ": (
@@ -50,12 +51,7 @@ MAN = {
         "paper's LLM judge sampled at temperature 0.6, and it is a screen, not a judge: an answer that "
         "complies after an apology, or refuses without a listed opening, is misread."
     ),
-    "ENVIRONMENT": (
-        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
-        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
-        "adapter). XDG_CACHE_HOME: where the embedded default model "
-        "is cached as safetensors (default ~/.cache/rtools/models)."
-    ),
+    "ENVIRONMENT": MODEL_ENVIRONMENT,
     "EXAMPLES": (
         "Answer with the model's own choice of control token:\n"
         "    rt-generate prompts.jsonl --model runs/adapter > answers.jsonl\n\n"

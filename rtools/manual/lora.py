@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import CPU_BF16
+
 MAN = {
     "FIELDS READ": (
         "messages: the conversation, whose last turn is the assistant answer starting with a control token "
@@ -22,7 +24,8 @@ MAN = {
     ),
     "ENVIRONMENT": (
         "RT_BASE_MODEL: the base model when --base is not given. RT_MODEL is not read: it names the "
-        "model rt-score and rt-generate use, often an rt-lora output, which is never a base model."
+        "model rt-score and rt-generate use, often an rt-lora output, which is never a base model. "
+        + CPU_BF16
     ),
     "EXAMPLES": (
         "Tag, saving the token map, and train on the default model:\n"

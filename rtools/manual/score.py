@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import MODEL_ENVIRONMENT
+
 MAN = {
     "FIELDS READ": (
         "prompt (string) or messages (list of {role, content} ending with the user turn to decide on; "
@@ -15,12 +17,7 @@ MAN = {
         "p_cat: {category: probability of its refusal token} (category-token models only). "
         "An existing field of the same name is replaced in place."
     ),
-    "ENVIRONMENT": (
-        "RT_MODEL: the model when --model is not given. RT_BASE_MODEL: the adapter's base model when "
-        "--base is not given (the variable rt-lora reads for its base; ignored for a model that is not an "
-        "adapter). XDG_CACHE_HOME: where the embedded default model "
-        "is cached as safetensors (default ~/.cache/rtools/models)."
-    ),
+    "ENVIRONMENT": MODEL_ENVIRONMENT,
     "EXAMPLES": (
         "Score a test split with an rt-lora output:\n"
         "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
