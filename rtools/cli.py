@@ -423,8 +423,14 @@ def cpu_bf16() -> bool | None:
 def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageError:
     """A configuration object's error as a usage error, in the command's words (:func:`option_words`:
     each field of ``names`` as the running command's option for it, else as ``--field-name``)."""
+    import re
+
     flags = command_flags()
-    return click.UsageError(option_words(str(error), {n: flags.get(n) or _default_flag(n) for n in names}))
+    spelled = {n: flags.get(n) or _default_flag(n) for n in names}
+    message, field = str(error), getattr(error, "option", None)
+    if field in spelled:  # the setting to blame, with its value: field=V as the option and V
+        message = re.sub(r"\b" + re.escape(field) + r"=([^\s:;,)]+)", spelled[field] + r" \1", message)
+    return click.UsageError(option_words(message, spelled))
 
 
 def option_words(message: str, names: Iterable[str] | Mapping[str, str]) -> str:
@@ -484,6 +490,10 @@ def command_flags(command: click.Command | None = None) -> dict[str, str]:
         long = [o for o in param.opts if o.startswith("--")]
         if isinstance(param, click.Option) and long and param.name:
             flags[param.name] = long[0]
+    for param in command.params:  # a flag's own name, for one named apart from it (rt-lora's --base)
+        for opt in param.opts if isinstance(param, click.Option) else ():
+            if opt.startswith("--"):
+                flags.setdefault(opt[2:].replace("-", "_"), opt)
     if {"threshold", "cats", "thresholds_file"} <= flags.keys():
         flags["rule"] = "/".join(flags[k] for k in ("threshold", "cats", "thresholds_file"))
     return flags

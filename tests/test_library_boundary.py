@@ -23,13 +23,22 @@ def _names_flag(text: str) -> bool:
     return bool(FLAG.search(QUOTED.sub("", text)))
 
 
+def _strings(node: ast.AST):
+    """The string literals under ``node``, an f-string as one text ({} for each value)."""
+    if isinstance(node, ast.JoinedStr):
+        yield node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.lineno, node.value
+    else:
+        for child in ast.iter_child_nodes(node):
+            yield from _strings(child)
+
+
 def _raised_strings(tree: ast.AST):
-    """Every string constant inside a ``raise`` statement, with its line."""
+    """Every string literal inside a ``raise`` statement, with its line."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
-            for sub in ast.walk(node.exc):
-                if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
-                    yield sub.lineno, sub.value
+            yield from _strings(node.exc)
 
 
 def test_model_layer_errors_name_no_flag():
@@ -37,16 +46,10 @@ def test_model_layer_errors_name_no_flag():
     for path in sorted(MODEL_DIR.glob("*.py")):
         tree = ast.parse(path.read_text())
         found += [f"{path.name}:{n}: {s!r}" for n, s in _raised_strings(tree) if _names_flag(s)]
-        # a hint or message built before the raise (hint=..., what = ...) is an assignment's string
+        # a hint given to an error's constructor
         for node in ast.walk(tree):
             if isinstance(node, ast.keyword) and node.arg == "hint":
-                for sub in ast.walk(node.value):
-                    if (
-                        isinstance(sub, ast.Constant)
-                        and isinstance(sub.value, str)
-                        and _names_flag(sub.value)
-                    ):
-                        found.append(f"{path.name}:{sub.lineno}: hint {sub.value!r}")
+                found += [f"{path.name}:{n}: hint {s!r}" for n, s in _strings(node.value) if _names_flag(s)]
     assert not found, "messages of rtools/model/ that name flags:\n" + "\n".join(found)
 
 
@@ -97,6 +100,12 @@ def test_command_flags_come_from_the_click_options():
             "or give --threshold/--cat/--thresholds or --logit-bias to decide anew",
         ),
         ("load_4bit=False", ("load_4bit",), lora, "--no-4bit"),
+        (  # rt-lora --merge-only: rt-lora's base model option is --base (its field is model)
+            "give the full-precision base with base=DIR (an adapter trained with load_4bit=True merges into it)",
+            ("base", "load_4bit"),
+            lora,
+            "give the full-precision base with --base DIR (an adapter trained with --4bit merges into it)",
+        ),
         # a field the command lacks stays a field; a setting with its value stays a setting
         ("pass allow_untrained=True", ("allow_untrained",), lora, "pass allow_untrained=True"),
         (

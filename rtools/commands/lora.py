@@ -9,6 +9,7 @@ from ..cli import (
     config_usage_error,
     entry_point,
     fail,
+    in_flags,
     input_argument,
     make_config,
     option_words,
@@ -364,7 +365,7 @@ def merge_command(
             quiet=quiet,
         )
     except ModelError as e:
-        raise fail(option_words(str(e), OPTIONS)) from None
+        raise fail(in_flags(str(e), (*e.fields, *OPTIONS))) from None
     click.echo(orjson.dumps(summary).decode())
 
 

@@ -9,6 +9,7 @@ from ..cli import (
     config_usage_error,
     entry_point,
     fail,
+    in_flags,
     input_argument,
     load_model,
     make_config,
@@ -149,7 +150,7 @@ def vllm_scorer(model, config, quiet):
     except ConfigError as e:
         raise config_usage_error(e, [*config.__dataclass_fields__, "engine"]) from None
     except ModelError as e:
-        raise fail(str(e)) from None
+        raise fail(in_flags(str(e), e.fields)) from None
 
 
 main = entry_point(command, "rt-score")

@@ -80,12 +80,16 @@ def adapter_base(adapter_dir: str, base: str | None = None) -> tuple[str, str]:
     if not spec:
         spec = _read_json(os.path.join(adapter_dir, ADAPTER_CONFIG)).get("base_model_name_or_path")
     if not spec:
-        raise ModelError(f"{adapter_dir}: the adapter does not name its base model (give it with --base DIR)")
+        raise ModelError(
+            f"{adapter_dir}: the adapter does not name its base model (give it with base=DIR)", ("base",)
+        )
     try:
         return spec, model_directory(resolve_model(spec))
     except ModelError as e:
-        moved = "" if base else "; if the base model has moved, give its new place with --base DIR"
-        raise ModelError(f"{adapter_dir}: its base model cannot be loaded: {e}{moved}") from None
+        moved = "" if base else "; if the base model has moved, give its new place with base=DIR"
+        raise ModelError(
+            f"{adapter_dir}: its base model cannot be loaded: {e}{moved}", (*e.fields, "base")
+        ) from None
 
 
 def check_mergeable(base_dir: str) -> dict[str, Any]:
@@ -98,7 +102,8 @@ def check_mergeable(base_dir: str) -> dict[str, Any]:
         raise ModelError(
             f"{base_dir}: the base model is stored quantized ({method}, quantization_config in its "
             "config.json); a merged model is written in full precision: give the full-precision base "
-            "with --base DIR (an adapter trained with --4bit merges into it)"
+            "with base=DIR (an adapter trained with load_4bit=True merges into it)",
+            ("base", "load_4bit"),
         )
     return config
 

@@ -68,7 +68,7 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as e:
         raise ModelError(
-            f"--engine vllm needs vLLM, which is not installed ({e}): {EXTRA} on a CUDA host "
+            f"the vllm engine needs vLLM, which is not installed ({e}): {EXTRA} on a CUDA host "
             "(or use the local engine)"
         ) from None
     return vllm
@@ -79,14 +79,16 @@ def check_config(config: ScoreConfig) -> None:
     if config.load_4bit:
         raise ConfigError("load_4bit: the vllm engine serves the merged model as it is stored", "load_4bit")
     if config.base:
-        raise ConfigError("--base: the vllm engine scores a merged model, which has no separate base", "base")
+        raise ConfigError(
+            "base=DIR: the vllm engine scores a merged model, which has no separate base", "base"
+        )
     if config.allow_untrained:
         raise ConfigError(
             "allow_untrained: the vllm engine cannot add control tokens to a model", "allow_untrained"
         )
     if config.temperature != 1.0:
         raise ConfigError(
-            f"--temperature {config.temperature:g}: the vllm engine reads the model's own (temperature 1) "
+            f"temperature={config.temperature:g}: the vllm engine reads the model's own (temperature 1) "
             "log-probabilities; use the local engine for another temperature",
             "temperature",
         )
@@ -94,7 +96,7 @@ def check_config(config: ScoreConfig) -> None:
         if getattr(config, name) is not None:
             raise ConfigError(f"{name}: vLLM schedules its own batches", name)
     if config.device not in (None, "auto", "cuda") and not str(config.device).startswith("cuda:"):
-        raise ConfigError(f"--device {config.device}: the vllm engine runs where vLLM runs (a GPU)", "device")
+        raise ConfigError(f"device={config.device}: the vllm engine runs where vLLM runs (a GPU)", "device")
 
 
 def merged_model_dir(spec: str | None) -> str:
@@ -103,19 +105,21 @@ def merged_model_dir(spec: str | None) -> str:
     spec = resolve_model(spec)
     if spec == DEFAULT_MODEL:
         raise ModelError(
-            "--engine vllm needs a merged rt-lora model (--model DIR or RT_MODEL): the embedded default "
-            "has no control tokens"
+            "the vllm engine needs a merged rt-lora model (model=DIR): the embedded default "
+            "has no control tokens",
+            ("model",),
         )
     directory = model_directory(spec)
     if is_adapter_dir(directory):
         raise ModelError(
             f"{spec} is an rt-lora adapter: vLLM does not load adapters that add token rows "
-            f"(vllm-project/vllm#36501); merge it first with `rt-lora --merge-only {spec} --out MERGED` "
-            "(or train with --merge: DIR/merged), then rt-score --engine vllm --model MERGED"
+            f"(vllm-project/vllm#36501); merge it first (rtools.model.merging.merge_adapter: "
+            f"`rt-lora --merge-only {spec} --out MERGED`, or `rt-lora --merge` when training: DIR/merged), "
+            "then score the merged model"
         )
     if not os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)):
         raise ModelError(
-            f"{spec}: no {TOKEN_MAP_FILE}: not a merged rt-lora model (rt-lora --merge-only writes one)"
+            f"{spec}: no {TOKEN_MAP_FILE}: not a merged rt-lora model (`rt-lora --merge-only` writes one)"
         )
     return directory
 
