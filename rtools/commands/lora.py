@@ -333,7 +333,7 @@ def command(
     except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
         raise config_usage_error(e, OPTIONS) from None
     except ModelError as e:
-        raise fail(option_words(str(e), OPTIONS)) from None
+        raise fail(option_words(in_flags(str(e), e.fields), OPTIONS)) from None
     except RecordError as e:  # the library names configuration fields; the command, its options
         raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
     click.echo(orjson.dumps({"out": out, **summary}).decode())
