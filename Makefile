@@ -3,7 +3,7 @@
 #   make test    install everything, then run the whole test suite (the slow end-to-end test included)
 #   make coconot reproduce the paper's experiments on CoCoNot (examples/coconot/REPORT.md)
 #   make man     regenerate man/ from the click definitions;  make lint;  make bench
-#   make lofo    leave-one-family-out on the broad pool + CoCoNot (examples/broad; LOFO_SCALE=tiny|medium|full)
+#   make lofo    leave-one-family-out on the broad pool + CoCoNot (examples/broad; LOFO_SCALE=tiny|small|medium|full)
 #   make default-scorer  train the default refusal scorer on the broad mix + CoCoNot (examples/broad/README.md)
 
 PYTHON ?= python3
@@ -77,8 +77,9 @@ coconot: install
 coconot-small: install
 	$(BIN)/python examples/coconot/run.py --data $(COCONOT_DIR) --out work/coconot-small --scale small
 
-# leave-one-family-out (examples/broad/lofo.py): three recipes x six held-out families. NOT YET RUN at
-# medium or full: medium is ~14 trainings of ~1,400 rows x 1 epoch, about 2-3.5 h on the 2-core CPU;
+# leave-one-family-out (examples/broad/lofo.py): three recipes x six held-out families. Run at small
+# (13 models of ~700 rows, ~65 min; examples/broad/results); NOT YET RUN at medium or full:
+# medium is ~14 trainings of ~1,400 rows x 1 epoch, about 2-3.5 h on the 2-core CPU;
 # full is for a GPU. LOFO_FLAGS passes more, e.g. LOFO_FLAGS="--recipes broad --lora-flags '--epochs 2'".
 LOFO_SCALE ?= medium
 lofo: install
@@ -86,9 +87,10 @@ lofo: install
 		--out work/lofo-$(LOFO_SCALE) --scale $(LOFO_SCALE) $(LOFO_FLAGS)
 
 # the default refusal scorer: the broad mix + CoCoNot's training half -> rt-tag -> rt-lora, then its
-# CoCoNot test AUROC (examples/coconot's split). NOT YET RUN: sized by token count (3,310 rows, ~94
-# tokens each, 2 epochs, ~620k tokens) for about 36 min at bf16 / 55 min at fp32 on the 2-core CPU;
-# the recipe is to be fixed by `make lofo`'s results. Output: $(SCORER)/adapter, $(SCORER)/metrics.json.
+# CoCoNot test AUROC (examples/coconot's split), then ships it into the package (rtools/scorers/default).
+# Sized by token count (3,310 rows, ~94 tokens each, 2 epochs, ~620k tokens): 63 min measured on the
+# 2-core CPU while other jobs ran (~35 min alone); CoCoNot test AUROC 0.687. Not yet a measured best
+# recipe (examples/broad/README.md). Output: $(SCORER)/adapter, $(SCORER)/metrics.json.
 SCORER ?= work/default-scorer
 SCORER_MIX_FLAGS ?= --max-per-source 200 --balance --max-prompt-chars 1500 --seed 0
 SCORER_LORA_FLAGS ?= --epochs 2 --max-answer-tokens 32 --eval-fraction 0 --seed 0
