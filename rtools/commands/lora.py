@@ -234,6 +234,24 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+# the launcher's environment (torchrun, accelerate launch): read here, the CLI boundary, and handed
+# to the library; hidden, since a launcher sets them (torch.distributed.launch also passes --local-rank)
+@click.option("--world-size", "world_size", envvar="WORLD_SIZE", type=int, default=1, hidden=True)
+@click.option("--rank", "rank", envvar="RANK", type=int, default=0, hidden=True)
+@click.option(
+    "--local-rank", "--local_rank", "local_rank", envvar="LOCAL_RANK", type=int, default=0, hidden=True
+)
+@click.option(
+    "--accelerate-use-fsdp", "use_fsdp", envvar="ACCELERATE_USE_FSDP", type=bool, default=False, hidden=True
+)
+@click.option(
+    "--accelerate-use-deepspeed",
+    "use_deepspeed",
+    envvar="ACCELERATE_USE_DEEPSPEED",
+    type=bool,
+    default=False,
+    hidden=True,
+)
 @common_options
 def command(
     file,
@@ -267,12 +285,18 @@ def command(
     device,
     dtype,
     trust_remote_code,
+    world_size,
+    rank,
+    local_rank,
+    use_fsdp,
+    use_deepspeed,
     quiet,
 ):
     import orjson
 
     from ..config import ConfigError
-    from ..model.loading import ModelError
+    from ..model import distributed
+    from ..model.loading import ModelError, pick_device
     from ..model.training import TrainConfig, train
     from ..tokens import TokenMap
 
@@ -318,25 +342,36 @@ def command(
     if not records:
         raise fail("no training records", path=name)
     try:
-        summary = train(
-            records,
-            cfg,
-            name=name,
-            token_map=tm,
-            resume=resume,
-            overwrite=overwrite,
-            progress_bar=None
-            if quiet
-            else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
-            log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
-        )
+        if use_fsdp or use_deepspeed:
+            raise ModelError(
+                f"accelerate launch with {'FSDP' if use_fsdp else 'DeepSpeed'} is not supported yet: rt-lora "
+                "trains data parallel (DDP), every process a full copy of the base model; launch with "
+                "examples/scale/accelerate_ddp.yaml or torchrun (a model that does not fit one GPU: "
+                "--4bit, --gradient-checkpointing, a smaller --batch-size with --grad-accum)"
+            )
+        world = distributed.check_world(world_size, rank, local_rank)
+        with distributed.start(world, distributed.rank_device(pick_device(cfg.device), world)):
+            summary = train(
+                records,
+                cfg,
+                name=name,
+                token_map=tm,
+                resume=resume,
+                overwrite=overwrite,
+                progress_bar=None
+                if quiet
+                else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
+                log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
+                world=world,
+            )
     except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
         raise config_usage_error(e, OPTIONS) from None
     except ModelError as e:
         raise fail(option_words(in_flags(str(e), e.fields), OPTIONS)) from None
     except RecordError as e:  # the library names configuration fields; the command, its options
         raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
-    click.echo(orjson.dumps({"out": out, **summary}).decode())
+    if world.main:  # the other ranks of a launched run write nothing
+        click.echo(orjson.dumps({"out": out, **summary}).decode())
 
 
 def merge_command(
