@@ -229,8 +229,11 @@ def test_resume_with_another_world_size(tied_runs):
     assert r.returncode != 0 and os.path.isdir(out + ".checkpoint")
     r = invoke_command("rt-lora", [*args, "--batch-size", "2", "--resume", "-q"])
     assert r.exit_code == 1
-    assert "different global batch" in r.stderr
-    assert "1 process(es) x --batch-size 2 = 2" in r.stderr and "2 x 2 = 4" in r.stderr
+    assert r.stderr.startswith("rt-lora: --resume with a different setting: batch_size=2 on 1 process(es) ")
+    assert (
+        "a global batch of 2, the checkpoint has batch_size=2 on 2 process(es), a global batch of 4"
+        in r.stderr
+    )
     assert not os.path.exists(out)
     r = invoke_command("rt-lora", [*args, "--batch-size", "4", "--resume", "-q"])
     assert r.exit_code == 0, r.stderr

@@ -48,6 +48,11 @@ covers prompt tokens. Checkpoints go to DIR.checkpoint (safetensors and JSON: no
 executed); --resume continues from the last one without repeating or skipping steps, and refuses
 different training data or settings. --out is checked for writing before the model is loaded.
 
+Under torchrun or accelerate launch (N processes, one node or many) it trains data parallel (DDP):
+every process a full copy of the base model, the same run as one process with N times the
+--batch-size; process 0 alone writes DIR, the checkpoints, the progress and the summary.
+FSDP and DeepSpeed configurations are refused (not supported yet).
+
 Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
 or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
 
@@ -92,7 +97,8 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     type=click.IntRange(min=1),
     default=_D.batch_size,
     show_default=True,
-    help="Examples per micro-batch.",
+    help="Examples per micro-batch and process: under torchrun or accelerate launch the global batch is "
+    "--batch-size x processes x --grad-accum, and equals one process with --batch-size x processes.",
 )
 @click.option(
     "--grad-accum",

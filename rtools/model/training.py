@@ -1041,10 +1041,10 @@ def _check_global_batch(saved: dict[str, Any], cfg: dict[str, Any]) -> None:
     now = cfg["batch_size"] * cfg["world_size"]
     if was != now:
         raise ModelError(
-            f"resume=True with a different global batch: {cfg['world_size']} process(es) x batch_size "
-            f"{cfg['batch_size']} = {now}, the checkpoint was trained with {saved['world_size']} x "
-            f"{saved.get('batch_size')} = {was}; resume with {saved['world_size']} process(es), or set "
-            f"batch_size so that batch_size x processes = {was}"
+            f"resume=True with a different setting: batch_size={cfg['batch_size']} on {cfg['world_size']} "
+            f"process(es) is a global batch of {now}, the checkpoint has batch_size={saved.get('batch_size')} "
+            f"on {saved['world_size']} process(es), a global batch of {was}; resume on "
+            f"{saved['world_size']} process(es), or with batch_size x processes = {was}"
         )
 
 
