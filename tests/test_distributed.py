@@ -25,6 +25,8 @@ ROWS = raw_rows(3)[:29]
 RECIPE = [
     "--device",
     "cpu",
+    "--dtype",
+    "fp32",
     "--lr",
     "2e-3",
     "--token-lr",
