@@ -48,6 +48,11 @@ covers prompt tokens. Checkpoints go to DIR.checkpoint (safetensors and JSON: no
 executed); --resume continues from the last one without repeating or skipping steps, and refuses
 different training data or settings. --out is checked for writing before the model is loaded.
 
+Under torchrun or accelerate launch (N processes, one node or many) it trains data parallel (DDP):
+every process a full copy of the base model, the same run as one process with N times the
+--batch-size; process 0 alone writes DIR, the checkpoints, the progress and the summary.
+FSDP and DeepSpeed configurations are refused (not supported yet).
+
 Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
 or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
 
@@ -92,7 +97,8 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     type=click.IntRange(min=1),
     default=_D.batch_size,
     show_default=True,
-    help="Examples per micro-batch.",
+    help="Examples per micro-batch and process: under torchrun or accelerate launch the global batch is "
+    "--batch-size x processes x --grad-accum, and equals one process with --batch-size x processes.",
 )
 @click.option(
     "--grad-accum",
@@ -234,6 +240,24 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
     "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
+# the launcher's environment (torchrun, accelerate launch): read here, the CLI boundary, and handed
+# to the library; hidden, since a launcher sets them (torch.distributed.launch also passes --local-rank)
+@click.option("--world-size", "world_size", envvar="WORLD_SIZE", type=int, default=1, hidden=True)
+@click.option("--rank", "rank", envvar="RANK", type=int, default=0, hidden=True)
+@click.option(
+    "--local-rank", "--local_rank", "local_rank", envvar="LOCAL_RANK", type=int, default=0, hidden=True
+)
+@click.option(
+    "--accelerate-use-fsdp", "use_fsdp", envvar="ACCELERATE_USE_FSDP", type=bool, default=False, hidden=True
+)
+@click.option(
+    "--accelerate-use-deepspeed",
+    "use_deepspeed",
+    envvar="ACCELERATE_USE_DEEPSPEED",
+    type=bool,
+    default=False,
+    hidden=True,
+)
 @common_options
 def command(
     file,
@@ -267,12 +291,18 @@ def command(
     device,
     dtype,
     trust_remote_code,
+    world_size,
+    rank,
+    local_rank,
+    use_fsdp,
+    use_deepspeed,
     quiet,
 ):
     import orjson
 
     from ..config import ConfigError
-    from ..model.loading import ModelError
+    from ..model import distributed
+    from ..model.loading import ModelError, pick_device
     from ..model.training import TrainConfig, train
     from ..tokens import TokenMap
 
@@ -318,25 +348,36 @@ def command(
     if not records:
         raise fail("no training records", path=name)
     try:
-        summary = train(
-            records,
-            cfg,
-            name=name,
-            token_map=tm,
-            resume=resume,
-            overwrite=overwrite,
-            progress_bar=None
-            if quiet
-            else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
-            log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
-        )
+        if use_fsdp or use_deepspeed:
+            raise ModelError(
+                f"accelerate launch with {'FSDP' if use_fsdp else 'DeepSpeed'} is not supported yet: rt-lora "
+                "trains data parallel (DDP), every process a full copy of the base model; launch with "
+                "examples/scale/accelerate_ddp.yaml or torchrun (a model that does not fit one GPU: "
+                "--4bit, --gradient-checkpointing, a smaller --batch-size with --grad-accum)"
+            )
+        world = distributed.check_world(world_size, rank, local_rank)
+        with distributed.start(world, distributed.rank_device(pick_device(cfg.device), world)):
+            summary = train(
+                records,
+                cfg,
+                name=name,
+                token_map=tm,
+                resume=resume,
+                overwrite=overwrite,
+                progress_bar=None
+                if quiet
+                else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
+                log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
+                world=world,
+            )
     except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
         raise config_usage_error(e, OPTIONS) from None
     except ModelError as e:
         raise fail(option_words(in_flags(str(e), e.fields), OPTIONS)) from None
     except RecordError as e:  # the library names configuration fields; the command, its options
         raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
-    click.echo(orjson.dumps({"out": out, **summary}).decode())
+    if world.main:  # the other ranks of a launched run write nothing
+        click.echo(orjson.dumps({"out": out, **summary}).decode())
 
 
 def merge_command(

@@ -26,6 +26,11 @@ MAN = {
         "RT_BASE_MODEL: the base model when --base is not given. RT_MODEL is not read: it names the "
         "model rt-score and rt-generate use, often an rt-lora output, which is never a base model. "
         + CPU_BF16
+        + " WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: set by torchrun or accelerate launch; "
+        "with WORLD_SIZE above 1 rt-lora joins their process group (gloo on CPU, nccl on CUDA, each process "
+        "on GPU LOCAL_RANK). ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED: set by accelerate launch with "
+        "an FSDP or DeepSpeed configuration, which rt-lora refuses. The launch recipes (torchrun, accelerate "
+        "launch, several machines): examples/scale/README.md."
     ),
     "EXAMPLES": (
         "Tag, saving the token map, and train on the default model:\n"

@@ -56,7 +56,12 @@ def collate(examples: Sequence[Any], pad_id: int, device: Any = "cpu") -> dict[s
 class DecisionLoss(torch.nn.Module):
     """The training objective around a (peft) causal LM. ``forward(**collate(...))`` returns
     ``(loss, parts)``: the weighted loss and, detached, the batch means of its three parts
-    (assistant, control, decision) as a tensor of 3."""
+    (assistant, control, decision) as a tensor of 3.
+
+    With ``total_weight`` and ``total_count`` (the weight and size of the global batch this batch is
+    one rank's shard of) it returns the shard's share instead: ``sum(w * loss) / total_weight`` and
+    the parts' sums over ``total_count``, which the ranks' shares add up to.
+    """
 
     def __init__(
         self, model: Any, control_ids: Sequence[int], control_weight: float, decision_weight: float
@@ -78,6 +83,8 @@ class DecisionLoss(torch.nn.Module):
         span: Any,
         control: Any,
         weight: Any,
+        total_weight: float | None = None,
+        total_count: int | None = None,
     ) -> tuple[Any, Any]:
         from .training import fast_embed, fast_head
 
@@ -103,9 +110,17 @@ class DecisionLoss(torch.nn.Module):
         dec = F.cross_entropy(sel, control.to(sel.device), reduction="none")
         w = weight.to(ce.device)
         per_ex = assistant + self.control_weight * ctrl + self.decision_weight * dec
-        loss = (w * per_ex).sum() / w.sum()
-        parts = torch.stack([assistant.mean(), ctrl.mean(), dec.mean()]).detach()
-        return loss, parts
+        if total_weight is None:
+            loss = (w * per_ex).sum() / w.sum()
+            parts = torch.stack([assistant.mean(), ctrl.mean(), dec.mean()]).detach()
+            return loss, parts
+        # this rank's share of a global batch (rtools.model.distributed): normalised by the global
+        # batch's weight and size, so that the ranks' shares add up to the global batch's loss; an
+        # example of weight 0 (a rank's filler when the batch is shorter than the world) adds nothing
+        real = (w > 0).to(per_ex.dtype)
+        loss = (w * per_ex).sum() / total_weight
+        parts = torch.stack([(assistant * real).sum(), (ctrl * real).sum(), (dec * real).sum()])
+        return loss, (parts / total_count).detach()
 
 
 PARTS = ("assistant", "control", "decision")

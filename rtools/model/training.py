@@ -153,6 +153,8 @@ class Progress:
 
 #: Settings a resumed run may change: they do not change what is trained.
 RESUME_FREE = frozenset({"out", "save_every", "merge", "device", "trust_remote_code"})
+#: ... and these may change together when the global batch (batch_size x world_size) stays the same.
+RESUME_GLOBAL = frozenset({"batch_size", "world_size"})
 
 
 def check_writable(out: str) -> None:
@@ -320,8 +322,12 @@ def make_peft_model(model: Any, token_ids: list[int], cfg: dict[str, Any]) -> An
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg["load_4bit"]:
+        # use_reentrant=False: reentrant checkpointing runs the backward of a layer outside the
+        # autograd graph DDP hooks into (its gradients would escape the reduction)
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg["gradient_checkpointing"]
+            model,
+            use_gradient_checkpointing=cfg["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -453,11 +459,13 @@ def batch_loss(
     pad_id: int,
     device: str,
     objective: Any = None,
+    totals: tuple[float, int] | None = None,
 ) -> tuple[Any, dict[str, float], int]:
     """Weighted loss of one batch (objective.DecisionLoss). Returns (loss, parts, tokens).
 
     ``objective``: the DecisionLoss around ``model`` (made here when not given; train() makes one
-    and calls it for every batch).
+    and calls it for every batch), or the DDP wrapper around it. ``totals``: (weight, size) of the
+    global batch when ``batch`` is one rank's shard of it (see DecisionLoss).
     """
     from .objective import PARTS, DecisionLoss, collate
 
@@ -469,7 +477,10 @@ def batch_loss(
             cfg["decision_weight"],
         )
     inputs = collate([examples[i] for i in batch], pad_id, device)
-    loss, parts = objective(**inputs)
+    if totals is None:
+        loss, parts = objective(**inputs)
+    else:
+        loss, parts = objective(**inputs, total_weight=totals[0], total_count=totals[1])
     return loss, dict(zip(PARTS, parts.tolist(), strict=True)), int(inputs["attention_mask"].sum())
 
 
@@ -488,13 +499,14 @@ STATE_FILE = "state.json"
 PROGRESS_FILE = "progress.json"
 
 
-def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensors, JSON) of the torch, CUDA, numpy and python RNG states."""
+def _rng_state(all_cuda: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, JSON) of the torch, CUDA (``all_cuda``: every GPU's; a rank of a launched run
+    saves its own GPU's state, _rank_rng), numpy and python RNG states."""
     import numpy as np
     import torch
 
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if all_cuda and torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
     version, internal, gauss = random.getstate()
@@ -565,7 +577,10 @@ def save_checkpoint(
     progress: Progress,
     cfg: dict[str, Any],
     fingerprint: dict[str, Any] | None = None,
+    rank_rngs: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Write the checkpoint (on several ranks: rank 0, with ``rank_rngs``, every rank's RNG states
+    as _rank_rng gives them)."""
     from safetensors.torch import save_file
 
     with atomic_directory(path, overwrite=True) as tmp:
@@ -573,7 +588,9 @@ def save_checkpoint(
         save_file(params, os.path.join(tmp, PARAMS_FILE))
         opt_tensors, opt_js = _optimizer_state(opt)
         save_file(opt_tensors, os.path.join(tmp, OPTIMIZER_FILE))
-        rng_tensors, rng_js = _rng_state()
+        rng_tensors, rng_js = _rng_state(all_cuda=rank_rngs is None)
+        for r, states in enumerate(rank_rngs or []):
+            rng_tensors.update({f"rank{r}.{k}": v for k, v in states.items()})
         save_file(rng_tensors, os.path.join(tmp, RNG_FILE))
         with open(os.path.join(tmp, STATE_FILE), "wb") as fh:
             fh.write(orjson.dumps({"optimizer": opt_js, "rng": rng_js}))
@@ -629,7 +646,19 @@ def check_checkpoint(path: str) -> dict[str, Any]:
     return _read_json(os.path.join(path, PROGRESS_FILE))
 
 
-def load_checkpoint(path: str, model: Any, opt: Any) -> Progress:
+def _rank_rng(device: str) -> dict[str, Any]:
+    """This rank's torch RNG states: the CPU's, and its GPU's."""
+    import torch
+
+    states = {"torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> Progress:
+    """Restore the trainable weights, the optimizer and the RNG states (rank ``rank``'s own, when
+    the checkpoint has them) into ``model`` and ``opt``; returns the progress."""
     import torch
 
     pr = check_checkpoint(path)
@@ -645,6 +674,10 @@ def load_checkpoint(path: str, model: Any, opt: Any) -> Progress:
         opt.load_state_dict(opt_sd)
         rng = _read_tensors(os.path.join(path, RNG_FILE))
         _set_rng_state(rng, state["rng"])
+        if f"rank{rank}.torch" in rng:
+            torch.set_rng_state(rng[f"rank{rank}.torch"])
+            if f"rank{rank}.cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"], torch.cuda.current_device())
         progress = Progress(
             step=int(pr["step"]),
             epoch=int(pr["epoch"]),
@@ -731,6 +764,7 @@ def train(
     overwrite: bool = False,
     progress_bar: Callable[[int, int], Any] | None = None,
     log: Callable[[str], None] | None = None,
+    world: Any = None,
 ) -> dict[str, Any]:
     """Train on tagged records and write ``config.out`` (the adapter directory rt-score loads).
     Returns the summary (steps, examples, tokens_per_s, the evaluation).
@@ -741,9 +775,20 @@ def train(
     ``progress_bar(total, initial)``, when given, returns the reporter of the run's steps (an
     object with ``update(n, **stats)`` and ``close()``, rtools.cli.progress_bar); ``log`` receives
     warnings. Without either the run is silent.
+
+    ``world``: this process's rank among those a launcher started (rtools.model.distributed.World,
+    inside distributed.start). ``config.batch_size`` is then per process: every rank trains on its
+    shard of the same global batches of ``batch_size x world.size`` examples, and the run equals one
+    process with that batch size. Rank 0 alone writes (``config.out``, checkpoints) and reports
+    (``progress_bar``, ``log``); every rank returns the summary.
     """
     import torch
 
+    from . import distributed as dd
+
+    world = world or dd.SINGLE
+    if not world.main:
+        progress_bar, log = None, None
     say = log or (lambda s: None)
     records = [item if isinstance(item, tuple) else (n, item) for n, item in enumerate(records, 1)]
     out = os.path.abspath(config.out)
@@ -751,10 +796,12 @@ def train(
     # everything that can be known before the model is loaded is checked first
     if os.path.exists(out) and not overwrite:
         raise ModelError(f"{config.out} already exists (set overwrite=True to replace it)")
-    check_writable(config.out)
+    if world.main:
+        check_writable(config.out)
     spec = resolve_model(config.model)
-    device = pick_device(config.device)
+    device = dd.rank_device(pick_device(config.device), world)
     cfg = config.resolved(device)
+    cfg["world_size"] = world.size
     cfg["model"] = model_identity(spec)
     dtype = torch_dtype(config.dtype, device, config.cpu_bf16)
     # bf16 on CPU: bf16 matrix products in the frozen body, fp32 LoRA, token rows, norms and loss
@@ -764,14 +811,16 @@ def train(
         if not os.path.isdir(ckpt):
             raise ModelError(f"nothing to resume: no checkpoint at {ckpt}")
         saved = checkpoint_config(ckpt)
+        saved.setdefault("world_size", 1)  # a checkpoint from before distributed training
         for key in cfg:
-            if key in RESUME_FREE:
+            if key in RESUME_FREE or key in RESUME_GLOBAL:
                 continue
             if key not in saved or saved[key] != cfg[key]:
                 raise ModelError(
                     f"resume=True with a different setting: {key}={cfg[key]!r}, "
                     f"checkpoint has {saved.get(key, '(nothing)')!r}"
                 )
+        _check_global_batch(saved, cfg)
         saved_fingerprint = check_checkpoint(ckpt).get("fingerprint") or {}
 
     torch.manual_seed(config.seed)
@@ -833,11 +882,14 @@ def train(
 
     # the whole loss in one module's forward (what a DDP/FSDP wrapper would wrap)
     objective = DecisionLoss(model, control_ids, config.control_weight, config.decision_weight)
+    # DDP around the objective on several ranks: the gradients of its forward are reduced
+    module = dd.wrap(objective, world, device)
     opt = torch.optim.AdamW(
         param_groups(model, config.lr, config.token_lr, config.weight_decay), betas=(0.9, 0.999)
     )
     base_lrs = [g["lr"] for g in opt.param_groups]
-    per_epoch = math.ceil(len(train_ex) / config.batch_size)
+    global_batch = config.batch_size * world.size
+    per_epoch = math.ceil(len(train_ex) / global_batch)
     steps_per_epoch = math.ceil(per_epoch / config.grad_accum)
     total = config.max_steps if config.max_steps else max(1, math.ceil(steps_per_epoch * config.epochs))
     warmup = int(total * config.warmup)
@@ -846,8 +898,10 @@ def train(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     progress = Progress()
+    if world.rank > 0:  # the same LoRA initialisation on every rank, its own dropout masks
+        torch.manual_seed(config.seed * 1000003 + world.rank)
     if resume:
-        progress = load_checkpoint(ckpt, model, opt)
+        progress = load_checkpoint(ckpt, model, opt, rank=world.rank)
         say(f"resuming at step {progress.step}/{total}")
 
     model.train()
@@ -858,7 +912,7 @@ def train(
     batch_in_epoch = progress.batch_in_epoch
     done = progress.step >= total
     while not done:
-        batches = epoch_batches(train_ex, config.batch_size, config.seed, epoch)
+        batches = epoch_batches(train_ex, global_batch, config.seed, epoch)
         while batch_in_epoch < len(batches) and not done:
             t0 = time.perf_counter()
             group = batches[batch_in_epoch : batch_in_epoch + config.grad_accum]
@@ -867,12 +921,21 @@ def train(
                 g["lr"] = base * f
             loss_v, ntok = 0.0, 0
             parts_acc: dict[str, float] = {}
-            for b in group:
-                loss, parts, nt = batch_loss(model, train_ex, b, ctrl_ids_t, cfg, pad_id, device, objective)
-                (loss / len(group)).backward()
-                loss_v += float(loss) / len(group)
-                ntok += nt
-                for k, v in parts.items():
+            for j, b in enumerate(group):
+                with dd.no_sync(module, j < len(group) - 1):
+                    if world.distributed:
+                        exs, local, totals = _shard(train_ex, b, world)
+                    else:
+                        exs, local, totals = train_ex, b, None
+                    loss, parts, nt = batch_loss(
+                        model, exs, local, ctrl_ids_t, cfg, pad_id, device, module, totals
+                    )
+                    # DDP averages the ranks' gradients: their shares are to be summed
+                    (loss * (world.size / len(group))).backward()
+                vals = dd.reduce_sum([float(loss), *parts.values(), nt], world, device)
+                loss_v += vals[0] / len(group)
+                ntok += int(vals[-1])
+                for k, v in zip(parts, vals[1:-1], strict=True):
                     parts_acc[k] = parts_acc.get(k, 0.0) + v / len(group)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
@@ -896,13 +959,18 @@ def train(
                 done = True
             elif progress.step % save_every == 0:
                 progress.epoch, progress.batch_in_epoch = epoch, batch_in_epoch
-                save_checkpoint(ckpt, model, opt, progress, cfg, fingerprint)
+                rngs = dd.gather_rng(world, _rank_rng(device)) if world.distributed else None
+                if world.main:
+                    save_checkpoint(ckpt, model, opt, progress, cfg, fingerprint, rank_rngs=rngs)
         if batch_in_epoch >= len(batches):
             epoch += 1
             batch_in_epoch = 0
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t_start
+    if not world.main:  # rank 0 evaluates and writes; the others wait for it (and write nothing)
+        dd.barrier(world)
+        return {"steps": progress.step, "examples": len(train_ex), "rank": world.rank}
     ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size, objective)
     if ev:
         progress.log.append({"step": progress.step, **{k: round(v, 6) for k, v in ev.items()}})
@@ -943,10 +1011,41 @@ def train(
             # (also after QLoRA or bf16 training), LoRA and token rows folded in (merging.py)
             from .merging import write_merged
 
-            model = objective = opt = None  # the trained copy is no longer needed: free it first
+            model = objective = module = opt = None  # the trained copy is no longer needed: free it first
             write_merged(tmp, os.path.join(tmp, "merged"), trust_remote_code=config.trust_remote_code)
     shutil.rmtree(ckpt, ignore_errors=True)
+    dd.barrier(world)
     return summary
+
+
+def _shard(examples: list[Example], batch: list[int], world: Any) -> tuple[list[Example], list[int], Any]:
+    """This rank's examples of a global batch, and the global batch's (weight, size).
+
+    A rank whose slice is empty (a last batch shorter than the world) runs the batch's first example
+    with weight 0: it adds nothing, but the rank takes part in the gradient reduction.
+    """
+    from dataclasses import replace
+
+    from .distributed import shard
+
+    totals = (sum(examples[i].weight for i in batch), len(batch))
+    local = shard(batch, world)
+    if not local:
+        return [replace(examples[batch[0]], weight=0.0)], [0], totals
+    return examples, local, totals
+
+
+def _check_global_batch(saved: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Resuming on another number of processes is the same run when the global batch is the same."""
+    was = saved.get("batch_size", 0) * saved["world_size"]
+    now = cfg["batch_size"] * cfg["world_size"]
+    if was != now:
+        raise ModelError(
+            f"resume=True with a different setting: batch_size={cfg['batch_size']} on {cfg['world_size']} "
+            f"process(es) is a global batch of {now}, the checkpoint has batch_size={saved.get('batch_size')} "
+            f"on {saved['world_size']} process(es), a global batch of {was}; resume on "
+            f"{saved['world_size']} process(es), or with batch_size x processes = {was}"
+        )
 
 
 def _fix_adapter_base(directory: str, spec: str) -> None:
