@@ -159,7 +159,7 @@ def test_training_equals_the_old_loss_step_for_step(tmp_path, tiny_base_untied, 
         mp.setattr(
             training,
             "batch_loss",
-            lambda m, ex, b, c, cf, p, d, objective=None: old_batch_loss(m, ex, b, c, cf, p, d),
+            lambda m, ex, b, c, cf, p, d, objective=None, totals=None: old_batch_loss(m, ex, b, c, cf, p, d),
         )
         train(records, dataclasses.replace(cfg, out=str(tmp_path / "old")))
     new, old = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("new", "old"))
