@@ -20,6 +20,9 @@ Model half (torch, transformers, peft):
 * ``TrainConfig(out=..., model=..., ...)`` (frozen, validated) and ``train(records, config)`` ->
   the summary; writes the adapter directory (rt-lora)
 * ``Scorer.load(model, ScoreConfig(...))``; ``scorer.score(records)`` -> scored records (rt-score)
+* ``load_scorer(engine, model, ScoreConfig(...), **options)``: a scorer of the named engine
+  (``local``: a Scorer; ``ray``: ``RayScorer`` on a Ray cluster, the ``rtools[ray]`` extra), same
+  ``score_windows`` and output; ``ENGINES`` names them
 * ``Answerer.load(model, GenerateConfig(...))``; ``answerer.answer(records)`` -> records with
   answers after a forced control token (rt-generate)
 * ``merge_adapter(adapter_dir, out)`` -> the summary; writes the adapter merged into its base, a
@@ -63,6 +66,9 @@ _EXPORTS: dict[str, str] = {
     "LoadConfig": "model.scoring",
     "ScoreConfig": "model.scoring",
     "Scorer": "model.scoring",
+    "ENGINES": "model.engines",
+    "load_scorer": "model.engines",
+    "RayScorer": "model.ray_scoring",
     "GenerateConfig": "model.generation",
     "Answerer": "model.generation",
     "TrainConfig": "model.training",
