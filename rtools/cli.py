@@ -347,25 +347,27 @@ def progress_bar(quiet: bool, unit: str, total: int | None = None, initial: int 
 
 def load_model(model: str | None, quiet: bool, **options: Any) -> Any:
     """load_for_inference with the model_options values; a ModelError becomes the usual error exit."""
-    from .model.loading import (
-        DEFAULT_SCORER,
-        ModelError,
-        is_adapter_dir,
-        load_for_inference,
-        model_directory,
-        resolve_scorer,
-    )
+    from .model.loading import ModelError, load_for_inference
 
     try:
-        if options.get("base") and _from_environment("base"):
-            # RT_BASE_MODEL is also rt-lora's base: exported for a whole pipeline, it only applies to
-            # adapters, and not to the shipped default scorer (its base ships with the package)
-            spec = resolve_scorer(model)
-            if spec == DEFAULT_SCORER or not is_adapter_dir(model_directory(spec, quiet=quiet)):
-                options["base"] = None
+        options["base"] = effective_base(model, quiet, options.get("base"))
         return load_for_inference(model, quiet=quiet, **options)
     except ModelError as e:
         raise fail(in_flags(str(e), e.fields)) from None
+
+
+def effective_base(model: str | None, quiet: bool, base: str | None) -> str | None:
+    """The --base to load ``model`` with: RT_BASE_MODEL is also rt-lora's base, so when it (not
+    --base) gave the value, it applies only to adapters, and not to the shipped default scorer (its
+    base ships with the package): None for any other model. May raise a ModelError (``model``
+    cannot be found)."""
+    from .model.loading import DEFAULT_SCORER, is_adapter_dir, model_directory, resolve_scorer
+
+    if base and _from_environment("base"):
+        spec = resolve_scorer(model)
+        if spec == DEFAULT_SCORER or not is_adapter_dir(model_directory(spec, quiet=quiet)):
+            return None
+    return base
 
 
 def _from_environment(name: str) -> bool:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import sys
+
 import click
 
 from ..cli import (
     common_options,
     config_usage_error,
+    effective_base,
     entry_point,
     fail,
     in_flags,
@@ -19,6 +24,7 @@ from ..cli import (
 )
 from ..manual.score import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
 from ..model.chat import TRUNCATE_HELP
+from ..model.engines import ENGINES
 from ..records import RecordWriter, display_name, iter_records, open_input
 
 HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
@@ -33,6 +39,7 @@ under a token budget and right-padded, with the vocabulary head applied only at 
 last position. Results
 stream out window by window, so a file larger than memory works. CPU or CUDA is picked
 automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
+--engine ray scores the windows on a Ray cluster, --engine vllm on a vLLM engine: the same records.
 
 \b
   rt-score test.jsonl --model runs/adapter > scored.jsonl
@@ -85,11 +92,27 @@ automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for 
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local", "vllm"]),
+    type=click.Choice(list(ENGINES)),
     default="local",
     show_default=True,
-    help="local: this process (transformers). vllm: a vLLM engine on a GPU host (pip install "
+    help="local: this process (transformers). ray: a Ray cluster (pip install 'rtools[ray]'), one actor "
+    "per GPU or per share of the CPUs; same records. vllm: a vLLM engine on a GPU host (pip install "
     "'rtools[vllm]'), for a merged model (rt-lora --merge-only); same records.",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    metavar="ADDR",
+    help="--engine ray: the Ray cluster to join (host:port or ray://host:10001). "
+    "Default: $RAY_ADDRESS, else a local Ray started for this run.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="--engine ray: scoring actors (each loads the model). Default: one per GPU of the cluster, "
+    "else one per 4 CPUs.",
 )
 @model_options
 @unbuffered_option
@@ -106,6 +129,8 @@ def command(
     temperature,
     truncate,
     engine,
+    ray_address,
+    ray_workers,
     base,
     allow_untrained,
     trust_remote_code,
@@ -114,6 +139,13 @@ def command(
 ):
     from ..model.scoring import ScoreConfig, Scorer
 
+    from_env = click.get_current_context().get_parameter_source("ray_address") == (
+        click.core.ParameterSource.ENVIRONMENT
+    )  # an exported RAY_ADDRESS is no mistake in a run that does not use Ray
+    if engine != "ray" and (ray_workers or (ray_address and not from_env)):
+        given = "--ray-workers" if ray_workers else "--ray-address"
+        raise click.UsageError(f"{given} is for --engine ray (this run uses --engine {engine})")
+    options = {"address": ray_address, "workers": ray_workers} if engine == "ray" else {}
     config = make_config(
         ScoreConfig,
         device=device,
@@ -130,27 +162,46 @@ def command(
     )
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
-    with open_input(file) as fh:
-        if engine == "vllm":
-            scorer = vllm_scorer(model, config, quiet)
-        else:
+    with open_input(file) as fh, contextlib.ExitStack() as stack:
+        if engine == "local":
             scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
+        else:
+            # the writer keeps the real stdout; anything an engine prints (Ray reports dead actors and
+            # retries with print()) goes to stderr, so that stdout stays JSON Lines
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+            scorer = engine_scorer(engine, model, config, quiet, base, options)
+            stack.callback(getattr(scorer, "close", lambda: None))  # a Ray the engine started
         windows = scorer.score_windows(iter_records(fh, name), name)
-        write_windows(windows, writer, quiet, "prompt", scorer, truncate)
+        with engine_errors():
+            write_windows(windows, writer, quiet, "prompt", scorer, truncate)
 
 
-def vllm_scorer(model, config, quiet):
-    """The vLLM engine's scorer (rtools.model.vllm_engine), its errors as the command's."""
+def engine_scorer(engine, model, config, quiet, base, options):
+    """The scorer of a non-local engine (rtools.model.engines), its errors as the command's."""
     from ..config import ConfigError
+    from ..model.engines import load_scorer
+
+    with engine_errors():
+        try:
+            config = dataclasses.replace(config, base=effective_base(model, quiet, base))
+            return load_scorer(engine, model, config, quiet=quiet, **options)
+        except ConfigError as e:
+            raise config_usage_error(e, [*config.__dataclass_fields__, "engine"]) from None
+
+
+@contextlib.contextmanager
+def engine_errors():
+    """An engine's ModelError (the actors of the Ray engine load the model as they start) or
+    EngineError (its optional dependency is missing, it cannot start) is the usual error exit."""
+    from ..model.engines import EngineError
     from ..model.loading import ModelError
-    from ..model.vllm_engine import VllmScorer
 
     try:
-        return VllmScorer.load(model, config, quiet=quiet)
-    except ConfigError as e:
-        raise config_usage_error(e, [*config.__dataclass_fields__, "engine"]) from None
+        yield
     except ModelError as e:
         raise fail(in_flags(str(e), e.fields)) from None
+    except EngineError as e:
+        raise fail(str(e)) from None
 
 
 main = entry_point(command, "rt-score")

@@ -17,7 +17,9 @@ MAN = {
         "p_cat: {category: probability of its refusal token} (category-token models only). "
         "An existing field of the same name is replaced in place."
     ),
-    "ENVIRONMENT": MODEL_ENVIRONMENT,
+    "ENVIRONMENT": MODEL_ENVIRONMENT
+    + " RAY_ADDRESS: the Ray cluster --engine ray joins when --ray-address is not given (ignored by the "
+    "other engines).",
     "EXAMPLES": (
         "Score a test split with an rt-lora output:\n"
         "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
@@ -30,6 +32,13 @@ MAN = {
     ),
     "ENGINES": (
         "local (the default): transformers in this process, as described above. "
+        "ray (the ray extra): the records are read here (the same errors) and cut into windows of --window "
+        "records, each scored whole by one of a pool of Ray actors (Ray Data's map_batches), each holding "
+        "the model: one per GPU of the cluster, else --ray-workers (default one per 4 CPUs); the windows are "
+        "written back in input order, so the output is the local engine's, byte for byte. The input is held "
+        "here until scored. Without --ray-address (or RAY_ADDRESS) a local Ray starts for the run; with it, "
+        "the run joins that cluster, whose nodes need rtools and the model at the same path: "
+        "rt-score big.jsonl --model runs/adapter --engine ray --ray-address head:6379 > scored.jsonl. "
         "vllm: the prompts are encoded here (the same chat template, context check and --truncate) and "
         "sent to a vLLM engine as token ids, one request per prompt with max_tokens=1 (one prefill); "
         "the control tokens' log-probabilities come back over the full vocabulary "

@@ -21,6 +21,7 @@ from typing import Any
 ENGINES: dict[str, tuple[str, str]] = {
     "local": ("rtools.model.scoring", "Scorer"),
     "ray": ("rtools.model.ray_scoring", "RayScorer"),
+    "vllm": ("rtools.model.vllm_engine", "VllmScorer"),
 }
 
 
@@ -40,7 +41,8 @@ def engine_class(name: str) -> Any:
 def load_scorer(name: str, model: str | None, config: Any, quiet: bool = True, **options: Any) -> Any:
     """A scorer of engine ``name`` for ``model`` as ``config`` (a ScoreConfig) says; ``options`` are
     the engine's own (e.g. the Ray engine's ``address`` and ``workers``). A model that cannot be
-    loaded is a ModelError, an engine that cannot run an :class:`EngineError`."""
+    loaded is a ModelError, an engine that cannot run an :class:`EngineError` (or, for vllm, a
+    ModelError), a setting the engine cannot honour a ConfigError."""
     return engine_class(name).load(model, config, quiet=quiet, **options)
 
 
