@@ -36,6 +36,9 @@ from .engines import EngineError, require_module
 from .loading import ModelError
 from .scoring import ScoreConfig, Scorer
 
+#: How often a dead actor is restarted (and its window retried) before the run fails.
+MAX_RESTARTS = 3
+
 #: CPUs per actor when the number of workers is not given on a cluster without GPUs.
 CPUS_PER_WORKER = 4
 
@@ -222,6 +225,10 @@ class RayScorer:
             batch_size=1,  # one window per call: the local engine's windows, scored as it scores them
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.workers),
+            # Ray Data restarts a dead actor and retries its window forever: a model that does not fit
+            # (an actor killed for memory again and again) would hang the run instead of failing it
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_RESTARTS,
             **self.resources,
         )
         pending: dict[int, dict[str, Any]] = {}
