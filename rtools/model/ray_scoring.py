@@ -39,6 +39,12 @@ from .scoring import ScoreConfig, Scorer
 #: How often a dead actor is restarted (and its window retried) before the run fails.
 MAX_RESTARTS = 3
 
+
+def restart_limits() -> dict[str, int]:
+    """The actors' creation options that bound their restarts and retries (:data:`MAX_RESTARTS`)."""
+    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
+
+
 #: CPUs per actor when the number of workers is not given on a cluster without GPUs.
 CPUS_PER_WORKER = 4
 
@@ -227,8 +233,8 @@ class RayScorer:
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             # Ray Data restarts a dead actor and retries its window forever: a model that does not fit
             # (an actor killed for memory again and again) would hang the run instead of failing it
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_RESTARTS,
+            # (given through ray_remote_args_fn: Ray 2.60 deprecates them as keyword arguments)
+            ray_remote_args_fn=restart_limits,
             **self.resources,
         )
         pending: dict[int, dict[str, Any]] = {}
