@@ -28,12 +28,21 @@ def ray_address():
     """A local Ray with 2 CPUs (so 2 workers of 1 CPU each) for the whole module."""
     # Ray's memory monitor kills workers when the whole machine's memory is 95% used; on a shared CI
     # machine that is other jobs' doing, and the tiny model's actors need ~0.4 GB each: switch it off
-    context = ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config={"memory_monitor_refresh_ms": 0},
-    )
+    # Ray waits a fixed 30 s for its raylet to register; on an overloaded machine that can pass: a
+    # second try, then the error (Ray that cannot start here is a failure, not a skip)
+    for attempt in (1, 2):
+        try:
+            context = ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config={"memory_monitor_refresh_ms": 0},
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield context.address_info["gcs_address"]
     finally:
