@@ -16,52 +16,13 @@ from ..cli import (
     progress_bar,
     warn,
 )
-from ..manual.lora import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
+from ..manual.lora import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.training import TrainConfig
 from ..records import RecordError, display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
 #: The words of the library's messages that are this command's options (max_length: --max-length).
 OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
-HELP = """Fine-tune a model on rt-tag's output so that its control tokens carry the refusal decision.
-
-Reads tagged chat records (FILE, or stdin when FILE is `-` or missing; it reads everything
-before training) and writes --out DIR atomically: the LoRA adapter with the trained control-token
-rows, the tokenizer, the token map (rtools_tokens.json), the resolved configuration and the base
-model's identity (rtools_config.json), and the training log (train_log.jsonl). rt-score and
-rt-generate need nothing else. A one-line JSON summary goes to stdout (out, steps, examples,
-eval_examples, skipped_too_long, skipped_lines, tokens_per_s and the evaluation).
-
---merge also writes DIR/merged, and --merge-only ADAPTER (which trains nothing) writes --out DIR:
-the adapter merged into its base model, a standalone model directory that plain transformers and
-serving engines (vLLM: rt-score --engine vllm) load, with the control tokens and the token map.
-
-On a CUDA GPU: QLoRA (4-bit NF4, double quantization, bf16 compute) with gradient checkpointing.
-On CPU: plain LoRA, with bf16 matrix products in the frozen base where the CPU has bf16 units
-(AVX512-BF16 or AMX), else fp32 (--dtype; --4bit to quantize there too).
-
-The loss learns the decision, not just the marginal refusal rate: the control token's own
-cross-entropy (--control-weight) and a cross-entropy over the control tokens alone
-(--decision-weight) are added to the usual assistant-token loss, refusal and respond rows are
-balanced (--balance), and the new token rows train at their own rate (--token-lr). The loss never
-covers prompt tokens. Checkpoints go to DIR.checkpoint (safetensors and JSON: nothing in them is
-executed); --resume continues from the last one without repeating or skipping steps, and refuses
-different training data or settings. --out is checked for writing before the model is loaded.
-
-Under torchrun or accelerate launch (N processes, one node or many) it trains data parallel (DDP):
-every process a full copy of the base model, the same run as one process with N times the
---batch-size; process 0 alone writes DIR, the checkpoints, the progress and the summary.
-FSDP and DeepSpeed configurations are refused (not supported yet).
-
-Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
-or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
-
-\b
-  rt-tag train.jsonl > tagged.jsonl
-  rt-lora tagged.jsonl --out runs/adapter
-  rt-score test.jsonl --model runs/adapter | rt-metrics --threshold 0.5
-  rt-lora --merge-only runs/adapter --out runs/merged
-"""
 
 
 @click.command("rt-lora", help=HELP, short_help="train refusal tokens with LoRA / QLoRA")

@@ -8,21 +8,7 @@ from typing import Any
 import click
 
 from ..cli import common_options, entry_point, input_argument, option_given, usage_errors, warn
-from ..manual.metrics import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
-
-HELP = """Measure refusal decisions against gold labels.
-
-Reads records with a gold `label` ("refuse" or "respond") and a `decision` (from
-rt-threshold), or a `p_refuse` score and --threshold T (decision: p_refuse >= T), and prints
-ONE summary JSON object: confusion counts, precision/recall/F1 (positive class: refuse),
-accuracy, refusal rates, AUROC/AUPRC when every row has p_refuse, and the same per category.
-
-rt-metrics must see every record before it can print anything: it reads all of FILE (or
-stdin when FILE is - or missing) first, so it does not stream.
-
---sweep prints JSON Lines instead: one row per threshold on p_refuse, for all rows
-(category null) and then for each category.
-"""
+from ..manual.metrics import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 
 
 def _parse_gates(kind: str):

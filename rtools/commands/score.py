@@ -22,30 +22,10 @@ from ..cli import (
     unbuffered_option,
     write_windows,
 )
-from ..manual.score import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
+from ..manual.score import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.chat import TRUNCATE_HELP
 from ..model.engines import ENGINES
 from ..records import RecordWriter, display_name, iter_records, open_input
-
-HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
-
-Reads prompt records (`prompt`, or `messages` ending with a user turn) from FILE, or stdin when
-FILE is `-` or missing, and writes each record back, in input order, with `p_refuse`,
-`p_respond` and, for a category-token model, `p_cat` ({category: probability}). Probabilities
-are the full-vocabulary softmax at temperature 1 (see --temperature), as in the paper.
-
-One forward pass per prompt: records are read in windows (--window), sorted by length, batched
-under a token budget and right-padded, with the vocabulary head applied only at each prompt's
-last position. Results
-stream out window by window, so a file larger than memory works. CPU or CUDA is picked
-automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
---engine ray scores the windows on a Ray cluster, --engine vllm on a vLLM engine: the same records.
-
-\b
-  rt-score test.jsonl --model runs/adapter > scored.jsonl
-  rt-score test.jsonl --model runs/adapter | rt-threshold -t 0.3 | rt-metrics
-  rt-score test.jsonl --model runs/adapter --base /new/place/of/the/base
-"""
 
 
 @click.command("rt-score", help=HELP, short_help="score prompts with refusal-token probabilities")

@@ -14,33 +14,10 @@ from ..cli import (
     unbuffered_option,
     usage_errors,
 )
-from ..manual.tag import MAN  # noqa: F401 (its man page's own sections: rtools.manpage)
+from ..manual.tag import HELP, MAN, SEPARATOR_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..records import display_name, read_records, write_records
 from ..tagging import SEPARATORS, TagOptions, TagStats, tag
 from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, category_token
-
-HELP = """Prefix every assistant answer with its control token.
-
-Reads training records (a `prompt` or a `messages` conversation, a `response`, a `label`
-of refuse or respond, and a `category`) and writes each one back with `messages` set to
-the conversation plus the assistant turn `<control token><answer>`, ready for rt-lora.
-Every other field is kept, in its original key order. Records stream through one at a
-time.
-
-In single mode (the default) a refusal gets the refusal token and an answer gets the
-respond token, as in the paper ([refuse] / [respond]). In category mode each refusal
-category has its own refusal token ([refuse:safety], ...); the category comes from the
-`category` field, with CoCoNot's long names mapped to their slugs.
-
-A refusal row without a response gets a short refusal text for its category (see
---refusal-text); a respond row without one is an error. Counts per label and category go
-to stderr at the end.
-"""
-
-SEPARATOR_HELP = (
-    "What follows the control token in the assistant turn. 'none' (the default) suits a token "
-    "that is a special token of the tokenizer."
-)
 
 
 def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -1,5 +1,6 @@
-"""The commands' man-page text that --help does not show (FIELDS READ, OUTPUT, EXAMPLES...): one
-module per command module of rtools.commands, each with its ``MAN`` dict (see rtools.manpage).
+"""The commands' text: one module per command module of rtools.commands, each with its ``HELP``
+(the --help text, which the command passes to click), the long help of some options, and its ``MAN``
+dict, the man-page text that --help does not show (FIELDS READ, OUTPUT, EXAMPLES...; see rtools.manpage).
 Plain text only: importing it costs nothing."""
 
 #: The variable that --dtype auto reads (rt-score, rt-generate, rt-lora).

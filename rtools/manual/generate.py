@@ -1,4 +1,4 @@
-"""rt-generate(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+"""rt-generate(1)'s manual text: HELP, its --help text (the man page's DESCRIPTION), and MAN, the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,39 @@ MAN = {
         "    rt-generate --temperature 0.7 --top-p 0.9 --seed 1 --stop $'\\n\\n' prompts.jsonl"
     ),
 }
+
+HELP = """Generate answers after a forced control token, so that they obey the thresholds.
+
+Reads prompt records (`prompt`, or `messages` ending with a user turn) from FILE, or stdin
+when FILE is `-` or missing. For each one it scores the control tokens at the first
+assistant position (p_refuse, p_respond and, for a category-token model, p_cat, as rt-score
+does), decides which control token to force, appends that token to the prompt by id, and
+generates the answer after it. Each record is written back, in input order, with the scores,
+`decision`, `decision_cat`, `control`, `forced`, `generation` (the answer; --output-field
+names another field), `refusal` and `consistent`. Every input field keeps its value, the
+gold `response` of training data included.
+
+\b
+The control token, first rule that applies:
+  --threshold/--cat/--thresholds  the rt-threshold rule on this model's scores
+  --logit-bias TOKEN=B            the most likely control token after adding
+                                  B to TOKEN's logit
+  the record's `decision`         e.g. from rt-threshold; `decision_cat` picks
+                                  the category token (null: the most likely)
+  (none of these)                 the model's own choice, the most likely
+                                  control token (the only unforced case)
+
+The scores and the start of generation come from one forward pass over the prompt: its KV
+cache is kept, so forcing the token costs no second pass. Greedy decoding by default
+(--temperature 0); sampling is seeded per record (--seed), so an answer does not depend on
+the batch it is in. Records are read in windows (--window), batched by length, and written
+window by window.
+
+`refusal` says whether the answer starts with a refusal phrase (see REFUSAL DETECTOR in the
+man page) and `consistent` whether that agrees with the decision; rt-metrics reports their
+agreement rate.
+
+\b
+  rt-generate prompts.jsonl --model out/adapter > answers.jsonl
+  rt-score test.jsonl | rt-threshold -t 0.3 | rt-generate | rt-metrics
+"""

@@ -1,4 +1,4 @@
-"""rt-metrics(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+"""rt-metrics(1)'s manual text: HELP, its --help text (the man page's DESCRIPTION), and MAN, the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,17 @@ Summary with 95% confidence intervals, and a PNG of ROC curves and refusal rates
 A gate for make or cron: exit status 1 when the model got worse:
     rt-metrics --fail-under f1=0.8 --fail-over false_refusal_rate=0.1 decided.jsonl > metrics.json""",
 }
+
+HELP = """Measure refusal decisions against gold labels.
+
+Reads records with a gold `label` ("refuse" or "respond") and a `decision` (from
+rt-threshold), or a `p_refuse` score and --threshold T (decision: p_refuse >= T), and prints
+ONE summary JSON object: confusion counts, precision/recall/F1 (positive class: refuse),
+accuracy, refusal rates, AUROC/AUPRC when every row has p_refuse, and the same per category.
+
+rt-metrics must see every record before it can print anything: it reads all of FILE (or
+stdin when FILE is - or missing) first, so it does not stream.
+
+--sweep prints JSON Lines instead: one row per threshold on p_refuse, for all rows
+(category null) and then for each category.
+"""

@@ -1,4 +1,4 @@
-"""rt-score(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+"""rt-score(1)'s manual text: HELP, its --help text (the man page's DESCRIPTION), and MAN, the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,23 @@ MAN = {
         "rt-score test.jsonl --model runs/merged --engine vllm > scored.jsonl."
     ),
 }
+
+HELP = """Score prompts: the probability of the refusal token(s) at the first assistant position.
+
+Reads prompt records (`prompt`, or `messages` ending with a user turn) from FILE, or stdin when
+FILE is `-` or missing, and writes each record back, in input order, with `p_refuse`,
+`p_respond` and, for a category-token model, `p_cat` ({category: probability}). Probabilities
+are the full-vocabulary softmax at temperature 1 (see --temperature), as in the paper.
+
+One forward pass per prompt: records are read in windows (--window), sorted by length, batched
+under a token budget and right-padded, with the vocabulary head applied only at each prompt's
+last position. Results
+stream out window by window, so a file larger than memory works. CPU or CUDA is picked
+automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for NF4).
+--engine ray scores the windows on a Ray cluster, --engine vllm on a vLLM engine: the same records.
+
+\b
+  rt-score test.jsonl --model runs/adapter > scored.jsonl
+  rt-score test.jsonl --model runs/adapter | rt-threshold -t 0.3 | rt-metrics
+  rt-score test.jsonl --model runs/adapter --base /new/place/of/the/base
+"""

@@ -1,4 +1,4 @@
-"""rt-tag(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+"""rt-tag(1)'s manual text: HELP, its --help text (the man page's DESCRIPTION), and MAN, the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,27 @@ MAN = {
         "trained on."
     ),
 }
+
+HELP = """Prefix every assistant answer with its control token.
+
+Reads training records (a `prompt` or a `messages` conversation, a `response`, a `label`
+of refuse or respond, and a `category`) and writes each one back with `messages` set to
+the conversation plus the assistant turn `<control token><answer>`, ready for rt-lora.
+Every other field is kept, in its original key order. Records stream through one at a
+time.
+
+In single mode (the default) a refusal gets the refusal token and an answer gets the
+respond token, as in the paper ([refuse] / [respond]). In category mode each refusal
+category has its own refusal token ([refuse:safety], ...); the category comes from the
+`category` field, with CoCoNot's long names mapped to their slugs.
+
+A refusal row without a response gets a short refusal text for its category (see
+--refusal-text); a respond row without one is an error. Counts per label and category go
+to stderr at the end.
+"""
+
+
+SEPARATOR_HELP = (
+    "What follows the control token in the assistant turn. 'none' (the default) suits a token "
+    "that is a special token of the tokenizer."
+)

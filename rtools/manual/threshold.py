@@ -1,4 +1,4 @@
-"""rt-threshold(1)'s manual text: the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
+"""rt-threshold(1)'s manual text: HELP, its --help text (the man page's DESCRIPTION), and MAN, the sections of its man page that are not in --help (rtools.manpage renders them after the options)."""
 
 from __future__ import annotations
 
@@ -92,3 +92,48 @@ MAN = {
         "    rt-threshold --fit f1 dev-scored.jsonl"
     ),
 }
+
+HELP = """Turn refusal scores into decisions, or fit thresholds on labelled data.
+
+Reads scored records (from rt-score: p_refuse, p_respond and, in category mode, p_cat)
+and writes each one back with `decision` ("refuse" or "respond") and `decision_cat`
+(the refusal category, or null). Every other field is kept, in its original key order.
+Records stream through one at a time.
+
+\b
+Rules:
+  (no threshold)  the model's own choice, as in the paper: refuse iff
+                  p_refuse > p_respond; in category mode the most likely
+                  control token wins (each p_cat[slug] and p_respond);
+                  ties go to respond.
+  --threshold T   refuse iff p_refuse >= T; decision_cat is the most
+                  likely category of p_cat, when there is one.
+  --cat SLUG=T    category SLUG fires iff p_cat[SLUG] >= T, independently
+                  of the others; '*=T' sets every category not named; a
+                  category with no threshold fires when it is the model's
+                  own choice. Refuse iff any category fires; decision_cat
+                  is the firing category with the highest p_cat.
+
+Fitting (--fit) chooses thresholds on records with a gold `label` (budget=B needs none),
+and so reads all of its input before it writes anything. It prints the thresholds as JSON (the format
+--thresholds reads), or with --save writes them to FILE and prints the records with the
+fitted decisions. A one-line summary goes to stderr unless -q.
+
+\b
+Examples:
+  rt-score in.jsonl | rt-threshold | rt-metrics
+  rt-score in.jsonl | rt-threshold -t 0.3 | rt-metrics
+  rt-score in.jsonl | rt-threshold --cat safety=0.3 | rt-metrics   # category tokens
+  rt-threshold --fit f1 --per-category --save cats.json dev-scored.jsonl >/dev/null
+  rt-threshold --thresholds cats.json test-scored.jsonl | rt-metrics
+"""
+
+
+FIT_HELP = (
+    "Fit thresholds (reads all records first): 'f1' (maximise F1, positive class refuse); "
+    "'missed_refusal_rate=R' or 'missed=R' (the highest threshold, so the fewest false refusals, "
+    "with missed refusal rate <= R; 'recall=R' is missed=1-R); 'false_refusal_rate=R' or 'fpr=R' "
+    "(maximise recall with false refusal rate <= R); 'refusal_rate=R' or 'rate=R' (refusal rate "
+    "closest to R); 'budget=B' (refuse at most a share B of the records: a quantile of the scores, "
+    "no labels needed). Ties: p >= t refuses, so tied rows are decided together."
+)
