@@ -19,7 +19,7 @@ from ..cli import (
     unbuffered_option,
     write_windows,
 )
-from ..manual.generate import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.generate import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.chat import TRUNCATE_HELP
 from ..records import RecordWriter, display_name, iter_records, open_input
 
@@ -52,14 +52,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
 
 @click.command("rt-generate", help=HELP, short_help="generate answers after a forced control token")
 @input_argument
-@click.option(
-    "-m",
-    "--model",
-    envvar="RT_MODEL",
-    metavar="DIR",
-    help="An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
-    "Default: $RT_MODEL, else the shipped default scorer.",
-)
+@click.option("-m", "--model", envvar="RT_MODEL", metavar="DIR", help=OPTION_HELP["model"])
 @rule_options
 @click.option(
     "--logit-bias",
@@ -67,7 +60,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     multiple=True,
     metavar="TOKEN=B",
     callback=_logit_bias_options,
-    help="Add B to control token TOKEN's logit before choosing (repeatable), e.g. '[refuse]=2.0'.",
+    help=OPTION_HELP["logit-bias"],
 )
 @click.option(
     "--max-new-tokens",
@@ -88,24 +81,18 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     type=click.FloatRange(min=0, max=1, min_open=True),
     default=1.0,
     show_default=True,
-    help="Nucleus sampling: sample from the most likely tokens whose probability reaches P.",
+    help=OPTION_HELP["top-p"],
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling (with the record's position)."
 )
-@click.option(
-    "--stop",
-    multiple=True,
-    metavar="STRING",
-    help="Cut the answer at the first occurrence of STRING (repeatable; the earliest wins).",
-)
+@click.option("--stop", multiple=True, metavar="STRING", help=OPTION_HELP["stop"])
 @click.option(
     "--output-field",
     default="generation",
     show_default=True,
     metavar="NAME",
-    help="The field the answer is written to. Input fields keep their values unless NAME is one of "
-    "them (e.g. --output-field response replaces the gold answer).",
+    help=OPTION_HELP["output-field"],
 )
 @click.option(
     "--refusal-phrases",
@@ -113,7 +100,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     metavar="[+]FILE",
     default=None,
     callback=_refusal_phrases_option,
-    help="Refusal phrases for the detector, one a line: FILE replaces the defaults, +FILE extends them.",
+    help=OPTION_HELP["refusal-phrases"],
 )
 @click.option(
     "--batch-size",
@@ -123,11 +110,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     help="Prompts generated together.",
 )
 @click.option(
-    "--window",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Records read, batched by length and generated together before they are written.",
+    "--window", type=click.IntRange(min=1), default=256, show_default=True, help=OPTION_HELP["window"]
 )
 @click.option(
     "--truncate",

@@ -16,7 +16,7 @@ from ..cli import (
     progress_bar,
     warn,
 )
-from ..manual.lora import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.lora import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.training import TrainConfig
 from ..records import RecordError, display_name, read_records
 
@@ -29,28 +29,20 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 @input_argument
 @click.option("-o", "--out", required=True, metavar="DIR", help="Output directory (written atomically).")
 @click.option(
-    "--base",
-    "-m",
-    "--model",
-    "model",
-    envvar="RT_BASE_MODEL",
-    metavar="DIR",
-    help="Base model directory (not an rt-lora output), as --base means in rt-score and rt-generate "
-    "(-m/--model: the older name). Default: $RT_BASE_MODEL, else the embedded "
-    "SmolLM2-135M-Instruct; $RT_MODEL, the model rt-score uses, is never read here.",
+    "--base", "-m", "--model", "model", envvar="RT_BASE_MODEL", metavar="DIR", help=OPTION_HELP["model"]
 )
 @click.option(
     "--token-map",
     "token_map_file",
     type=click.Path(dir_okay=False, exists=True),
-    help="The token map rt-tag wrote (--token-map); default: inferred from the data.",
+    help=OPTION_HELP["token-map"],
 )
 @click.option(
     "--epochs",
     type=click.FloatRange(min=0, min_open=True),
     default=_D.epochs,
     show_default=True,
-    help="Passes over the training data (a fraction stops part-way; --max-steps overrides).",
+    help=OPTION_HELP["epochs"],
 )
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
 @click.option(
@@ -58,8 +50,7 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     type=click.IntRange(min=1),
     default=_D.batch_size,
     show_default=True,
-    help="Examples per micro-batch and process: under torchrun or accelerate launch the global batch is "
-    "--batch-size x processes x --grad-accum, and equals one process with --batch-size x processes.",
+    help=OPTION_HELP["batch-size"],
 )
 @click.option(
     "--grad-accum",
@@ -97,25 +88,20 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     show_default=True,
     help="Dropout on the LoRA input during training.",
 )
-@click.option(
-    "--target-modules",
-    default="all-linear",
-    show_default=True,
-    help="LoRA target modules: all-linear, or a comma-separated list of module names.",
-)
+@click.option("--target-modules", default="all-linear", show_default=True, help=OPTION_HELP["target-modules"])
 @click.option(
     "--control-weight",
     type=click.FloatRange(min=0),
     default=_D.control_weight,
     show_default=True,
-    help="Weight of the control token's cross-entropy, added to the per-example answer loss.",
+    help=OPTION_HELP["control-weight"],
 )
 @click.option(
     "--decision-weight",
     type=click.FloatRange(min=0),
     default=_D.decision_weight,
     show_default=True,
-    help="Weight of the cross-entropy restricted to the control tokens (the decision itself).",
+    help=OPTION_HELP["decision-weight"],
 )
 @click.option(
     "--balance/--no-balance",
@@ -135,34 +121,21 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     type=click.IntRange(min=8),
     default=1024,
     show_default=True,
-    help="Longest training sequence. A longer example loses the tail of its answer; one whose prompt, "
-    "control token and first answer token do not fit is skipped, never cut, and reported (its line on "
-    "stderr, skipped_lines in the summary).",
+    help=OPTION_HELP["max-length"],
 )
 @click.option(
     "--eval-fraction",
     type=click.FloatRange(0, 0.5),
     default=_D.eval_fraction,
     show_default=True,
-    help="Held-out slice (stratified by label) for the evaluation loss and AUROC.",
+    help=OPTION_HELP["eval-fraction"],
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed for the LoRA initialisation, the evaluation split and the batch order.",
-)
-@click.option(
-    "--4bit/--no-4bit",
-    "load_4bit",
-    default=None,
-    help="Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
-)
+@click.option("--seed", type=int, default=0, show_default=True, help=OPTION_HELP["seed"])
+@click.option("--4bit/--no-4bit", "load_4bit", default=None, help=OPTION_HELP["4bit"])
 @click.option(
     "--gradient-checkpointing/--no-gradient-checkpointing",
     default=None,
-    help="Recompute activations to save memory. Default: on with CUDA, off on CPU.",
+    help=OPTION_HELP["gradient-checkpointing"],
 )
 @click.option(
     "--save-every",
@@ -171,25 +144,11 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     show_default=True,
     help="Checkpoint every N steps (0: every tenth of training).",
 )
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue from DIR.checkpoint after an interruption (same data and settings).",
-)
+@click.option("--resume", is_flag=True, help=OPTION_HELP["resume"])
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
+@click.option("--merge", is_flag=True, help=OPTION_HELP["merge"])
 @click.option(
-    "--merge",
-    is_flag=True,
-    help="Also write DIR/merged: the adapter merged into its base, a standalone model that plain "
-    "transformers and vLLM load (see --merge-only).",
-)
-@click.option(
-    "--merge-only",
-    metavar="ADAPTER",
-    type=click.Path(file_okay=False),
-    help="Train nothing: merge the rt-lora output ADAPTER into its base model and write the standalone "
-    "model to --out DIR (LoRA and control-token rows folded in, in fp32; stored in --dtype, auto: the "
-    "base's own; tied embeddings stay tied; --base if the base has moved; runs on --device, auto: cpu).",
+    "--merge-only", metavar="ADAPTER", type=click.Path(file_okay=False), help=OPTION_HELP["merge-only"]
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -197,8 +156,7 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     type=click.Choice(["auto", "fp32", "bf16"]),
     default="auto",
     show_default=True,
-    help="Compute dtype of the frozen base model: auto is bf16 on CUDA and on a CPU with bf16 units "
-    "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32.",
+    help=OPTION_HELP["dtype"],
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model directory's own Python code to run.")
 # the launcher's environment (torchrun, accelerate launch): read here, the CLI boundary, and handed

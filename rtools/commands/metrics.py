@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..cli import common_options, entry_point, input_argument, option_given, usage_errors, warn
-from ..manual.metrics import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.metrics import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 
 
 def _parse_gates(kind: str):
@@ -63,11 +63,7 @@ def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fm
 @click.command("rt-metrics", help=HELP, short_help="Measure refusal decisions against gold labels.")
 @input_argument
 @click.option(
-    "--threshold",
-    "-t",
-    type=click.FloatRange(0.0, 1.0),
-    metavar="T",
-    help="Decide refuse when p_refuse >= T, overriding any decision field (every row needs p_refuse).",
+    "--threshold", "-t", type=click.FloatRange(0.0, 1.0), metavar="T", help=OPTION_HELP["threshold"]
 )
 @click.option(
     "--format",
@@ -75,38 +71,23 @@ def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fm
     type=click.Choice(["json", "table"]),
     default="json",
     show_default=True,
-    help="json: one JSON object (JSON Lines with --sweep); table: an aligned table for people.",
+    help=OPTION_HELP["format"],
 )
 @click.option("--pretty", is_flag=True, help="Indent the JSON summary (default: one line; not with --sweep).")
-@click.option(
-    "--sweep",
-    "do_sweep",
-    is_flag=True,
-    help="Instead of the summary, print one JSON line per threshold on p_refuse "
-    "(overall rows, category null, then each category's rows).",
-)
+@click.option("--sweep", "do_sweep", is_flag=True, help=OPTION_HELP["sweep"])
 @click.option(
     "--sweep-points",
     default="101",
     show_default=True,
     metavar="N|all",
     callback=_parse_points,
-    help="Thresholds for --sweep: N evenly spaced in [0, 1], or 'all' distinct score values.",
+    help=OPTION_HELP["sweep-points"],
 )
 @click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, writable=True),
-    metavar="FILE.png",
-    help="Also write a PNG: ROC curves, and the refusal rate against threshold for each gold class "
-    "(refuse rows solid, respond rows dashed), overall and per category (needs p_refuse on every row; "
-    "written atomically).",
+    "--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png", help=OPTION_HELP["plot"]
 )
 @click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=0,
-    metavar="N",
-    help="Add percentile bootstrap confidence intervals (`ci`) from N resamples of the rows.",
+    "--bootstrap", type=click.IntRange(min=0), default=0, metavar="N", help=OPTION_HELP["bootstrap"]
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --bootstrap.")
 @click.option(
@@ -123,15 +104,14 @@ def check_ignored_options(ctx: click.Context, do_sweep: bool, bootstrap: int, fm
     multiple=True,
     metavar="METRIC=V",
     callback=_parse_gates("under"),
-    help="Exit 1 when METRIC < V (the summary is still printed). Repeatable. METRIC is a summary key "
-    "or CATEGORY.METRIC (e.g. safety.recall); a null metric fails.",
+    help=OPTION_HELP["fail-under"],
 )
 @click.option(
     "--fail-over",
     multiple=True,
     metavar="METRIC=V",
     callback=_parse_gates("over"),
-    help="Exit 1 when METRIC > V (for rates, e.g. false_refusal_rate=0.1). Repeatable.",
+    help=OPTION_HELP["fail-over"],
 )
 @common_options
 @click.pass_context

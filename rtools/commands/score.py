@@ -22,7 +22,7 @@ from ..cli import (
     unbuffered_option,
     write_windows,
 )
-from ..manual.score import HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.score import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.chat import TRUNCATE_HELP
 from ..model.engines import ENGINES
 from ..records import RecordWriter, display_name, iter_records, open_input
@@ -30,26 +30,9 @@ from ..records import RecordWriter, display_name, iter_records, open_input
 
 @click.command("rt-score", help=HELP, short_help="score prompts with refusal-token probabilities")
 @input_argument
-@click.option(
-    "-m",
-    "--model",
-    envvar="RT_MODEL",
-    metavar="DIR",
-    help="An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
-    "Default: $RT_MODEL, else the shipped default scorer.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="A fixed number of prompts per batch (default: batches under --batch-tokens).",
-)
-@click.option(
-    "--batch-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Token budget of a batch (padded length x prompts). Default: 1024 on CPU, 8192 on GPU.",
-)
+@click.option("-m", "--model", envvar="RT_MODEL", metavar="DIR", help=OPTION_HELP["model"])
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help=OPTION_HELP["batch-size"])
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help=OPTION_HELP["batch-tokens"])
 @click.option(
     "--window",
     type=click.IntRange(min=1),
@@ -64,35 +47,17 @@ from ..records import RecordWriter, display_name, iter_records, open_input
     show_default=True,
     help="Softmax temperature for the probabilities.",
 )
-@click.option(
-    "--truncate",
-    type=click.Choice(["left", "right"]),
-    default=None,
-    help=TRUNCATE_HELP,
-)
+@click.option("--truncate", type=click.Choice(["left", "right"]), default=None, help=TRUNCATE_HELP)
 @click.option(
     "--engine",
     type=click.Choice(list(ENGINES)),
     default="local",
     show_default=True,
-    help="local: this process (transformers). ray: a Ray cluster (pip install 'rtools[ray]'), one actor "
-    "per GPU or per share of the CPUs; same records. vllm: a vLLM engine on a GPU host (pip install "
-    "'rtools[vllm]'), for a merged model (rt-lora --merge-only); same records.",
+    help=OPTION_HELP["engine"],
 )
+@click.option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDR", help=OPTION_HELP["ray-address"])
 @click.option(
-    "--ray-address",
-    envvar="RAY_ADDRESS",
-    metavar="ADDR",
-    help="--engine ray: the Ray cluster to join (host:port or ray://host:10001). "
-    "Default: $RAY_ADDRESS, else a local Ray started for this run.",
-)
-@click.option(
-    "--ray-workers",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="--engine ray: scoring actors (each loads the model). Default: one per GPU of the cluster, "
-    "else one per 4 CPUs.",
+    "--ray-workers", type=click.IntRange(min=1), default=None, metavar="N", help=OPTION_HELP["ray-workers"]
 )
 @model_options
 @unbuffered_option

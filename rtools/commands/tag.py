@@ -14,7 +14,7 @@ from ..cli import (
     unbuffered_option,
     usage_errors,
 )
-from ..manual.tag import HELP, MAN, SEPARATOR_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.tag import HELP, MAN, OPTION_HELP, SEPARATOR_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..records import display_name, read_records, write_records
 from ..tagging import SEPARATORS, TagOptions, TagStats, tag
 from ..tokens import CATEGORY, DEFAULT_CATEGORIES, SINGLE, category_token
@@ -31,14 +31,7 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 @click.command("rt-tag", help=HELP, short_help="Prefix every assistant answer with its control token.")
 @input_argument
-@click.option(
-    "-m",
-    "short_mode",
-    hidden=True,
-    expose_value=False,
-    metavar="MODE",
-    callback=_short_mode,
-)
+@click.option("-m", "short_mode", hidden=True, expose_value=False, metavar="MODE", callback=_short_mode)
 @click.option(
     "--mode",
     type=click.Choice([SINGLE, CATEGORY]),
@@ -75,21 +68,8 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
     metavar="SLUG=TOKEN",
     help=f"The refusal token of one category (category mode; repeatable). [default: {category_token('SLUG')}]",
 )
-@click.option(
-    "--map",
-    "maps",
-    multiple=True,
-    metavar="NAME=SLUG",
-    help="Map a category name in the data to a slug (repeatable). CoCoNot's names are mapped "
-    "already; any other name becomes its lowercase self.",
-)
-@click.option(
-    "--label",
-    type=click.Choice(["refuse", "respond"]),
-    default=None,
-    help="The label of rows that have none (written into them). CoCoNot's files have no label: "
-    "coconot_eval is all refuse, coconot_contrast_eval and coconot_pref all respond.",
-)
+@click.option("--map", "maps", multiple=True, metavar="NAME=SLUG", help=OPTION_HELP["map"])
+@click.option("--label", type=click.Choice(["refuse", "respond"]), default=None, help=OPTION_HELP["label"])
 @click.option(
     "--response-field",
     default="response",
@@ -98,22 +78,12 @@ def _short_mode(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Take the answer from FIELD (CoCoNot pref: chosen).",
 )
 @click.option(
-    "--refusal-text",
-    "refusal_texts",
-    multiple=True,
-    metavar="[SLUG=]TEXT",
-    help="The answer of a refusal row without a response: TEXT for every category, or SLUG=TEXT for "
-    "one (repeatable). Built-in texts exist for the CoCoNot categories.",
+    "--refusal-text", "refusal_texts", multiple=True, metavar="[SLUG=]TEXT", help=OPTION_HELP["refusal-text"]
 )
 @click.option(
     "--separator", type=click.Choice(list(SEPARATORS)), default="none", show_default=True, help=SEPARATOR_HELP
 )
-@click.option(
-    "--control-field",
-    metavar="FIELD",
-    default=None,
-    help="Also write the control token string into FIELD of each record (off by default).",
-)
+@click.option("--control-field", metavar="FIELD", default=None, help=OPTION_HELP["control-field"])
 @output_file_option(
     "--token-map",
     "token_map_path",

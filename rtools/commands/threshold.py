@@ -16,7 +16,7 @@ from ..cli import (
     rule_options,
     unbuffered_option,
 )
-from ..manual.threshold import FIT_HELP, HELP, MAN  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
+from ..manual.threshold import FIT_HELP, HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..records import display_name, open_input, read_records, write_records
 from ..thresholds import Objective, Thresholds, apply_stream, decide, fit
 
@@ -36,11 +36,7 @@ def _objective_option(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--fit", "objective", metavar="OBJECTIVE", default=None, callback=_objective_option, help=FIT_HELP
 )
-@click.option(
-    "--per-category",
-    is_flag=True,
-    help="With --fit: one threshold per p_cat category instead of one on p_refuse.",
-)
+@click.option("--per-category", is_flag=True, help=OPTION_HELP["per-category"])
 @output_file_option(
     "--save",
     "save_path",

@@ -102,3 +102,22 @@ agreement rate.
   rt-generate prompts.jsonl --model out/adapter > answers.jsonl
   rt-score test.jsonl | rt-threshold -t 0.3 | rt-generate | rt-metrics
 """
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "logit-bias": "Add B to control token TOKEN's logit before choosing (repeatable), e.g. '[refuse]=2.0'.",
+    "model": (
+        "An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
+        "Default: $RT_MODEL, else the shipped default scorer."
+    ),
+    "output-field": (
+        "The field the answer is written to. Input fields keep their values unless NAME is one of "
+        "them (e.g. --output-field response replaces the gold answer)."
+    ),
+    "refusal-phrases": (
+        "Refusal phrases for the detector, one a line: FILE replaces the defaults, +FILE extends them."
+    ),
+    "stop": "Cut the answer at the first occurrence of STRING (repeatable; the earliest wins).",
+    "top-p": "Nucleus sampling: sample from the most likely tokens whose probability reaches P.",
+    "window": "Records read, batched by length and generated together before they are written.",
+}

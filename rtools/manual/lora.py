@@ -86,3 +86,46 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
   rt-score test.jsonl --model runs/adapter | rt-metrics --threshold 0.5
   rt-lora --merge-only runs/adapter --out runs/merged
 """
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "4bit": "Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
+    "batch-size": (
+        "Examples per micro-batch and process: under torchrun or accelerate launch the global batch is "
+        "--batch-size x processes x --grad-accum, and equals one process with --batch-size x processes."
+    ),
+    "control-weight": "Weight of the control token's cross-entropy, added to the per-example answer loss.",
+    "decision-weight": (
+        "Weight of the cross-entropy restricted to the control tokens (the decision itself)."
+    ),
+    "dtype": (
+        "Compute dtype of the frozen base model: auto is bf16 on CUDA and on a CPU with bf16 units "
+        "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32."
+    ),
+    "epochs": "Passes over the training data (a fraction stops part-way; --max-steps overrides).",
+    "eval-fraction": "Held-out slice (stratified by label) for the evaluation loss and AUROC.",
+    "gradient-checkpointing": "Recompute activations to save memory. Default: on with CUDA, off on CPU.",
+    "max-length": (
+        "Longest training sequence. A longer example loses the tail of its answer; one whose prompt, "
+        "control token and first answer token do not fit is skipped, never cut, and reported (its line on "
+        "stderr, skipped_lines in the summary)."
+    ),
+    "merge": (
+        "Also write DIR/merged: the adapter merged into its base, a standalone model that plain "
+        "transformers and vLLM load (see --merge-only)."
+    ),
+    "merge-only": (
+        "Train nothing: merge the rt-lora output ADAPTER into its base model and write the standalone "
+        "model to --out DIR (LoRA and control-token rows folded in, in fp32; stored in --dtype, auto: the "
+        "base's own; tied embeddings stay tied; --base if the base has moved; runs on --device, auto: cpu)."
+    ),
+    "model": (
+        "Base model directory (not an rt-lora output), as --base means in rt-score and rt-generate "
+        "(-m/--model: the older name). Default: $RT_BASE_MODEL, else the embedded "
+        "SmolLM2-135M-Instruct; $RT_MODEL, the model rt-score uses, is never read here."
+    ),
+    "resume": "Continue from DIR.checkpoint after an interruption (same data and settings).",
+    "seed": "Seed for the LoRA initialisation, the evaluation split and the batch order.",
+    "target-modules": "LoRA target modules: all-linear, or a comma-separated list of module names.",
+    "token-map": "The token map rt-tag wrote (--token-map); default: inferred from the data.",
+}

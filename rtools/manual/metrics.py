@@ -109,3 +109,27 @@ stdin when FILE is - or missing) first, so it does not stream.
 --sweep prints JSON Lines instead: one row per threshold on p_refuse, for all rows
 (category null) and then for each category.
 """
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "bootstrap": "Add percentile bootstrap confidence intervals (`ci`) from N resamples of the rows.",
+    "fail-over": "Exit 1 when METRIC > V (for rates, e.g. false_refusal_rate=0.1). Repeatable.",
+    "fail-under": (
+        "Exit 1 when METRIC < V (the summary is still printed). Repeatable. METRIC is a summary key "
+        "or CATEGORY.METRIC (e.g. safety.recall); a null metric fails."
+    ),
+    "format": "json: one JSON object (JSON Lines with --sweep); table: an aligned table for people.",
+    "plot": (
+        "Also write a PNG: ROC curves, and the refusal rate against threshold for each gold class "
+        "(refuse rows solid, respond rows dashed), overall and per category (needs p_refuse on every row; "
+        "written atomically)."
+    ),
+    "sweep": (
+        "Instead of the summary, print one JSON line per threshold on p_refuse "
+        "(overall rows, category null, then each category's rows)."
+    ),
+    "sweep-points": "Thresholds for --sweep: N evenly spaced in [0, 1], or 'all' distinct score values.",
+    "threshold": (
+        "Decide refuse when p_refuse >= T, overriding any decision field (every row needs p_refuse)."
+    ),
+}

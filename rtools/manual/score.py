@@ -70,3 +70,26 @@ automatically (bf16 on GPU and on CPUs with bf16 units, see --dtype; --4bit for 
   rt-score test.jsonl --model runs/adapter | rt-threshold -t 0.3 | rt-metrics
   rt-score test.jsonl --model runs/adapter --base /new/place/of/the/base
 """
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "batch-size": ("A fixed number of prompts per batch (default: batches under --batch-tokens)."),
+    "batch-tokens": ("Token budget of a batch (padded length x prompts). Default: 1024 on CPU, 8192 on GPU."),
+    "engine": (
+        "local: this process (transformers). ray: a Ray cluster (pip install 'rtools[ray]'), one actor "
+        "per GPU or per share of the CPUs; same records. vllm: a vLLM engine on a GPU host (pip install "
+        "'rtools[vllm]'), for a merged model (rt-lora --merge-only); same records."
+    ),
+    "model": (
+        "An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
+        "Default: $RT_MODEL, else the shipped default scorer."
+    ),
+    "ray-address": (
+        "--engine ray: the Ray cluster to join (host:port or ray://host:10001). "
+        "Default: $RAY_ADDRESS, else a local Ray started for this run."
+    ),
+    "ray-workers": (
+        "--engine ray: scoring actors (each loads the model). Default: one per GPU of the cluster, "
+        "else one per 4 CPUs."
+    ),
+}

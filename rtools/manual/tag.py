@@ -112,3 +112,20 @@ SEPARATOR_HELP = (
     "What follows the control token in the assistant turn. 'none' (the default) suits a token "
     "that is a special token of the tokenizer."
 )
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "control-field": "Also write the control token string into FIELD of each record (off by default).",
+    "label": (
+        "The label of rows that have none (written into them). CoCoNot's files have no label: "
+        "coconot_eval is all refuse, coconot_contrast_eval and coconot_pref all respond."
+    ),
+    "map": (
+        "Map a category name in the data to a slug (repeatable). CoCoNot's names are mapped "
+        "already; any other name becomes its lowercase self."
+    ),
+    "refusal-text": (
+        "The answer of a refusal row without a response: TEXT for every category, or SLUG=TEXT for "
+        "one (repeatable). Built-in texts exist for the CoCoNot categories."
+    ),
+}

@@ -137,3 +137,8 @@ FIT_HELP = (
     "closest to R); 'budget=B' (refuse at most a share B of the records: a quantile of the scores, "
     "no labels needed). Ties: p >= t refuses, so tied rows are decided together."
 )
+
+#: The long --help texts of its options, by option name.
+OPTION_HELP = {
+    "per-category": "With --fit: one threshold per p_cat category instead of one on p_refuse.",
+}
