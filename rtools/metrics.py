@@ -1005,6 +1005,23 @@ def summary_table(
     return text
 
 
+def sweep_table(rows: Iterable[dict[str, Any]]) -> str:
+    """The :func:`threshold_sweep` rows as an aligned table (rt-metrics --sweep --format table)."""
+    header = list(SWEEP_KEYS)
+    return format_table(header, [[r[k] for k in header] for r in rows])
+
+
+def report(
+    summary: dict[str, Any], data: EvalData, options: MetricsOptions, fmt: str = "json", pretty: bool = False
+) -> bytes:
+    """The summary as rt-metrics prints it: one JSON object with sorted keys (``pretty``: indented), or
+    (``fmt="table"``) :func:`summary_table` with the bootstrap intervals and the no-category row."""
+    if fmt == "table":
+        ci_level = options.ci if options.bootstrap else None
+        return summary_table(summary, ci_level, no_category_summary(data, options)).encode()
+    return orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)) + b"\n"
+
+
 def _interval(bounds: list[float] | None) -> str | None:
     return None if not bounds else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
 

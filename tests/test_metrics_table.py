@@ -144,3 +144,23 @@ def test_metrics_plot_right_panel_is_refusal_rate_per_gold_class():
     assert lines["all: respond rows (n=3)"].get_linestyle() == "--"
     assert lines["all: refuse rows (n=2)"].get_linestyle() == "-"
     assert "gold class" in rate_ax.get_title()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--format", "table"], ["--format", "table", "--bootstrap", "50", "--seed", "3"], ["--pretty"], []],
+)
+def test_metrics_report_is_the_library_output(args):
+    """What rt-metrics prints is rtools.metrics.report / sweep_table: a library user gets the same bytes."""
+    from rtools import metrics as M
+
+    fmt = "table" if "table" in args else "json"
+    boot = int(args[args.index("--bootstrap") + 1]) if "--bootstrap" in args else 0
+    options = M.MetricsOptions(bootstrap=boot, seed=3)
+    data = M.load(RECORDS, options)
+    expected = M.report(M.summarize(data, options), data, options, fmt, "--pretty" in args)
+    assert rt(args, input=jsonl(RECORDS))[1].encode() == expected
+    sweep = M.MetricsOptions(sweep=True, sweep_points=5)
+    rows = M.threshold_sweep(M.load(RECORDS, sweep), 5)
+    out = rt(["--sweep", "--sweep-points", "5", "--format", "table"], input=jsonl(RECORDS))[1]
+    assert out == M.sweep_table(rows) and out.count("\n") > 5

@@ -146,8 +146,6 @@ def command(
         )
     check_ignored_options(ctx, do_sweep, bootstrap, fmt)
 
-    import orjson
-
     from ..records import display_name, read_records, write_records
 
     name = display_name(file)
@@ -161,21 +159,13 @@ def command(
     if do_sweep:
         rows = M.threshold_sweep(data, sweep_points)
         if fmt == "table":
-            header = list(M.SWEEP_KEYS)
-            out.write(M.format_table(header, [[r[k] for k in header] for r in rows]).encode())
+            out.write(M.sweep_table(rows).encode())
         else:
             write_records(rows, out)
         return
 
     summary = M.summarize(data, options)
-    if fmt == "table":
-        table = M.summary_table(
-            summary, ci_level if bootstrap else None, M.no_category_summary(data, options)
-        )
-        out.write(table.encode())
-    else:
-        option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
-        out.write(orjson.dumps(summary, option=option) + b"\n")
+    out.write(M.report(summary, data, options, fmt, pretty))
     out.flush()
 
     failures = M.check_gates(summary, options.gates)
