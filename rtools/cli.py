@@ -416,6 +416,15 @@ def make_config(cls: Callable[..., Any], **values: Any) -> Any:
         raise config_usage_error(e, values) from None
 
 
+def config_from(cls: Callable[..., Any], options: dict[str, Any], **converted: Any) -> Any:
+    """:func:`make_config` from a command's options (click's keyword arguments): each option named as a
+    field of the dataclass ``cls`` is that field, ``converted`` the values the command converted."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return make_config(cls, **{**{k: v for k, v in options.items() if k in fields}, **converted})
+
+
 def cpu_bf16() -> bool | None:
     """``$RT_CPU_BF16``: ``1`` takes this CPU for one with bf16 matrix units (``--dtype auto`` is then
     bf16), ``0`` for one without (fp32); unset (or another value), the CPU's flags decide."""

@@ -6,12 +6,12 @@ import click
 
 from ..cli import (
     common_options,
+    config_from,
     config_usage_error,
     entry_point,
     fail,
     in_flags,
     input_argument,
-    make_config,
     option_words,
     progress_bar,
     warn,
@@ -180,42 +180,17 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 @common_options
 def command(
     file,
-    out,
-    model,
     token_map_file,
-    epochs,
-    max_steps,
-    batch_size,
-    grad_accum,
-    lr,
-    token_lr,
-    lora_r,
-    lora_alpha,
-    lora_dropout,
-    target_modules,
-    control_weight,
-    decision_weight,
-    balance,
-    max_answer_tokens,
-    max_length,
-    eval_fraction,
-    seed,
-    load_4bit,
-    gradient_checkpointing,
-    save_every,
     resume,
     overwrite,
-    merge,
     merge_only,
-    device,
-    dtype,
-    trust_remote_code,
     world_size,
     rank,
     local_rank,
     use_fsdp,
     use_deepspeed,
     quiet,
+    **options,  # TrainConfig's fields, by name
 ):
     import orjson
 
@@ -226,40 +201,14 @@ def command(
     from ..tokens import TokenMap
 
     if merge_only is not None:
-        return merge_command(
-            merge_only, file, out, model, merge, resume, device, dtype, overwrite, trust_remote_code, quiet
-        )
-    tmods = (
-        target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
-    )
-    cfg = make_config(
+        return merge_command(merge_only, file, resume, overwrite, quiet, **options)
+    tmods = options["target_modules"]
+    cfg = config_from(
         TrainConfig,
-        out=out,
-        model=model,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        token_lr=token_lr,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=tmods,
-        control_weight=control_weight,
-        decision_weight=decision_weight,
-        balance=balance,
-        max_answer_tokens=max_answer_tokens,
-        max_length=max_length,
-        eval_fraction=eval_fraction,
-        seed=seed,
-        load_4bit=load_4bit,
-        gradient_checkpointing=gradient_checkpointing,
-        save_every=save_every,
-        device=None if device == "auto" else device,
-        dtype=None if dtype == "auto" else dtype,
-        trust_remote_code=trust_remote_code,
-        merge=merge,
+        options,
+        target_modules=tmods if tmods == "all-linear" else [m.strip() for m in tmods.split(",")],
+        device=None if options["device"] == "auto" else options["device"],
+        dtype=None if options["dtype"] == "auto" else options["dtype"],
     )
     tm = TokenMap.read(token_map_file) if token_map_file else None
     name = display_name(file)
@@ -296,11 +245,11 @@ def command(
     except RecordError as e:  # the library names configuration fields; the command, its options
         raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
     if world.main:  # the other ranks of a launched run write nothing
-        click.echo(orjson.dumps({"out": out, **summary}).decode())
+        click.echo(orjson.dumps({"out": options["out"], **summary}).decode())
 
 
 def merge_command(
-    adapter, file, out, base, merge, resume, device, dtype, overwrite, trust_remote_code, quiet
+    adapter, file, resume, overwrite, quiet, out, model, merge, device, dtype, trust_remote_code, **_
 ):
     """rt-lora --merge-only ADAPTER --out DIR: the merged model, nothing trained."""
     import orjson
@@ -317,7 +266,7 @@ def merge_command(
         summary = merge_adapter(
             adapter,
             out,
-            base=base,
+            base=model,
             dtype=None if dtype == "auto" else dtype,
             device="cpu" if device == "auto" else device,
             overwrite=overwrite,
