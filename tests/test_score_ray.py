@@ -156,3 +156,4 @@ def test_missing_ray_names_the_extra(invoke, monkeypatch, tmp_path):
     r = invoke("rt-score", ["--engine", "ray", "--model", str(tmp_path), "-"], input="")
     assert r.exit_code == 1
     assert "pip install 'rtools[ray]'" in r.stderr and r.stdout == ""
+    assert "the ray engine needs ray" in r.stderr

@@ -146,7 +146,7 @@ def engine_errors():
     except ModelError as e:
         raise fail(in_flags(str(e), e.fields)) from None
     except EngineError as e:
-        raise fail(str(e)) from None
+        raise fail(in_flags(str(e), e.fields)) from None
 
 
 main = entry_point(command, "rt-score")

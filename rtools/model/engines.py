@@ -26,7 +26,12 @@ ENGINES: dict[str, tuple[str, str]] = {
 
 
 class EngineError(Exception):
-    """An engine that cannot run here (its optional dependency is missing, or it cannot start)."""
+    """An engine that cannot run here (its optional dependency is missing, or it cannot start).
+    ``fields``: the configuration fields its message names (``engine=ray``), as ModelError's."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 def engine_class(name: str) -> Any:
@@ -52,5 +57,6 @@ def require_module(module: str, engine: str, extra: str) -> Any:
         return import_module(module)
     except ImportError as e:
         raise EngineError(
-            f"--engine {engine} needs {module}, which is not installed ({e}): pip install 'rtools[{extra}]'"
+            f"the {engine} engine needs {module}, which is not installed ({e}): pip install 'rtools[{extra}]'",
+            fields=("engine",),
         ) from None

@@ -164,7 +164,7 @@ class RayScorer:
         on_gpu = device not in ("cpu",) and (gpus > 0 or (device or "").startswith("cuda"))
         if on_gpu:
             if gpus == 0:
-                raise EngineError(f"--device {device}: the Ray cluster has no GPUs")
+                raise EngineError(f"the Ray cluster has no GPUs for device {device}", fields=("device",))
             n = workers or gpus
             if n > gpus:
                 raise EngineError(f"{n} Ray workers need a GPU each; the cluster has {gpus}")
