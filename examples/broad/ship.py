@@ -13,7 +13,6 @@ every shipped file. The target directory is replaced atomically.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from rtools.datasets.coconot import sha256  # noqa: E402
 from rtools.records import atomic_directory  # noqa: E402
 
 COPY = (
@@ -33,14 +33,6 @@ COPY = (
     "train_log.jsonl",
 )
 KEEP = ("MODEL_CARD.md",)  # written by hand: carried over from the directory being replaced
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
