@@ -19,9 +19,9 @@ caught: dict = {}
 _wrap = dd.wrap
 
 
-def wrap(objective, world, device):
+def wrap(objective, world, device, **kw):
     caught["objective"], caught["rank"] = objective, world.rank
-    return _wrap(objective, world, device)
+    return _wrap(objective, world, device, **kw)
 
 
 dd.wrap = wrap
@@ -46,8 +46,13 @@ if __name__ == "__main__":
             from safetensors.torch import save_file
 
             params = caught["objective"].named_parameters()
+            # under FSDP (DTensor parameters) what this rank holds: its shard
             save_file(
-                {n: p.detach().contiguous() for n, p in params if p.requires_grad},
+                {
+                    n: getattr(p.detach(), "to_local", p.detach)().contiguous()
+                    for n, p in params
+                    if p.requires_grad
+                },
                 os.path.join(dump, f"rank{caught['rank']}.safetensors"),
             )
         sys.stdout.flush()

@@ -272,11 +272,200 @@ def test_a_launcher_without_a_rendezvous_is_a_clear_error(tmp_path, tiny_base):
     assert not os.path.exists(tmp_path / "o")
 
 
-def test_accelerate_fsdp_is_refused_clearly(invoke, tmp_path, tiny_base, monkeypatch):
-    """accelerate launch with an FSDP config sets ACCELERATE_USE_FSDP: refused, not silently DDP."""
+def test_accelerate_deepspeed_is_refused_clearly(invoke, tmp_path, tiny_base, monkeypatch):
+    """accelerate launch with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED: refused, not silently DDP."""
     data = write_jsonl(tmp_path / "t.jsonl", tag_single(ROWS[:6]))
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     r = invoke("rt-lora", [data, "--out", str(tmp_path / "o"), "--model", tiny_base, "-q", "--device", "cpu"])
     assert r.exit_code == 1
-    assert "FSDP is not supported yet" in r.stderr and "accelerate_ddp.yaml" in r.stderr
+    assert "DeepSpeed is not supported" in r.stderr and "accelerate_fsdp.yaml" in r.stderr
     assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params is not supported"),
+        ({"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "FSDP sharding strategy HYBRID_SHARD is not supported"),
+    ],
+)
+def test_accelerate_fsdp_settings_rtools_does_not_apply_are_refused(
+    invoke, tmp_path, tiny_base, monkeypatch, env, words
+):
+    data = write_jsonl(tmp_path / "t.jsonl", tag_single(ROWS[:6]))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = invoke("rt-lora", [data, "--out", str(tmp_path / "o"), "--model", tiny_base, "-q", "--device", "cpu"])
+    assert r.exit_code == 1 and words in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "o")
+
+
+# ---------------------------------------------------------------------------
+# FSDP: the model sharded across the ranks (--fsdp, or accelerate's FSDP configuration)
+
+
+@pytest.fixture(scope="module")
+def fsdp_made(made):
+    cache: dict = {}
+
+    def get(setup: str) -> dict:
+        if setup not in cache:
+            runs = made(setup)
+            dump = os.path.join(runs["tmp"], "fsdp-dump")
+            os.makedirs(dump)
+            out = os.path.join(runs["tmp"], "fsdp", "out")
+            r = torchrun([*runs["args"], "--out", out, "--batch-size", "2", "--fsdp"], dump=dump)
+            assert r.returncode == 0, r.stderr[-3000:]
+            cache[setup] = {**runs, "fsdp": out, "fsdp_result": r, "fsdp_dump": dump}
+        return cache[setup]
+
+    return get
+
+
+@pytest.fixture(params=list(SETUPS))
+def fsdp_runs(request, fsdp_made) -> dict:
+    return fsdp_made(request.param)
+
+
+def test_fsdp_equals_one_process_and_ranks_hold_shards(fsdp_runs):
+    """Sharded on 2 ranks: the adapter rank 0 writes equals one process with the global batch, while
+    each rank held only its shard of every trainable parameter (half the rows)."""
+    runs = fsdp_runs
+    d = max_diff(adapter(runs["fsdp"]), adapter(runs["single"]))
+    assert d <= 1e-5, d
+    d = max_diff(adapter(runs["fsdp"]), adapter(runs["ddp"]))
+    assert d <= 1e-5, d
+    r0 = load_file(os.path.join(runs["fsdp_dump"], "rank0.safetensors"))
+    r1 = load_file(os.path.join(runs["fsdp_dump"], "rank1.safetensors"))
+    full = load_file(os.path.join(runs["dump"], "rank0.safetensors"))  # DDP: every rank the whole
+    assert set(r0) == set(r1) == set(full)
+    for k, whole in full.items():
+        a, b = r0[k], r1[k]
+        assert a.shape[0] + b.shape[0] == whole.shape[0] and a.shape[1:] == whole.shape[1:], k
+        assert a.shape[0] < whole.shape[0], k  # sharded, not replicated
+        assert float((torch_cat(a, b) - whole).abs().max()) <= 1e-5, k
+    # one summary line, one progress line per step, nothing left beside the output
+    r = runs["fsdp_result"]
+    assert len([x for x in r.stdout.splitlines() if x.strip()]) == 1
+    assert os.listdir(os.path.dirname(runs["fsdp"])) == ["out"]
+    with open(os.path.join(runs["fsdp"], "rtools_config.json"), "rb") as fh:
+        cfg = orjson.loads(fh.read())["training"]
+    assert cfg["fsdp"] is True and cfg["world_size"] == 2
+
+
+def torch_cat(a, b):
+    import torch
+
+    return torch.cat([a, b], 0)
+
+
+def test_fsdp_output_scores_like_one_process(fsdp_runs):
+    runs = fsdp_runs
+    prompts = write_jsonl(os.path.join(runs["tmp"], "prompts-fsdp.jsonl"), prompts_only(ROWS))
+
+    def score(out):
+        r = invoke_command("rt-score", [prompts, "--model", out, "--device", "cpu", "-q"])
+        assert r.exit_code == 0, r.stderr
+        return read_jsonl(r.stdout)
+
+    a, b = score(runs["single"]), score(runs["fsdp"])
+    d = max(abs(x["p_refuse"] - y["p_refuse"]) for x, y in zip(a, b, strict=True))
+    assert d <= 1e-4, d
+
+
+def test_fsdp_resume_continues_exactly_and_the_checkpoint_is_whole(fsdp_made):
+    """Interrupted after 5 steps under FSDP (checkpoint at 4), resumed under FSDP: the uninterrupted
+    run's weights. The checkpoint holds whole tensors: one process with the same global batch
+    continues it too, to the one-process run."""
+    runs = fsdp_made("tied")
+    out = os.path.join(runs["tmp"], "fsdp-resumed", "out")
+    args = [*runs["args"], "--out", out, "--batch-size", "2", "--fsdp"]
+    r = torchrun(args, stop=5)
+    assert r.returncode != 0
+    assert sorted(os.listdir(os.path.dirname(out))) == ["out.checkpoint"]
+    ckpt = load_file(os.path.join(out + ".checkpoint", "params.safetensors"))
+    whole = load_file(os.path.join(runs["dump"], "rank0.safetensors"))
+    # the dump names the objective's parameters ("model." + the peft model's names)
+    assert {k: v.shape for k, v in ckpt.items()} == {
+        k.removeprefix("model."): v.shape for k, v in whole.items()
+    }
+    import shutil
+
+    copy = os.path.join(runs["tmp"], "fsdp-to-one", "out")
+    shutil.copytree(out + ".checkpoint", copy + ".checkpoint")
+    r = torchrun([*args, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming at step 4/9" in r.stderr
+    d = max_diff(adapter(out), adapter(runs["fsdp"]))
+    assert d <= 1e-6, d
+    r = invoke_command("rt-lora", [*runs["args"], "--out", copy, "--batch-size", "4", "--resume", "-q"])
+    assert r.exit_code == 0, r.stderr
+    d = max_diff(adapter(copy), adapter(runs["single"]))
+    assert d <= 1e-5, d
+
+
+def test_fsdp_with_a_4bit_base_is_refused_clearly(tmp_path, tiny_base):
+    data = write_jsonl(tmp_path / "t.jsonl", tag_single(ROWS[:6]))
+    out = str(tmp_path / "o")
+    r = torchrun([data, "--out", out, "--model", tiny_base, "-q", "--device", "cpu", "--fsdp", "--4bit"])
+    assert r.returncode != 0
+    assert "rt-lora: --fsdp with a 4-bit base is not supported" in r.stderr, r.stderr[-2000:]
+    assert "--no-4bit" in r.stderr
+    assert not os.path.exists(out)
+
+
+def test_accelerate_fsdp_config_means_fsdp(invoke, tmp_path, tiny_base, monkeypatch):
+    """ACCELERATE_USE_FSDP (accelerate's FSDP configuration) sets --fsdp; one process ignores it."""
+    data = write_jsonl(tmp_path / "t.jsonl", tag_single(ROWS[:6]))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    out = str(tmp_path / "o")
+    r = invoke("rt-lora", [data, "--out", out, "--model", tiny_base, "-q", *RECIPE, "--max-steps", "2"])
+    assert r.exit_code == 0, r.stderr
+    with open(os.path.join(out, "rtools_config.json"), "rb") as fh:
+        assert orjson.loads(fh.read())["training"]["fsdp"] is True
+
+
+def test_fsdp_evaluates_like_one_process(tmp_path, tiny_base):
+    """The held-out evaluation runs sharded on every rank (the model called outside the objective's
+    forward, with the root unit gathered): rank 0's summary has the one-process numbers."""
+    data = write_jsonl(tmp_path / "t.jsonl", tag_single(ROWS))
+    args = [data, "--model", tiny_base, *RECIPE, "--max-steps", "3", "--eval-fraction", "0.25", "-q"]
+    r1 = invoke_command("rt-lora", [*args, "--out", str(tmp_path / "one"), "--batch-size", "4"])
+    assert r1.exit_code == 0, r1.stderr
+    r2 = torchrun([*args, "--out", str(tmp_path / "fsdp"), "--batch-size", "2", "--fsdp"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = orjson.loads(r1.stdout), orjson.loads(r2.stdout)
+    assert a["eval_examples"] == b["eval_examples"] > 0
+    for k in ("eval_loss", "eval_auroc", "eval_refusal_rate_refuse", "eval_refusal_rate_respond"):
+        assert abs(a[k] - b[k]) <= 1e-4, (k, a[k], b[k])
+
+
+def test_the_shipped_accelerate_fsdp_config_trains_sharded(fsdp_made):
+    """examples/scale/accelerate_fsdp.yaml under accelerate launch (its use_cpu set to true: this
+    machine has no GPU) gives the --fsdp run: 2 processes, sharded, the same adapter."""
+    runs = fsdp_made("tied")
+    with open(os.path.join(HERE, "..", "examples", "scale", "accelerate_fsdp.yaml")) as fh:
+        text = fh.read()
+    assert "use_cpu: false" in text and "distributed_type: FSDP" in text
+    cfg = os.path.join(runs["tmp"], "accelerate_fsdp_cpu.yaml")
+    with open(cfg, "w") as fh:
+        fh.write(text.replace("use_cpu: false", "use_cpu: true"))
+    out = os.path.join(runs["tmp"], "accelerate-fsdp", "out")
+    env = {
+        **SUBPROCESS_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg, "--num_processes", "2",
+        "--main_process_port", str(free_port()), os.path.join(HERE, "launch_rt_lora.py"),
+        *runs["args"], "--out", out, "--batch-size", "2", "-q",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(out, "rtools_config.json"), "rb") as fh:
+        training = orjson.loads(fh.read())["training"]
+    assert training["fsdp"] is True and training["world_size"] == 2
+    d = max_diff(adapter(out), adapter(runs["fsdp"]))
+    assert d <= 1e-6, d

@@ -147,6 +147,7 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 @click.option("--resume", is_flag=True, help=OPTION_HELP["resume"])
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (atomically).")
 @click.option("--merge", is_flag=True, help=OPTION_HELP["merge"])
+@click.option("--fsdp", is_flag=True, help=OPTION_HELP["fsdp"])
 @click.option(
     "--merge-only", metavar="ADAPTER", type=click.Path(file_okay=False), help=OPTION_HELP["merge-only"]
 )
@@ -170,6 +171,17 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     "--accelerate-use-fsdp", "use_fsdp", envvar="ACCELERATE_USE_FSDP", type=bool, default=False, hidden=True
 )
 @click.option(
+    "--fsdp-offload-params",
+    "fsdp_offload",
+    envvar="FSDP_OFFLOAD_PARAMS",
+    type=bool,
+    default=False,
+    hidden=True,
+)
+@click.option(
+    "--fsdp-sharding-strategy", "fsdp_strategy", envvar="FSDP_SHARDING_STRATEGY", default=None, hidden=True
+)
+@click.option(
     "--accelerate-use-deepspeed",
     "use_deepspeed",
     envvar="ACCELERATE_USE_DEEPSPEED",
@@ -188,6 +200,8 @@ def command(
     rank,
     local_rank,
     use_fsdp,
+    fsdp_offload,
+    fsdp_strategy,
     use_deepspeed,
     quiet,
     **options,  # TrainConfig's fields, by name
@@ -202,6 +216,24 @@ def command(
 
     if merge_only is not None:
         return merge_command(merge_only, file, resume, overwrite, quiet, **options)
+    if use_deepspeed:
+        raise fail(
+            "accelerate launch with DeepSpeed is not supported: rt-lora trains data parallel (DDP) or "
+            "sharded with torch's FSDP; launch with examples/scale/accelerate_ddp.yaml, "
+            "examples/scale/accelerate_fsdp.yaml or torchrun (--fsdp to shard)"
+        )
+    if use_fsdp:  # accelerate launch with an FSDP configuration: rt-lora shards the model itself
+        if fsdp_offload:
+            raise fail(
+                "FSDP with fsdp_offload_params is not supported: rt-lora keeps the shards on the "
+                "processes' devices (examples/scale/accelerate_fsdp.yaml)"
+            )
+        if fsdp_strategy not in (None, "", "1", "FULL_SHARD"):
+            raise fail(
+                f"FSDP sharding strategy {fsdp_strategy} is not supported: rt-lora shards fully "
+                "(FULL_SHARD: every unit's parameters gathered for its forward and backward, freed after)"
+            )
+        options["fsdp"] = True
     tmods = options["target_modules"]
     cfg = config_from(
         TrainConfig,
@@ -216,13 +248,6 @@ def command(
     if not records:
         raise fail("no training records", path=name)
     try:
-        if use_fsdp or use_deepspeed:
-            raise ModelError(
-                f"accelerate launch with {'FSDP' if use_fsdp else 'DeepSpeed'} is not supported yet: rt-lora "
-                "trains data parallel (DDP), every process a full copy of the base model; launch with "
-                "examples/scale/accelerate_ddp.yaml or torchrun (a model that does not fit one GPU: "
-                "--4bit, --gradient-checkpointing, a smaller --batch-size with --grad-accum)"
-            )
         world = distributed.check_world(world_size, rank, local_rank)
         with distributed.start(world, distributed.rank_device(pick_device(cfg.device), world)):
             summary = train(

@@ -28,9 +28,11 @@ MAN = {
         + CPU_BF16
         + " WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: set by torchrun or accelerate launch; "
         "with WORLD_SIZE above 1 rt-lora joins their process group (gloo on CPU, nccl on CUDA, each process "
-        "on GPU LOCAL_RANK). ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED: set by accelerate launch with "
-        "an FSDP or DeepSpeed configuration, which rt-lora refuses. The launch recipes (torchrun, accelerate "
-        "launch, several machines): examples/scale/README.md."
+        "on GPU LOCAL_RANK). ACCELERATE_USE_FSDP: set by accelerate launch with an FSDP configuration; "
+        "it means --fsdp (rt-lora shards the model itself: FULL_SHARD, one unit per decoder layer; "
+        "FSDP_OFFLOAD_PARAMS=true and other FSDP_SHARDING_STRATEGY values are refused). "
+        "ACCELERATE_USE_DEEPSPEED: a DeepSpeed configuration, which rt-lora refuses. The launch recipes "
+        "(torchrun, accelerate launch, FSDP, several machines): examples/scale/README.md."
     ),
     "EXAMPLES": (
         "Tag, saving the token map, and train on the default model:\n"
@@ -75,7 +77,9 @@ different training data or settings. --out is checked for writing before the mod
 Under torchrun or accelerate launch (N processes, one node or many) it trains data parallel (DDP):
 every process a full copy of the base model, the same run as one process with N times the
 --batch-size; process 0 alone writes DIR, the checkpoints, the progress and the summary.
-FSDP and DeepSpeed configurations are refused (not supported yet).
+With --fsdp (or an accelerate FSDP configuration) the model is sharded instead (torch's FSDP,
+one unit per decoder layer): each process holds 1/N of the weights, for a base that does not fit
+one device in bf16; the same run again. DeepSpeed configurations are refused.
 
 Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
 or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
@@ -89,6 +93,11 @@ or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences i
 
 #: The long --help texts of its options, by option name.
 OPTION_HELP = {
+    "fsdp": (
+        "Under torchrun or accelerate launch: shard the base model, LoRA and token rows across the "
+        "processes (torch's FSDP, one unit per decoder layer) instead of a full copy each (DDP). "
+        "Not with --4bit. Ignored by one process."
+    ),
     "4bit": "Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
     "batch-size": (
         "Examples per micro-batch and process: under torchrun or accelerate launch the global batch is "

@@ -133,8 +133,9 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def wrap(objective: Any, world: World, device: str) -> Any:
-    """The module the training loop calls: DDP around the objective on several ranks.
+def wrap(objective: Any, world: World, device: str, fsdp: bool = False) -> Any:
+    """The module the training loop calls: DDP around the objective on several ranks, or with
+    ``fsdp`` the objective sharded in place (:func:`shard_model`).
 
     ``broadcast_buffers=False``: the objective's buffers (control-token ids, rotary tables) are
     constants. Every trainable parameter (LoRA, control-token rows) is used by every forward, so
@@ -142,6 +143,8 @@ def wrap(objective: Any, world: World, device: str) -> Any:
     """
     if not world.distributed:
         return objective
+    if fsdp:
+        return shard_model(objective, world, device)
     import inspect
 
     from torch.nn.parallel import DistributedDataParallel
@@ -169,3 +172,105 @@ def gather_rng(world: Any, state: Any) -> list[Any]:
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, state)
     return out
+
+
+# ---------------------------------------------------------------------------
+# FSDP: the base model sharded across the ranks (torch's fully_shard, "FSDP2")
+
+
+def shard_model(objective: Any, world: World, device: str) -> Any:
+    """Shard ``objective`` (a DecisionLoss) across the ranks with torch's ``fully_shard``: one unit
+    per decoder layer, and the root unit (the objective itself) holding the rest: the embedding and
+    the head with their trainable control-token rows, and the final norm. Every rank then keeps
+    1/N of each parameter (frozen base, LoRA, token rows); a unit's parameters are gathered for its
+    forward and backward and freed after (FULL_SHARD), and the gradients are reduce-scattered.
+
+    The embedding and the head stay in the root unit on purpose: DecisionLoss reads their weights
+    directly in its forward (fast_embed / fast_head), which sees whole tensors only while the root
+    unit is gathered (during the forward of the objective), and a tied embedding must not be split
+    across two units. Works on CPU (gloo) as on CUDA (nccl)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from .scoring import decoder_and_head
+
+    decoder, _ = decoder_and_head(objective.model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None or not hasattr(layers, "__iter__"):
+        raise ModelError(
+            f"cannot shard {type(decoder).__name__} (fsdp=True): it has no list of decoder layers "
+            "(.layers); train it data parallel (without fsdp=True)",
+            ("fsdp",),
+        )
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (dist.get_world_size(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(objective, mesh=mesh)
+    return objective
+
+
+def is_sharded(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t: Any) -> Any:
+    """A whole tensor from a sharded one (a collective: every rank calls it, in the same order)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def local_like(full: Any, param: Any) -> Any:
+    """``full`` (a whole tensor, the same on every rank) cut as ``param`` is: this rank's shard of
+    it for a sharded parameter (no communication), ``full`` itself otherwise."""
+    if not is_sharded(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    full = full.to(param.device_mesh.device_type, param.dtype)
+    return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+
+
+def full_trainable(model: Any) -> dict[str, Any]:
+    """The trainable parameters by name, whole, on the CPU (under FSDP a collective: every rank)."""
+    return {
+        n: full_tensor(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def full_optimizer_state(opt: Any) -> dict[str, Any]:
+    """``opt.state_dict()`` with every sharded state tensor whole (a collective under FSDP)."""
+    sd = opt.state_dict()
+    state = {pid: {k: full_tensor(v) for k, v in st.items()} for pid, st in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def shard_optimizer_state(sd: dict[str, Any], opt: Any) -> dict[str, Any]:
+    """A whole optimizer state (as :func:`full_optimizer_state` gives it) cut for ``opt``'s sharded
+    parameters, so that ``opt.load_state_dict`` takes it."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = {}
+    for pid, st in sd["state"].items():
+        p = params[int(pid)] if int(pid) < len(params) else None
+        state[pid] = {
+            k: local_like(v, p)
+            if p is not None and is_sharded(p) and getattr(v, "shape", None) == p.shape
+            else v
+            for k, v in st.items()
+        }
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+@contextlib.contextmanager
+def gathered_root(objective: Any) -> Iterator[None]:
+    """The root unit's parameters (embedding, head, norm) whole for the block, so that code calling
+    the model directly (not through the objective's forward) can run; nothing without FSDP."""
+    if not hasattr(objective, "unshard") or not hasattr(objective, "reshard"):
+        yield
+        return
+    objective.unshard()
+    try:
+        yield
+    finally:
+        objective.reshard()

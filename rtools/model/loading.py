@@ -380,9 +380,11 @@ def load_base(
     load_4bit: bool = False,
     trust_remote_code: bool = False,
     mix: bool = True,
+    host: bool = False,
 ) -> Any:
     """The base model on ``device``. bf16 on CPU: loaded in fp32, then (``mix``) precision.mix_bf16;
-    with ``mix=False`` the caller converts it later (after merging an adapter in fp32)."""
+    with ``mix=False`` the caller converts it later (after merging an adapter in fp32). ``host``:
+    prepared for ``device`` but left in host memory (FSDP moves each rank's shards there)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -400,7 +402,7 @@ def load_base(
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError (a corrupt file), ...
         raise ModelError(f"{broken_safetensors(directory) or directory}: cannot load the model: {e}") from e
-    if not load_4bit:
+    if not load_4bit and not host:
         model.to(device)
     if mixed and mix:
         from .precision import mix_bf16

@@ -98,6 +98,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     merge: bool = False
     cpu_bf16: bool | None = None
+    fsdp: bool = False  # under a launcher: shard the model across the processes (FSDP) instead of DDP
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "max_length")
@@ -152,7 +153,7 @@ class Progress:
 
 
 #: Settings a resumed run may change: they do not change what is trained.
-RESUME_FREE = frozenset({"out", "save_every", "merge", "device", "trust_remote_code"})
+RESUME_FREE = frozenset({"out", "save_every", "merge", "device", "trust_remote_code", "fsdp"})
 #: ... and these may change together when the global batch (batch_size x world_size) stays the same.
 RESUME_GLOBAL = frozenset({"batch_size", "world_size"})
 
@@ -542,11 +543,10 @@ def _set_rng_state(tensors: dict[str, Any], js: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _optimizer_state(opt: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """An optimizer's state_dict split into (tensors, JSON)."""
     import torch
 
-    sd = opt.state_dict()
     tensors: dict[str, Any] = {}
     other: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -578,15 +578,19 @@ def save_checkpoint(
     cfg: dict[str, Any],
     fingerprint: dict[str, Any] | None = None,
     rank_rngs: list[dict[str, Any]] | None = None,
+    whole: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> None:
     """Write the checkpoint (on several ranks: rank 0, with ``rank_rngs``, every rank's RNG states
-    as _rank_rng gives them)."""
+    as _rank_rng gives them; under FSDP ``whole``: the trainable parameters and the optimizer state
+    gathered whole, rtools.model.distributed.full_trainable / full_optimizer_state)."""
     from safetensors.torch import save_file
 
+    from .distributed import full_optimizer_state, full_trainable
+
+    params, opt_sd = whole if whole is not None else (full_trainable(model), full_optimizer_state(opt))
     with atomic_directory(path, overwrite=True) as tmp:
-        params = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(params, os.path.join(tmp, PARAMS_FILE))
-        opt_tensors, opt_js = _optimizer_state(opt)
+        opt_tensors, opt_js = _optimizer_state(opt_sd)
         save_file(opt_tensors, os.path.join(tmp, OPTIMIZER_FILE))
         rng_tensors, rng_js = _rng_state(all_cuda=rank_rngs is None)
         for r, states in enumerate(rank_rngs or []):
@@ -661,6 +665,8 @@ def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> Progress:
     the checkpoint has them) into ``model`` and ``opt``; returns the progress."""
     import torch
 
+    from .distributed import local_like, shard_optimizer_state
+
     pr = check_checkpoint(path)
     saved = _read_tensors(os.path.join(path, PARAMS_FILE))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -671,7 +677,7 @@ def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> Progress:
     state = _read_json(os.path.join(path, STATE_FILE))
     try:
         opt_sd = _optimizer_state_dict(_read_tensors(os.path.join(path, OPTIMIZER_FILE)), state["optimizer"])
-        opt.load_state_dict(opt_sd)
+        opt.load_state_dict(shard_optimizer_state(opt_sd, opt))
         rng = _read_tensors(os.path.join(path, RNG_FILE))
         _set_rng_state(rng, state["rng"])
         if f"rank{rank}.torch" in rng:
@@ -693,7 +699,12 @@ def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> Progress:
         ) from None
     with torch.no_grad():
         for n, t in saved.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+            p = params[n]
+            part = local_like(t, p)  # under FSDP: this rank's shard of the whole tensor
+            if part is t:
+                p.copy_(t.to(p.device, p.dtype))
+            else:
+                p.to_local().copy_(part.to_local())
     return progress
 
 
@@ -731,11 +742,17 @@ def evaluate(
             losses += float(loss) * w
             wsum += w
     # decision scores with the inference code path (rt-score's batching, last prompt position)
+    from .distributed import gathered_root
     from .scoring import control_probabilities
 
-    probs = control_probabilities(
-        model, [e.ids[: e.labels_from] for e in examples], control_ids.tolist(), device=device, pad_id=pad_id
-    )
+    with gathered_root(objective):  # under FSDP the model is called here, not through the objective
+        probs = control_probabilities(
+            model,
+            [e.ids[: e.labels_from] for e in examples],
+            control_ids.tolist(),
+            device=device,
+            pad_id=pad_id,
+        )
     for e, p in zip(examples, probs, strict=True):
         scores.append(sum(p[:n_ref]))
         gold.append(1 if e.label == "refuse" else 0)
@@ -789,6 +806,7 @@ def train(
     world = world or dd.SINGLE
     if not world.main:
         progress_bar, log = None, None
+    sharded = config.fsdp and world.distributed
     say = log or (lambda s: None)
     records = [item if isinstance(item, tuple) else (n, item) for n, item in enumerate(records, 1)]
     out = os.path.abspath(config.out)
@@ -832,6 +850,14 @@ def train(
             f"{spec} is an rt-lora adapter, not a base model: train on its base model "
             f"({read_rtools_config(base_dir).get('base_model') or 'named in its adapter_config.json'})"
         )
+    if sharded and cfg["load_4bit"]:
+        raise ModelError(
+            "fsdp=True with a 4-bit base is not supported: bitsandbytes' 4-bit weights can be sharded "
+            "only when quantized with bnb_4bit_quant_storage equal to the compute dtype, and rtools "
+            "quantizes for one device; shard the bf16 base (load_4bit=False: 2 bytes a parameter over "
+            f"{world.size} processes), or train the 4-bit base data parallel (without fsdp=True)",
+            ("fsdp", "load_4bit"),
+        )
     if config.merge:  # a base stored quantized cannot be merged into: say so before training
         from .merging import check_mergeable
 
@@ -839,7 +865,8 @@ def train(
     tok = load_tokenizer(base_dir, config.trust_remote_code)
     if token_map is None:
         token_map = infer_token_map(records)
-    model = load_base(base_dir, device, dtype, cfg["load_4bit"], config.trust_remote_code)
+    # sharded: each rank reads the base into host memory, and FSDP moves its shards to the device
+    model = load_base(base_dir, device, dtype, cfg["load_4bit"], config.trust_remote_code, host=sharded)
     control_ids = add_control_tokens(model, tok, token_map)
     encoder = ChatEncoder(tok, token_map.tokens())
 
@@ -883,7 +910,8 @@ def train(
     # the whole loss in one module's forward (what a DDP/FSDP wrapper would wrap)
     objective = DecisionLoss(model, control_ids, config.control_weight, config.decision_weight)
     # DDP around the objective on several ranks: the gradients of its forward are reduced
-    module = dd.wrap(objective, world, device)
+    # or, with fsdp, the objective sharded in place (one unit per decoder layer)
+    module = dd.wrap(objective, world, device, fsdp=sharded)
     opt = torch.optim.AdamW(
         param_groups(model, config.lr, config.token_lr, config.weight_decay), betas=(0.9, 0.999)
     )
@@ -960,18 +988,25 @@ def train(
             elif progress.step % save_every == 0:
                 progress.epoch, progress.batch_in_epoch = epoch, batch_in_epoch
                 rngs = dd.gather_rng(world, _rank_rng(device)) if world.distributed else None
+                # under FSDP every rank takes part in gathering the shards, rank 0 writes
+                whole = (dd.full_trainable(model), dd.full_optimizer_state(opt)) if sharded else None
                 if world.main:
-                    save_checkpoint(ckpt, model, opt, progress, cfg, fingerprint, rank_rngs=rngs)
+                    save_checkpoint(ckpt, model, opt, progress, cfg, fingerprint, rank_rngs=rngs, whole=whole)
         if batch_in_epoch >= len(batches):
             epoch += 1
             batch_in_epoch = 0
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t_start
+    adapter_state = None
+    if sharded:  # every rank runs the (sharded) evaluation and gathers the trained weights
+        ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size, objective)
+        adapter_state = dd.full_trainable(model)
     if not world.main:  # rank 0 evaluates and writes; the others wait for it (and write nothing)
         dd.barrier(world)
         return {"steps": progress.step, "examples": len(train_ex), "rank": world.rank}
-    ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size, objective)
+    if not sharded:
+        ev = evaluate(model, eval_ex, ctrl_ids_t, cfg, pad_id, device, config.batch_size, objective)
     if ev:
         progress.log.append({"step": progress.step, **{k: round(v, 6) for k, v in ev.items()}})
     summary = {
@@ -986,7 +1021,9 @@ def train(
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         # the resized embedding is rebuilt exactly at load time; the trained rows travel in the adapter
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        model.save_pretrained(
+            tmp, safe_serialization=True, save_embedding_layers=False, state_dict=adapter_state
+        )
         _fix_adapter_base(tmp, spec)
         tok.save_pretrained(tmp)
         token_map.save(tmp)
