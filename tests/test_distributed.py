@@ -79,7 +79,12 @@ def torchrun(args: list[str], dump: str | None = None, stop: int | None = None, 
         os.path.join(HERE, "launch_rt_lora.py"),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    if r.returncode != 0 and "address already in use" in r.stderr.lower():
+        # the free port was taken between free_port() and torchrun binding it: once more on another
+        cmd[cmd.index("--master_port") + 1] = str(free_port())
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    return r
 
 
 def adapter(out: str) -> dict:
@@ -169,15 +174,21 @@ def test_the_log_is_the_global_batch_log(runs):
             assert abs(x[k] - y[k]) <= 1e-4, (k, x, y)
 
 
-def test_rank0_output_scores_like_one_process(runs):
-    prompts = write_jsonl(os.path.join(runs["tmp"], "prompts.jsonl"), prompts_only(ROWS))
-
-    def score(out):
+def p_refuse_of(runs: dict, *outs: str) -> list[list[dict]]:
+    """rt-score's records of ROWS' prompts on each output directory."""
+    prompts = os.path.join(runs["tmp"], "prompts.jsonl")
+    if not os.path.exists(prompts):
+        write_jsonl(prompts, prompts_only(ROWS))
+    scored = []
+    for out in outs:
         r = invoke_command("rt-score", [prompts, "--model", out, "--device", "cpu", "-q"])
         assert r.exit_code == 0, r.stderr
-        return read_jsonl(r.stdout)
+        scored.append(read_jsonl(r.stdout))
+    return scored
 
-    a, b = score(runs["single"]), score(runs["ddp"])
+
+def test_rank0_output_scores_like_one_process(runs):
+    a, b = p_refuse_of(runs, runs["single"], runs["ddp"])
     assert len(a) == len(b) == len(ROWS)
     d = max(abs(x["p_refuse"] - y["p_refuse"]) for x, y in zip(a, b, strict=True))
     assert d <= 1e-4, d
@@ -361,15 +372,7 @@ def torch_cat(a, b):
 
 
 def test_fsdp_output_scores_like_one_process(fsdp_runs):
-    runs = fsdp_runs
-    prompts = write_jsonl(os.path.join(runs["tmp"], "prompts-fsdp.jsonl"), prompts_only(ROWS))
-
-    def score(out):
-        r = invoke_command("rt-score", [prompts, "--model", out, "--device", "cpu", "-q"])
-        assert r.exit_code == 0, r.stderr
-        return read_jsonl(r.stdout)
-
-    a, b = score(runs["single"]), score(runs["fsdp"])
+    a, b = p_refuse_of(fsdp_runs, fsdp_runs["single"], fsdp_runs["fsdp"])
     d = max(abs(x["p_refuse"] - y["p_refuse"]) for x, y in zip(a, b, strict=True))
     assert d <= 1e-4, d
 
