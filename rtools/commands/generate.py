@@ -118,6 +118,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     default=None,
     help=TRUNCATE_HELP + " The limit leaves room for --max-new-tokens and the control token.",
 )
+@click.option("--plain", is_flag=True, help=OPTION_HELP["plain"])
 @model_options
 @unbuffered_option
 @common_options
@@ -138,6 +139,7 @@ def command(
     batch_size,
     window,
     truncate,
+    plain,
     base,
     device,
     dtype,
@@ -165,11 +167,13 @@ def command(
         batch_size=batch_size,
         window=window,
         truncate=truncate,
+        plain=plain,
         base=base,
         device=device,
         dtype=dtype,
         load_4bit=load_4bit,
-        allow_untrained=allow_untrained,
+        # a plain answer uses no control token: a model without them (the embedded base) is fine
+        allow_untrained=allow_untrained or plain,
         trust_remote_code=trust_remote_code,
     )
     name = display_name(file)
@@ -179,7 +183,7 @@ def command(
         try:
             answerer = Answerer.from_loaded(lm, config)
         except ConfigError as e:
-            raise config_usage_error(e, ["logit_bias"]) from None
+            raise config_usage_error(e, ["logit_bias", "plain"]) from None
         except ModelError as e:
             raise fail(in_flags(str(e), e.fields)) from None
         windows = answerer.answer_windows(iter_records(fh, name), name)

@@ -16,8 +16,8 @@ keep none, and rt-tag gives them its short refusal text):
 * ``generic``: the source's own answer where it has one, else a short generic opening of an answer
   (``generic_text``) — not an empty answer, which would teach the model to say nothing;
 * ``cut``: as generic, with the source's own answer cut to ``answer_words`` words;
-* ``self``: the base model's own answer, from a file of answers (``rt-generate --force respond``
-  output on the base model, the answer in ``self_field``) joined by prompt; a prompt with no answer
+* ``self``: the base model's own answer, from a file of answers (``rt-generate --plain --model
+  embedded`` output: the base model's answers, in ``self_field``) joined by prompt; a prompt with no answer
   there is an error unless ``self_missing`` is ``generic`` or ``drop``.
 
 The manifest records the options, the seed, the sha256 of every input file and of the output, and
@@ -145,7 +145,10 @@ def read_self_answers(path: str, fieldname: str = "generation") -> dict[str, str
             )
         if not isinstance(answer, str) or not answer.strip():
             raise RecordError(
-                f"no answer in {fieldname!r}", path=name, line=line, hint="rt-generate --force respond"
+                f"no answer in {fieldname!r}",
+                path=name,
+                line=line,
+                hint="rt-generate --plain --model embedded",
             )
         answers.setdefault(prompt, answer.strip())
     return answers
@@ -158,7 +161,7 @@ def build_mix(
     o = options
     o.check()
     if o.answer == "self" and self_answers is None:
-        raise ValueError("answer 'self' needs the answers (rt-generate --force respond output)")
+        raise ValueError("answer 'self' needs the answers (rt-generate --plain --model embedded output)")
     dropped: Counter = Counter()
     chosen = []
     seen: set[tuple[str, str]] = set()
@@ -402,7 +405,9 @@ def main(**kw: Any) -> None:
     if opts.answer == "cut" and not opts.answer_words:
         raise click.UsageError("--answer cut needs --answer-words N")
     if opts.answer == "self" and not kw["self_answers"]:
-        raise click.UsageError("--answer self needs --self-answers FILE (rt-generate --force respond output)")
+        raise click.UsageError(
+            "--answer self needs --self-answers FILE (rt-generate --plain --model embedded output)"
+        )
     try:
         pool = load_pool(kw["broad_dir"], kw["coconot_dir"], opts.seed, kw["coconot_part"])
         known = {r["source"] for r in pool}

@@ -110,6 +110,11 @@ OPTION_HELP = {
         "An rt-lora output directory, a merged model, or `embedded` (the untrained base). "
         "Default: $RT_MODEL, else the shipped default scorer."
     ),
+    "plain": (
+        "The model's own answer, with no control token forced or generated and no scores: only "
+        "the answer field is written. With --model embedded: the base model's answers, the "
+        "self-distilled respond answers of a training mix (python -m rtools.datasets.mix --answer self)."
+    ),
     "output-field": (
         "The field the answer is written to. Input fields keep their values unless NAME is one of "
         "them (e.g. --output-field response replaces the gold answer)."

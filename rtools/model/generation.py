@@ -292,13 +292,15 @@ class Generator:
     def generate(
         self,
         sequences: list[list[int]],
-        choose: Callable[[int, list[float], list[float]], int],
+        choose: Callable[[int, list[float], list[float]], int] | None,
         sampling: Sampling,
         seeds: list[int] | None = None,
     ) -> list[Generation]:
         """Generate for every token sequence; results in input order.
 
         ``seeds`` (one per sequence) seed the sampling generators; default: the positions.
+        ``choose`` None: the model's plain answer, no control token forced, none generated
+        (a Generation's ``probs`` are then empty and its ``control_id`` is -1).
         """
         if not sequences:
             return []
@@ -315,7 +317,7 @@ class Generator:
         self,
         seqs: list[list[int]],
         positions: list[int],
-        choose: Callable[[int, list[float], list[float]], int],
+        choose: Callable[[int, list[float], list[float]], int] | None,
         sampling: Sampling,
         seeds: list[int],
     ) -> list[Generation]:
@@ -336,7 +338,7 @@ class Generator:
         self,
         seqs: list[list[int]],
         positions: list[int],
-        choose: Callable[[int, list[float], list[float]], int],
+        choose: Callable[[int, list[float], list[float]], int] | None,
         sampling: Sampling,
         seeds: list[int],
     ) -> list[Generation]:
@@ -345,9 +347,16 @@ class Generator:
         The prefill runs the decoder alone (the logits of the last prompt position only, not the
         whole vocabulary at every position); transformers' ``generate`` then continues from its cache
         with the forced token as the last input token, so the answer starts after it.
+
+        Plain (``choose`` None): the prefill stops one token short, and that last prompt token is
+        fed as the "forced" one: the answer is the model's own continuation of the prompt.
         """
         import torch
 
+        plain = choose is None
+        if plain:
+            last_tokens = [s[-1] for s in seqs]
+            seqs = [s[:-1] for s in seqs]
         dev = self.device
         decoder, head = decoder_and_head(self.model)
         control_ids = self.encoder.control_ids
@@ -362,13 +371,19 @@ class Generator:
             pos = torch.arange(T, device=dev).unsqueeze(0).expand(B, -1)
             out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             cache = _output_cache(out)
-            last = out.last_hidden_state[torch.arange(B, device=dev), lengths - 1]
-            logp = torch.log_softmax(head(last).float(), dim=-1).index_select(1, sel)
-            logprobs = logp.cpu().tolist()
-            probs = logp.exp().cpu().tolist()
-            chosen = [choose(j, probs[k], logprobs[k]) for k, j in enumerate(positions)]
-            forced = torch.tensor([[control_ids[c]] for c in chosen], device=dev)
-            del out, last
+            if plain:
+                probs = logprobs = [[] for _ in range(B)]
+                chosen = [-1] * B
+                forced = torch.tensor([[t] for t in last_tokens], device=dev)
+            else:
+                last = out.last_hidden_state[torch.arange(B, device=dev), lengths - 1]
+                logp = torch.log_softmax(head(last).float(), dim=-1).index_select(1, sel)
+                logprobs = logp.cpu().tolist()
+                probs = logp.exp().cpu().tolist()
+                chosen = [choose(j, probs[k], logprobs[k]) for k, j in enumerate(positions)]
+                forced = torch.tensor([[control_ids[c]] for c in chosen], device=dev)
+                del last
+            del out
 
             answers: list[list[int]] = [[] for _ in range(B)]
             stopped = ["length"] * B
@@ -379,6 +394,7 @@ class Generator:
                     cache,
                     sampling,
                     seeds,
+                    suppress=control_ids if plain else (),
                 )
         results = []
         for k in range(B):
@@ -389,11 +405,11 @@ class Generator:
                     stopped[k] = "stop"  # the stop string came with the last token allowed
             results.append(
                 Generation(
-                    prompt_ids=list(seqs[k]),
+                    prompt_ids=list(seqs[k]) + ([last_tokens[k]] if plain else []),
                     probs=probs[k],
                     logprobs=logprobs[k],
                     control_index=chosen[k],
-                    control_id=control_ids[chosen[k]],
+                    control_id=-1 if plain else control_ids[chosen[k]],
                     answer_ids=answers[k],
                     text=text.strip(),
                     stopped=stopped[k],
@@ -402,13 +418,20 @@ class Generator:
         return results
 
     def _decode_from(
-        self, input_ids: Any, attention_mask: Any, cache: Any, sampling: Sampling, seeds: list[int]
+        self,
+        input_ids: Any,
+        attention_mask: Any,
+        cache: Any,
+        sampling: Sampling,
+        seeds: list[int],
+        suppress: Sequence[int] = (),
     ) -> tuple[list[list[int]], list[str]]:
         """``generate`` from the prefill's cache; answers (without their end token) and why each ended.
 
         ``input_ids`` is the right-padded prompt block plus the forced token, ``cache`` holds the
         prompt block: ``generate`` feeds only the forced token, and its position ids, computed from
         the 2-D attention mask, are ``len(prompt)``, ``len(prompt) + 1``... as unpadded.
+        ``suppress``: token ids never generated (a plain answer's control tokens).
         """
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -422,6 +445,7 @@ class Generator:
             # ignore_eos: an id no token has, so that an end token is decoded like any other
             eos_token_id=sorted(eos) if eos else [_vocab_size(self.model)],
             pad_token_id=self.pad_id,
+            **({"suppress_tokens": list(suppress)} if suppress else {}),
         )
         processors = LogitsProcessorList()
         if sampling.temperature > 0:
@@ -552,7 +576,9 @@ class GenerateConfig(LoadConfig):
     ``seed``, ``stop`` strings. Records: the answer goes to ``output_field``; ``detector``
     (text -> bool, default rtools.refusal_detector.RefusalDetector()) fills ``refusal``;
     ``batch_size`` prompts are generated together, ``window`` records read at a time;
-    ``truncate`` as rt-score's.
+    ``truncate`` as rt-score's. ``plain``: the model's own answer, no control token chosen, forced
+    or generated, and no scores: only ``output_field`` is written (e.g. the base model's answers, as
+    the self-distilled respond answers of a training mix, rtools.datasets.mix).
     """
 
     rule: Thresholds | None = None
@@ -567,10 +593,16 @@ class GenerateConfig(LoadConfig):
     batch_size: int = 16
     window: int = 256
     truncate: str | None = None
+    plain: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "batch_size", "window")
+        if self.plain and ((self.rule is not None and self.rule.mode != "own") or self.logit_bias):
+            raise ConfigError(
+                "plain=True forces no control token: a threshold rule or logit_bias does not apply",
+                "plain",
+            )
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}", "max_new_tokens")
         check_truncate(self.truncate)
@@ -725,8 +757,13 @@ class Answerer:
                 return c.index
 
             gens = self.generator.generate(
-                [p.ids for p in win], choose, sampling, seeds=[p.ordinal for p in win]
+                [p.ids for p in win], None if cfg.plain else choose, sampling, seeds=[p.ordinal for p in win]
             )
+            if cfg.plain:
+                for p, g in zip(win, gens, strict=True):
+                    p.record[cfg.output_field] = g.text
+                yield [p.record for p in win]
+                continue
             for j, (p, g) in enumerate(zip(win, gens, strict=True)):
                 c, rec = choices[j], p.record
                 refusal = self.detector(g.text)
