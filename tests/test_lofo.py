@@ -100,3 +100,31 @@ def test_tiny_all_recipes_with_coconot(tmp_path, tiny_base):
     mix = read(out / "mix.broad+coconot.selfaware.jsonl")
     assert "coconot" in {r["family"] for r in mix} and "selfaware" not in {r["family"] for r in mix}
     assert "| CoCoNot test (nothing held out) |" in (out / "LOFO.md").read_text()
+
+
+def test_tiny_self_answers(tmp_path):
+    """--answer self: the base model's own answers (rt-generate --plain), made once per prompt and kept;
+    every respond row of the mix trains on one (or on the generic text where the model said nothing)."""
+    import tiny
+
+    # (tiny_base answers every prompt with newlines only: empty, hence generic; this one says things)
+    base = tiny.build_model(str(tmp_path / "base"), tie=False, seed=5)
+    out, res, _ = run_lofo(
+        tmp_path, base, "--recipes", "broad", "--families", "selfaware", "--answer", "self"
+    )
+    assert res["answer"] == "self"
+    answers = {r["prompt"]: r["generation"] for r in read(out / "self_answers.jsonl")}
+    assert answers and all(a.strip() for a in answers.values())
+    mix = read(out / "mix.broad.selfaware.jsonl")
+    respond = [r for r in mix if r["label"] == "respond"]
+    assert respond
+    generic = res["models"][res["results"]["broad"]["selfaware"]["model"]]["manifest"]
+    for r in respond:
+        assert r["response"] == answers.get(r["prompt"], r["response"])
+    assert sum(r["prompt"] in answers for r in respond) >= len(respond) // 2, generic
+    log = (out / "commands.sh").read_text()
+    assert log.count("\nrt-generate ") == 1 and "--plain" in log
+    assert not os.path.exists(out / "self_answers.todo.jsonl")
+    # a second run reuses the answers: nothing generated again
+    run_lofo(tmp_path, base, "--recipes", "broad", "--families", "selfaware", "--answer", "self", "--reuse")
+    assert "rt-generate" not in (out / "commands.sh").read_text()
