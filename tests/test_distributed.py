@@ -472,3 +472,14 @@ def test_the_shipped_accelerate_fsdp_config_trains_sharded(fsdp_made):
     assert training["fsdp"] is True and training["world_size"] == 2
     d = max_diff(adapter(out), adapter(runs["fsdp"]))
     assert d <= 1e-6, d
+
+
+def test_fsdp_loads_the_base_in_bf16_not_4bit_by_default():
+    """On CUDA the default is a 4-bit base, which FSDP cannot shard: --fsdp turns that default off."""
+    from rtools.model.training import TrainConfig
+
+    assert TrainConfig(out="o").resolved("cuda")["load_4bit"] is True
+    assert TrainConfig(out="o", fsdp=True).resolved("cuda")["load_4bit"] is False
+    assert (
+        TrainConfig(out="o", fsdp=True, load_4bit=True).resolved("cuda")["load_4bit"] is True
+    )  # refused later

@@ -96,7 +96,7 @@ OPTION_HELP = {
     "fsdp": (
         "Under torchrun or accelerate launch: shard the base model, LoRA and token rows across the "
         "processes (torch's FSDP, one unit per decoder layer) instead of a full copy each (DDP). "
-        "Not with --4bit. Ignored by one process."
+        "The base is then loaded in bf16, not 4-bit (--4bit is refused). Ignored by one process."
     ),
     "4bit": "Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
     "batch-size": (

@@ -124,7 +124,10 @@ class TrainConfig:
         d = asdict(self)
         del d["cpu_bf16"]  # how "auto" was resolved: the dtype it gives is recorded
         d["device"] = device
-        d["load_4bit"] = self.load_4bit if self.load_4bit is not None else device.startswith("cuda")
+        # 4-bit by default on CUDA, but not sharded (FSDP shards the bf16 base; 4-bit is refused there)
+        d["load_4bit"] = (
+            self.load_4bit if self.load_4bit is not None else device.startswith("cuda") and not self.fsdp
+        )
         d["gradient_checkpointing"] = (
             self.gradient_checkpointing
             if self.gradient_checkpointing is not None
