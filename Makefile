@@ -14,7 +14,7 @@ COCONOT_DIR ?= ../shared/data/coconot
 BROAD_DIR ?= ../shared/data/broad
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast man man-check lint format bench coconot coconot-small lofo default-scorer clean
+.PHONY: install demo test test-fast man man-check lint format bench coconot coconot-small lofo answers default-scorer clean
 
 install: $(VENV)/.installed
 
@@ -85,6 +85,12 @@ LOFO_SCALE ?= medium
 lofo: install
 	$(BIN)/python examples/broad/lofo.py --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) \
 		--out work/lofo-$(LOFO_SCALE) --scale $(LOFO_SCALE) $(LOFO_FLAGS)
+
+# the respond answers compared (examples/broad/answers.py): generic, cut and self answers, the default
+# recipe, one held-out family, and what each model says after [respond] (small: ~6 trainings, ~40 min)
+answers: install
+	$(BIN)/python examples/broad/answers.py --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) \
+		--out work/answers --scale small --families mlcommons
 
 # the default refusal scorer: the broad mix + CoCoNot's training half -> rt-tag -> rt-lora, then its
 # CoCoNot test AUROC (examples/coconot's split), then ships it into the package (rtools/scorers/default).

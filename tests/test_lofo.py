@@ -128,3 +128,34 @@ def test_tiny_self_answers(tmp_path):
     # a second run reuses the answers: nothing generated again
     run_lofo(tmp_path, base, "--recipes", "broad", "--families", "selfaware", "--answer", "self", "--reuse")
     assert "rt-generate" not in (out / "commands.sh").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_answer_comparison(tmp_path):
+    """examples/broad/answers.py: the same recipe with generic, cut and self answers, and what each
+    model says after a forced [respond]."""
+    import tiny
+
+    base = tiny.build_model(str(tmp_path / "base"), tie=False, seed=5)
+    coconot = write_coconot(str(tmp_path / "coconot"), n=24)
+    out = tmp_path / "answers"
+    args = [sys.executable, os.path.join(ROOT, "examples", "broad", "answers.py")]
+    args += ["--broad", write_pool(str(tmp_path / "broad")), "--coconot", coconot, "--out", str(out)]
+    args += ["--scale", "tiny", "--families", "selfaware", "--base-model", base, "--probe", "4"]
+    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = orjson.loads((out / "answers.json").read_bytes())
+    assert sorted(res["kinds"]) == ["cut", "generic", "self"]
+    for kind, k in res["kinds"].items():
+        assert 0.0 <= k["held_out"]["selfaware"]["auroc"] <= 1.0, kind
+        assert 0.0 <= k["coconot_test"] <= 1.0, kind
+        p = k["probe"]
+        assert p["n"] == res["probe_n"] > 0 and 0 <= p["empty"] <= p["n"] and 0 <= p["generic"] <= p["n"]
+    # the self mix trained on the base model's own answers, the generic one on none
+    assert (
+        res["kinds"]["self"]["answers"].get("self", 0) > 0
+        and "self" not in res["kinds"]["generic"]["answers"]
+    )
+    assert (out / "self" / "self_answers.jsonl").exists()
+    table = (out / "ANSWERS.md").read_text()
+    assert "| self |" in table and "| generic |" in table and "held-out selfaware" in table
