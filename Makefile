@@ -67,7 +67,7 @@ bench: install
 	$(BIN)/python bench/bench_generate.py
 
 # the paper's experiments on CoCoNot (examples/coconot/run.py); SCALE=small|medium|full; every model
-# is trained once per training seed in SEEDS (medium, 3 seeds: ~1 h 45 min at bf16 on the 2-core CPU)
+# is trained once per training seed in SEEDS (medium, 3 seeds: ~2 h at bf16 on the 2-core CPU; 123 min measured)
 SCALE ?= medium
 SEEDS ?= 0,1,2
 coconot: install
