@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         result["kinds"][kind] = {
             "held_out": res["results"][args.recipe],
             "coconot_test": full.get("auroc"),
-            "answers": res["models"][full["model"]]["manifest"]["counts"].get("answer") if full.get("model") else None,
+            "answers": res["models"][full["model"]]["manifest"]["counts"].get("answer")
+            if full.get("model")
+            else None,
             "probe": probe(sub, os.path.join(sub, full["model"]), prompts, tokens)
             if full.get("model")
             else None,
