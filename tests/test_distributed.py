@@ -298,6 +298,7 @@ def test_accelerate_deepspeed_is_refused_clearly(invoke, tmp_path, tiny_base, mo
     [
         ({"FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params is not supported"),
         ({"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "FSDP sharding strategy HYBRID_SHARD is not supported"),
+        ({"FSDP_RESHARD_AFTER_FORWARD": "false"}, "FSDP sharding strategy false is not supported"),
     ],
 )
 def test_accelerate_fsdp_settings_rtools_does_not_apply_are_refused(

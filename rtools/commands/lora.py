@@ -181,6 +181,13 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 @click.option(
     "--fsdp-sharding-strategy", "fsdp_strategy", envvar="FSDP_SHARDING_STRATEGY", default=None, hidden=True
 )
+@click.option(  # accelerate's FSDP2 spelling of the strategy (true = FULL_SHARD)
+    "--fsdp-reshard-after-forward",
+    "fsdp_reshard",
+    envvar="FSDP_RESHARD_AFTER_FORWARD",
+    default=None,
+    hidden=True,
+)
 @click.option(
     "--accelerate-use-deepspeed",
     "use_deepspeed",
@@ -202,6 +209,7 @@ def command(
     use_fsdp,
     fsdp_offload,
     fsdp_strategy,
+    fsdp_reshard,
     use_deepspeed,
     quiet,
     **options,  # TrainConfig's fields, by name
@@ -228,9 +236,14 @@ def command(
                 "FSDP with fsdp_offload_params is not supported: rt-lora keeps the shards on the "
                 "processes' devices (examples/scale/accelerate_fsdp.yaml)"
             )
-        if fsdp_strategy not in (None, "", "1", "FULL_SHARD"):
+        other = [
+            v
+            for v in (fsdp_strategy, fsdp_reshard)
+            if (v or "").upper() not in ("", "1", "TRUE", "FULL_SHARD")
+        ]
+        if other:
             raise fail(
-                f"FSDP sharding strategy {fsdp_strategy} is not supported: rt-lora shards fully "
+                f"FSDP sharding strategy {other[0]} is not supported: rt-lora shards fully "
                 "(FULL_SHARD: every unit's parameters gathered for its forward and backward, freed after)"
             )
         options["fsdp"] = True

@@ -30,7 +30,8 @@ MAN = {
         "with WORLD_SIZE above 1 rt-lora joins their process group (gloo on CPU, nccl on CUDA, each process "
         "on GPU LOCAL_RANK). ACCELERATE_USE_FSDP: set by accelerate launch with an FSDP configuration; "
         "it means --fsdp (rt-lora shards the model itself: FULL_SHARD, one unit per decoder layer; "
-        "FSDP_OFFLOAD_PARAMS=true and other FSDP_SHARDING_STRATEGY values are refused). "
+        "FSDP_OFFLOAD_PARAMS=true, other FSDP_SHARDING_STRATEGY values and FSDP_RESHARD_AFTER_FORWARD=false "
+        "are refused). "
         "ACCELERATE_USE_DEEPSPEED: a DeepSpeed configuration, which rt-lora refuses. The launch recipes "
         "(torchrun, accelerate launch, FSDP, several machines): examples/scale/README.md."
     ),
