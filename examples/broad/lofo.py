@@ -174,6 +174,32 @@ def test_sets(
     return out
 
 
+def train_options(
+    recipe: str,
+    exclude: list[str],
+    scale: dict[str, Any],
+    seed: int,
+    balance: bool = True,
+    answer: str = "generic",
+    answer_words: int | None = None,
+) -> MixOptions:
+    """The mix builder's options for ``recipe``'s training mix with the families ``exclude`` held out."""
+    return MixOptions(
+        exclude_families=exclude,
+        # CoCoNot alone has two sources: capped per source like the broad pool's nineteen, its
+        # model would train on a sixth of the rows; capped per label only, all recipes train on
+        # about as many rows
+        max_per_source=None if recipe == "coconot" else scale["max_per_source"],
+        max_per_label=scale["max_per_label"],
+        balance=balance,
+        seed=seed,
+        max_prompt_chars=scale["max_prompt_chars"],
+        answer=answer,
+        answer_words=answer_words,
+        self_missing="generic",
+    )
+
+
 def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     y = np.array([r["label"] == "refuse" for r in rows])
     p = np.array([r["p_refuse"] for r in rows])
@@ -324,19 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         os.remove(new)
 
     def train(recipe: str, exclude: list[str], tag: str) -> dict[str, Any] | None:
-        opts = MixOptions(
-            exclude_families=exclude,
-            # CoCoNot alone has two sources: capped per source like the broad pool's nineteen, its
-            # model would train on a sixth of the rows; capped per label only, all recipes train on
-            # about as many rows
-            max_per_source=None if recipe == "coconot" else scale["max_per_source"],
-            max_per_label=scale["max_per_label"],
-            balance=not args.no_balance,
-            seed=args.seed,
-            max_prompt_chars=scale["max_prompt_chars"],
-            answer=args.answer,
-            answer_words=args.answer_words,
-            self_missing="generic",
+        opts = train_options(
+            recipe, exclude, scale, args.seed, not args.no_balance, args.answer, args.answer_words
         )
         if args.answer == "self":  # the rows do not depend on the answers: pick them, then answer them
             make_self_answers(build_mix(pools[recipe], replace(opts, answer="generic"))[0])
