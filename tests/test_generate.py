@@ -198,12 +198,44 @@ def test_greedy_answers_match_transformers_generate(lm, encoder):
             do_sample=False,
             eos_token_id=sorted(g.eos_ids),
             pad_token_id=lm.tokenizer.pad_token_id,
+            suppress_tokens=encoder.control_ids,  # an answer never holds a control token
         )[0, len(gi.prompt_ids) + 1 :].tolist()
         if gi.stopped == "eos":
             assert ref[: len(gi.answer_ids) + 1] == [*gi.answer_ids, ref[len(gi.answer_ids)]]
             assert ref[len(gi.answer_ids)] in g.eos_ids
         else:
             assert ref == gi.answer_ids
+
+
+def test_answers_never_contain_a_control_token(tiny_raw, tmp_path):
+    """A model whose control tokens win the positions after the forced one (a tied refusal-token row
+    does this: the row is the input it just read) answers with other tokens, not with control tokens
+    that decoding would drop (which made empty answers)."""
+    from rtools.model.chat import ChatEncoder
+    from rtools.model.generation import Sampling
+    from rtools.model.loading import load_for_inference
+
+    d = save_with_tokens(tiny_raw, str(tmp_path / "m"), TokenMap.single())
+    lm = load_for_inference(d, device="cpu", dtype="fp32")
+    enc = ChatEncoder(lm.tokenizer, lm.token_map.tokens())
+    seqs = encode_all(enc)
+    with torch.no_grad():  # the control rows along the mean final hidden state: they win the argmax
+        hs = [lm.model.model(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs]
+        m = torch.cat(hs).mean(0)
+        head = lm.model.get_output_embeddings().weight
+        for k, c in enumerate(enc.control_ids):
+            head[c] = m / m.norm() * (50.0 + k)
+    g = make_generator(lm, enc, batch_size=6)
+    gens = g.generate(seqs, lambda j, p, lp: 1, Sampling(max_new_tokens=8))
+    controls = set(enc.control_ids)
+    # without the suppression, transformers' greedy decoding generates control tokens here
+    ref = lm.model.generate(
+        torch.tensor([[*gens[0].prompt_ids, gens[0].control_id]]), max_new_tokens=8, do_sample=False
+    )[0, len(gens[0].prompt_ids) + 1 :].tolist()
+    assert controls & set(ref)
+    for gi in gens:
+        assert not controls & set(gi.answer_ids)
+        assert len(gi.answer_ids) == 8 and gi.text  # it went on with other tokens
 
 
 # ---------------------------------------------------------------------------

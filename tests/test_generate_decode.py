@@ -86,6 +86,7 @@ def test_generate_from_a_lora_adapter_matches_transformers_generate(trained_tied
             do_sample=False,
             eos_token_id=sorted(g.eos_ids),
             pad_token_id=adapter.tokenizer.pad_token_id,
+            suppress_tokens=enc.control_ids,  # an answer never holds a control token
         )[0, len(gi.prompt_ids) + 1 :].tolist()
         assert ref[: len(gi.answer_ids)] == gi.answer_ids
         assert gi.stopped == "length" or ref[len(gi.answer_ids)] in g.eos_ids

@@ -102,9 +102,10 @@ def extract(
             for j, i in enumerate(batch):
                 cache[key(todo[i])] = torch.cat([final[j], middle[j]]).numpy()
             done += len(batch)
-            if done % 512 < len(batch):
+            if done % 512 < len(batch):  # progress, and what is done so far kept for a rerun
                 rate = done / (time.perf_counter() - t0)
                 print(f"probe: features {done}/{len(todo)} ({rate:.1f} prompts/s)", file=sys.stderr)
+                save_cache(cache_path, cache)
     save_cache(cache_path, cache)
     return cache
 
@@ -115,6 +116,9 @@ def fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: int) ->
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # 1.10's renamings
     folds = min(5, int(ytr.sum()), int((~ytr).sum()))
     c = 0.1  # too few rows of a class to cross-validate (the tiny test scale)
     if folds >= 2:

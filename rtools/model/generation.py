@@ -394,7 +394,7 @@ class Generator:
                     cache,
                     sampling,
                     seeds,
-                    suppress=control_ids if plain else (),
+                    suppress=control_ids,
                 )
         results = []
         for k in range(B):
@@ -431,7 +431,8 @@ class Generator:
         ``input_ids`` is the right-padded prompt block plus the forced token, ``cache`` holds the
         prompt block: ``generate`` feeds only the forced token, and its position ids, computed from
         the 2-D attention mask, are ``len(prompt)``, ``len(prompt) + 1``... as unpadded.
-        ``suppress``: token ids never generated (a plain answer's control tokens).
+        ``suppress``: token ids never generated (the control tokens: an answer never holds one; the
+        forced token is the only one, and a generated one would be dropped when decoded).
         """
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
