@@ -100,9 +100,19 @@ answers: install
 SCORER ?= work/default-scorer
 SCORER_MIX_FLAGS ?= --max-per-source 200 --balance --max-prompt-chars 1500 --seed 0
 SCORER_LORA_FLAGS ?= --epochs 2 --max-answer-tokens 32 --eval-fraction 0 --seed 0
+# respond rows are answered by the base model itself (rt-generate --plain): 40 new tokens tell an answer
+# that ends inside --max-answer-tokens (trained with its end-of-turn) from one that goes on (cut, no
+# end-of-turn: the model learns to start answering and keeps going)
+SCORER_SELF_TOKENS ?= 40
 default-scorer: install
 	@mkdir -p $(SCORER) && date +%s > $(SCORER)/.started
 	$(BIN)/python -m rtools.datasets.mix --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) $(SCORER_MIX_FLAGS) \
+		-o $(SCORER)/mix.generic.jsonl
+	grep -F '"label":"respond"' $(SCORER)/mix.generic.jsonl > $(SCORER)/respond.jsonl
+	$(BIN)/rt-generate $(SCORER)/respond.jsonl --model embedded --plain --max-new-tokens $(SCORER_SELF_TOKENS) \
+		> $(SCORER)/self_answers.jsonl
+	$(BIN)/python -m rtools.datasets.mix --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) $(SCORER_MIX_FLAGS) \
+		--answer self --self-answers $(SCORER)/self_answers.jsonl --self-missing generic \
 		-o $(SCORER)/mix.jsonl --manifest $(SCORER)/mix.manifest.json
 	$(BIN)/rt-tag $(SCORER)/mix.jsonl --token-map $(SCORER)/tokens.json > $(SCORER)/mix.tagged.jsonl
 	$(BIN)/rt-lora $(SCORER)/mix.tagged.jsonl --token-map $(SCORER)/tokens.json --out $(SCORER)/adapter \
