@@ -4,6 +4,7 @@
 #   make coconot reproduce the paper's experiments on CoCoNot (examples/coconot/REPORT.md)
 #   make man     regenerate man/ from the click definitions;  make lint;  make bench
 #   make lofo    leave-one-family-out on the broad pool + CoCoNot (examples/broad; LOFO_SCALE=tiny|small|medium|full)
+#   make probe   the same with a frozen probe: the ceiling the base model's representation sets
 #   make default-scorer  train the default refusal scorer on the broad mix + CoCoNot (examples/broad/README.md)
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ COCONOT_DIR ?= ../shared/data/coconot
 BROAD_DIR ?= ../shared/data/broad
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast man man-check lint format bench coconot coconot-small lofo answers default-scorer clean
+.PHONY: install demo test test-fast man man-check lint format bench coconot coconot-small lofo probe answers default-scorer clean
 
 install: $(VENV)/.installed
 
@@ -85,6 +86,12 @@ LOFO_SCALE ?= medium
 lofo: install
 	$(BIN)/python examples/broad/lofo.py --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) \
 		--out work/lofo-$(LOFO_SCALE) --scale $(LOFO_SCALE) $(LOFO_FLAGS)
+
+# the same splits with a frozen logistic probe instead of a refusal token (examples/broad/probe.py): what
+# the base model's representation allows (small: features for ~2,600 prompts, ~20 min on the 2-core CPU)
+probe: install
+	$(BIN)/python examples/broad/probe.py --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) \
+		--out work/probe --scale $(LOFO_SCALE)
 
 # the respond answers compared (examples/broad/answers.py): generic, cut and self answers, the default
 # recipe, one held-out family, and what each model says after [respond] (small: ~6 trainings, ~40 min)
