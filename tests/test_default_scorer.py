@@ -108,6 +108,31 @@ def test_rt_score_with_no_flags_and_no_environment_uses_the_trained_default(tmp_
 
 
 @needs_model
+def test_rt_generate_with_no_model_answers_in_its_own_words(tmp_path):
+    """After a forced [respond] the shipped scorer answers each question: not nothing, and not one
+    template for every prompt (a scorer trained on a generic answer says only that)."""
+    path = tmp_path / "benign.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in BENIGN))
+    env = {k: v for k, v in os.environ.items() if k not in ("RT_MODEL", "RT_BASE_MODEL")}
+    r = subprocess.run(
+        [os.path.join(BIN, "rt-generate"), "-q", "--dtype", "fp32", "--threshold", "1"]
+        + ["--max-new-tokens", "24", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    texts = [o["generation"] for o in out]
+    assert [o["decision"] for o in out] == ["respond"] * len(BENIGN)
+    assert all(len(t.split()) >= 5 for t in texts), texts
+    openers = {" ".join(t.split()[:6]) for t in texts}
+    assert len(openers) == len(texts), texts  # no shared opening: each answer is its own
+    assert "Paris" in texts[0], texts[0]
+
+
+@needs_model
 def test_the_library_loads_the_shipped_scorer_with_no_model():
     from rtools import ScoreConfig, Scorer
 
