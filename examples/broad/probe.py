@@ -111,12 +111,12 @@ def extract(
 
 
 def fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """The probe's p(refuse) on ``xte``, and the C that 5-fold cross-validated AUROC chose."""
+    """The probe's p(refuse) on ``xte``, and the C that cross-validated AUROC (up to 5 folds) chose."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # 1.10's renamings
     folds = min(5, int(ytr.sum()), int((~ytr).sum()))
