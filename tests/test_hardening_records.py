@@ -208,6 +208,9 @@ def test_signal_leaves_no_temporary_file(sig, tmp_path):
         [sys.executable, "-c", SLOW_WRITER, str(target), str(data)],
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        # a run started in the background (`nohup make test &`) inherits SIGINT ignored, and Python
+        # then keeps it ignored: give the child the default disposition, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     rc = _kill_when_ready(proc, str(target) + ".ready", sig)
     assert rc == (143 if sig == signal.SIGTERM else 130), proc.stderr.read()
