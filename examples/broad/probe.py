@@ -75,15 +75,18 @@ def extract(
     if not todo:
         return cache
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import default_model_dir
+    from rtools.model.loading import default_model_dir, load_tokenizer
     from rtools.model.scoring import plan_batches, right_pad
 
     directory = model_dir or default_model_dir()
-    tok = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).to(device).eval()
+    tok = load_tokenizer(directory)
+    # plain bf16 weights (not rtools' mixed bf16 on CPU: the published features were made this way);
+    # safetensors only, and no model code runs, as everywhere in rtools
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16, use_safetensors=True)
+    model = model.to(device).eval()
     body = model.get_decoder()
     mid = model.config.num_hidden_layers // 2
     enc = ChatEncoder(tok, [])
