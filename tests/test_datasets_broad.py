@@ -86,6 +86,10 @@ def test_family_assignment():
         "harmfulqa": "harmful_qa",
         "advbench": "harmful_qa",
         "selfaware": "selfaware",
+        "cysecbench": "cyberseceval",
+        "sap": "jailbreaks",
+        "aart": "harmful_qa",
+        "orbench80k_subset": "orbench",  # safe prompts that look unsafe: a held-out family of its own
         "coconot_pref": "coconot",
         "mtbench": "general",
         "ultrachat_eval": "general",

