@@ -154,3 +154,24 @@ def test_an_exported_rt_base_model_does_not_apply_to_the_shipped_scorer(tmp_path
     assert json.loads(r.stdout)["p_refuse"] < 0.5
     r = subprocess.run([*cmd, "--base", tiny_base], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "not the base model" in r.stderr, r.stderr
+
+
+@needs_model
+def test_shipped_identity_accepts_the_base_as_any_transformers_release_writes_it(tmp_path):
+    """The embedded base converted under transformers 5.17, 5.24 and 5.25 gave byte-identical weights
+    and a config.json that differed only in transformers_version (checked by hand, 2026-12-07); a
+    config as each of them writes it is accepted by the shipped scorer's recorded identity."""
+    from rtools.model.identity import identity_differences
+    from rtools.model.loading import default_model_dir, read_rtools_config
+
+    recorded = read_rtools_config(SHIPPED)["base_identity"]
+    base = default_model_dir()
+    for version in ("5.17.0", "5.24.0", "5.25.0", "5.30.0"):
+        d = tmp_path / version
+        d.mkdir()
+        with open(os.path.join(base, "config.json")) as fh:
+            config = json.load(fh)
+        config["transformers_version"] = version
+        (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        os.symlink(os.path.join(base, "model.safetensors"), d / "model.safetensors")
+        assert identity_differences(recorded, str(d)) == [], version

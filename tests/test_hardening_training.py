@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import orjson
 import pytest
+import tiny
 import torch
 from model_data import FAST, SUBPROCESS_ENV, prompts_only, raw_rows, read_jsonl, tag_single, write_jsonl
 
@@ -291,7 +292,29 @@ def test_resume_refuses_a_different_base(invoke, tmp_path, tiny_base, tiny_base_
     args[args.index(tiny_base)] = tiny_base_untied
     r = invoke("rt-lora", [*args, "--resume"])
     assert r.exit_code == 1
-    assert r.stderr.startswith("rt-lora: --resume with a different setting: model=")
+    assert r.stderr.startswith("rt-lora: --resume with a different base model: ")
+
+
+def test_resume_accepts_a_copy_of_the_base_elsewhere(invoke, tmp_path, tiny_base, monkeypatch):
+    """Resume compares the base by its identity, not its path (issue 20 item 1)."""
+    data, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    copy = str(tmp_path / "moved-base")
+    shutil.copytree(tiny_base, copy)
+    args[args.index(tiny_base)] = copy
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 0, r.stderr
+    assert orjson.loads(r.stdout)["steps"] == 6
+
+
+def test_resume_refuses_different_weights_at_the_same_path(invoke, tmp_path, tiny_base, monkeypatch):
+    base = str(tmp_path / "base")
+    shutil.copytree(tiny_base, base)
+    data, out, args = interrupted_run(invoke, monkeypatch, tmp_path, base)
+    shutil.rmtree(base)
+    tiny.build_model(base, seed=5)  # the same path and architecture, other weights
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("rt-lora: --resume with a different base model: ")
 
 
 # ---------------------------------------------------------------------------

@@ -109,12 +109,12 @@ def test_wrong_base_is_refused(trained, moved, tmp_path):
     other = tiny.build_model(str(tmp_path / "other"), seed=7)
     r = invoke_command("rt-score", [trained["prompts"], "--model", moved["out"], "--base", other, *SCORE])
     assert r.exit_code == 1
-    assert "is not the base model" in r.stderr and "different weights in model.safetensors" in r.stderr
+    assert "is not the base model" in r.stderr and "tensors differ: " in r.stderr
     assert r.stdout == ""
     # a different architecture: named by what differs
     wider = tiny.build_model(str(tmp_path / "wider"), hidden=32)
     r = invoke_command("rt-score", [trained["prompts"], "--model", moved["out"], "--base", wider, *SCORE])
-    assert r.exit_code == 1 and "a different config.json" in r.stderr
+    assert r.exit_code == 1 and "config hidden_size 32, trained on 64" in r.stderr
     # an adapter is no base
     r = invoke_command(
         "rt-score", [trained["prompts"], "--model", moved["out"], "--base", moved["out"], *SCORE]
@@ -137,10 +137,16 @@ def test_identity_recorded(trained):
         cfg = orjson.loads(fh.read())
     ident = cfg["base_identity"]
     with open(os.path.join(trained["base"], "config.json"), "rb") as fh:
-        assert ident["config_sha256"] == hashlib.sha256(fh.read()).hexdigest()
-    assert ident["model_type"] == "llama" and ident["vocab_size"] > 0
-    assert [w["file"] for w in ident["weights"]] == ["model.safetensors"]
-    assert ident["weights"][0]["size"] == os.path.getsize(os.path.join(trained["base"], "model.safetensors"))
+        config = orjson.loads(fh.read())
+    assert ident["version"] == 2 and ident["model_type"] == "llama" and ident["vocab_size"] > 0
+    assert (
+        ident["config"]["hidden_size"] == config["hidden_size"]
+        and "transformers_version" not in ident["config"]
+    )
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(trained["base"], "model.safetensors"), framework="pt") as fh:
+        assert sorted(ident["tensors"]) == sorted(fh.keys())  # every tensor, by content
 
 
 def test_model_card(trained):

@@ -31,6 +31,7 @@ import orjson
 
 from ..records import atomic_directory
 from ..tokens import TOKEN_MAP_FILE, TokenMap
+from .cache import cache_dir, cache_lock
 
 ENV_MODEL = "RT_MODEL"
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
@@ -55,11 +56,8 @@ class ModelError(Exception):
 
 
 def cache_root() -> str:
-    """Where the embedded model is converted once. The one environment variable the library reads,
-    by the XDG base-directory convention (as huggingface_hub reads HF_HOME), so that a library user
-    and the commands share one converted copy."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rtools", "models")
+    """Where the embedded model is converted once (rtools.model.cache)."""
+    return cache_dir("models")
 
 
 def embedded_gguf_path() -> str:
@@ -111,26 +109,6 @@ def _is_built(stamp: str, digest: str) -> bool:
         return False
     with open(stamp, "rb") as fh:
         return orjson.loads(fh.read()).get("digest") == digest
-
-
-@contextlib.contextmanager
-def cache_lock(path: str, quiet: bool = True) -> Iterator[None]:
-    """An exclusive lock on ``path`` (fcntl.flock) for building a cache entry: a second process
-    waits here, then finds the entry built and reuses it. The kernel drops the lock if we die."""
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not quiet:
-                print(f"rtools: waiting for another process that is building {path[:-5]}", file=sys.stderr)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def default_model_dir(quiet: bool = True) -> str:
@@ -210,7 +188,9 @@ def model_directory(spec: str, quiet: bool = True) -> str:
     if spec == DEFAULT_MODEL or spec in ("default", "embedded"):
         return default_model_dir(quiet=quiet)
     if spec == DEFAULT_SCORER:
-        return default_scorer_dir()
+        directory = default_scorer_dir()
+        verify_sums(directory, required=True)
+        return directory
     if not os.path.exists(spec):
         raise ModelError(
             f"model directory {spec!r} does not exist (models are never downloaded: give a local directory)"
@@ -221,6 +201,7 @@ def model_directory(spec: str, quiet: bool = True) -> str:
         )
     files = set(os.listdir(spec))
     if ADAPTER_CONFIG in files:
+        verify_sums(spec)
         if ADAPTER_WEIGHTS not in files:
             pickled = sorted(
                 f for f in files if f.startswith("adapter_model") and not f.endswith(".safetensors")
@@ -501,7 +482,7 @@ def load_for_inference(
             raise ModelError(
                 f"{directory}: its base model cannot be loaded: {e}{moved}", (*e.fields, "base")
             ) from None
-        check_base(directory, cfg, base_spec, base_dir)
+        check_base(directory, cfg, base_spec, base_dir, quiet=quiet)
         tok = load_tokenizer(directory, trust_remote_code)
         tm = (
             TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
@@ -557,23 +538,80 @@ def load_for_inference(
     )
 
 
-def check_base(directory: str, cfg: dict[str, Any], base_spec: str, base_dir: str) -> None:
-    """A ModelError unless ``base_dir`` is the base model the adapter in ``directory`` was trained on
-    (by the identity rt-lora recorded; adapters written before it was recorded are not checked)."""
-    from .identity import base_identity, identity_differences
+def check_base(
+    directory: str, cfg: dict[str, Any], base_spec: str, base_dir: str, quiet: bool = True
+) -> None:
+    """A ModelError unless ``base_dir`` is the base model the adapter in ``directory`` was trained on,
+    by the identity rt-lora recorded (rtools.model.identity: the configuration by value, every tensor
+    by content; adapters written before an identity was recorded are not checked)."""
+    from .identity import IdentityError, identity_differences, is_legacy
 
     if is_adapter_dir(base_dir):
         raise ModelError(f"{base_spec} is an rt-lora adapter, not a base model")
     recorded = cfg.get("base_identity")
     if not recorded:
         return
-    differences = identity_differences(recorded, base_identity(base_dir))
+    if not isinstance(recorded, dict):
+        raise ModelError(f"{os.path.join(directory, CONFIG_FILE)}: base_identity is not an object")
+    try:
+        differences = identity_differences(recorded, base_dir)
+    except IdentityError as e:
+        raise ModelError(
+            f"{base_spec}: cannot check it is the base model {directory} was trained on: {e}"
+        ) from None
     if differences:
         raise ModelError(
             f"{base_spec} is not the base model {directory} was trained on ({'; '.join(differences)}); "
             f"give the base it was trained on ({cfg.get('base_model')}, wherever it is now) with base=DIR",
             ("base",),
         )
+    if is_legacy(recorded) and not quiet:
+        print(
+            f"rtools: warning: {directory} records its base model the way rtools did before 0.2 (weight "
+            "file sizes and edges only): the base is checked less strictly; train again to record every tensor",
+            file=sys.stderr,
+        )
+
+
+SUMS_FILE = "SHA256SUMS"
+
+
+def verify_sums(directory: str, required: bool = False) -> None:
+    """A ModelError unless every file of ``directory`` is listed in its SHA256SUMS with its sha256
+    (the shipped scorer always has one; ``required``: a missing list is an error too)."""
+    path = os.path.join(directory, SUMS_FILE)
+    if not os.path.isfile(path):
+        if required:
+            raise ModelError(f"{path}: missing: the shipped scorer cannot be checked; reinstall rtools")
+        return
+    listed: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            parts = raw.decode("utf-8", "replace").split()
+            if (
+                len(parts) != 2
+                or len(parts[0]) != 64
+                or os.path.basename(parts[1]) != parts[1]
+                or parts[1] in listed
+            ):
+                raise ModelError(
+                    f"{path}:{n}: not a line of sha256sum's output (digest, two spaces, file name)"
+                )
+            listed[parts[1]] = parts[0].lower()
+    present = sorted(f for f in os.listdir(directory) if f != SUMS_FILE)
+    unlisted = [f for f in present if f not in listed]
+    if unlisted:
+        raise ModelError(f"{directory}: {unlisted[0]} is not listed in {SUMS_FILE} (a file was added)")
+    for name, digest in listed.items():
+        f = os.path.join(directory, name)
+        if not os.path.isfile(f):
+            raise ModelError(f"{f}: missing (listed in {SUMS_FILE})")
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            raise ModelError(f"{f}: changed since it was shipped (its sha256 is not the one in {SUMS_FILE})")
 
 
 def load_adapter(model: Any, directory: str) -> Any:

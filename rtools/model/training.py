@@ -36,7 +36,8 @@ from ..records import RecordError, atomic_directory, atomic_write_json
 from ..tokens import CATEGORY, SINGLE, TokenMap, category_token
 from .card import write_model_card
 from .chat import ChatEncoder, record_messages
-from .identity import base_identity
+from .identity import IdentityError, base_identity
+from .identity import fingerprint as fingerprint_of
 from .loading import (
     CONFIG_FILE,
     DEFAULT_MODEL,
@@ -834,8 +835,8 @@ def train(
         saved = checkpoint_config(ckpt)
         saved.setdefault("world_size", 1)  # a checkpoint from before distributed training
         for key in cfg:
-            if key in RESUME_FREE or key in RESUME_GLOBAL:
-                continue
+            if key in RESUME_FREE or key in RESUME_GLOBAL or key == "model":
+                continue  # the base model is compared by its identity, below
             if key not in saved or saved[key] != cfg[key]:
                 raise ModelError(
                     f"resume=True with a different setting: {key}={cfg[key]!r}, "
@@ -843,6 +844,11 @@ def train(
                 )
         _check_global_batch(saved, cfg)
         saved_fingerprint = check_checkpoint(ckpt).get("fingerprint") or {}
+        if "base" not in saved_fingerprint and saved.get("model") != cfg["model"]:
+            raise ModelError(  # a checkpoint from before the base identity was recorded: by path
+                f"resume=True with a different setting: model={cfg['model']!r}, "
+                f"checkpoint has {saved.get('model', '(nothing)')!r}"
+            )
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -860,6 +866,13 @@ def train(
             "quantizes for one device; shard the bf16 base (load_4bit=False: 2 bytes a parameter over "
             f"{world.size} processes), or train the 4-bit base data parallel (without fsdp=True)",
             ("fsdp", "load_4bit"),
+        )
+    identity = _identity_of(base_dir, spec)
+    if resume and "base" in saved_fingerprint and saved_fingerprint["base"] != fingerprint_of(identity):
+        raise ModelError(
+            f"resume=True with a different base model: {spec} is not the base the checkpoint {ckpt} was "
+            "trained on (its configuration or weights differ); resume with that base, wherever it is now, "
+            "or train again without resume=True"
         )
     if config.merge:  # a base stored quantized cannot be merged into: say so before training
         from .merging import check_mergeable
@@ -892,6 +905,7 @@ def train(
     fingerprint = {
         "data": data_fingerprint(train_ex, eval_ex),
         "examples": len(train_ex) + len(eval_ex),
+        "base": fingerprint_of(identity),
     }
     if resume and saved_fingerprint.get("data") != fingerprint["data"]:
         raise ModelError(
@@ -1034,7 +1048,7 @@ def train(
             os.path.join(tmp, CONFIG_FILE),
             {
                 "base_model": spec if spec == DEFAULT_MODEL else os.path.abspath(base_dir),
-                "base_identity": base_identity(base_dir),
+                "base_identity": identity,
                 "control_token_ids": control_ids,
                 "token_map": token_map.to_dict(),
                 "training": {k: v for k, v in cfg.items() if k != "out"},
@@ -1086,6 +1100,14 @@ def _check_global_batch(saved: dict[str, Any], cfg: dict[str, Any]) -> None:
             f"on {saved['world_size']} process(es), a global batch of {was}; resume on "
             f"{saved['world_size']} process(es), or with batch_size x processes = {was}"
         )
+
+
+def _identity_of(base_dir: str, spec: str) -> dict[str, Any]:
+    """The base model's identity (rtools.model.identity), recorded with the adapter and the checkpoints."""
+    try:
+        return base_identity(base_dir)
+    except IdentityError as e:
+        raise ModelError(f"{spec}: cannot take the base model's identity: {e}") from None
 
 
 def _fix_adapter_base(directory: str, spec: str) -> None:
