@@ -52,7 +52,9 @@ ci                   with --bootstrap N: {metric: [lo, hi]} percentile intervals
                      in every resample); also in each by_category entry, resampled from that
                      category's rows alone. Same --seed, same intervals.
 
-Empty input prints a summary with n = 0 and null ratios, and exits 0.
+Input with no records (empty, or blank lines only: rt-threshold failed upstream, or a filter
+kept nothing) is an error in every mode: rt-metrics prints nothing on stdout, says
+rt-metrics: FILE: no records on stderr, and exits 1.
 
 --format table prints one row for all records, one per category and, when some records have a
 category and others do not, one "(no category)" row. Its columns: n, n_refuse and n_respond (the
