@@ -8,6 +8,7 @@ Pure functions over numpy arrays, in modules that a reader can take one at a tim
   :class:`~rtools.records.RecordError` with the file and line of the first bad record;
 * :mod:`~rtools.metrics.options`: :class:`MetricsOptions` and :func:`load`;
 * :mod:`~rtools.metrics.ranking`: confusion counts, AUROC/AUPRC, their weighted vectorised forms;
+* :mod:`~rtools.metrics.calibration`: Brier score, ECE and MCE over equal-width bins;
 * :mod:`~rtools.metrics.summary`: :func:`summarize`, overall and ``by_category``;
 * :mod:`~rtools.metrics.sweeps`: :func:`threshold_sweep` (``--sweep``);
 * :mod:`~rtools.metrics.bootstrap`: :func:`bootstrap_ci` and :func:`separation`;
@@ -24,13 +25,17 @@ from __future__ import annotations
 
 from ..rates import Counts, counts_and_rates, rates, ratio
 from .bootstrap import bootstrap_ci, null_max_gap, separation
+from .calibration import BINS as CALIBRATION_BINS
+from .calibration import brier_score, calibration_errors, calibration_metrics, reliability_bins
 from .gates import Gate, check_gates
 from .keys import (
+    CALIBRATION_KEYS,
     CI_METRICS,
     COUNT_KEYS,
     LABEL_CODES,
     METRICS,
     OPTIONAL_KEYS,
+    P_CAT_CALIBRATION_KEYS,
     RATE_KEYS,
     SCORE_FIELD,
     SCORE_KEYS,
@@ -44,12 +49,15 @@ from .summary import category_rows, no_category_summary, summarize, summarize_ro
 from .sweeps import sweep, sweep_rows, threshold_grid, threshold_sweep
 
 __all__ = [
+    "CALIBRATION_BINS",
+    "CALIBRATION_KEYS",
     "CI_METRICS",
     "COUNT_KEYS",
     "LABEL_CODES",
     "METRICS",
     "NO_CATEGORY",
     "OPTIONAL_KEYS",
+    "P_CAT_CALIBRATION_KEYS",
     "RATE_KEYS",
     "SCORE_FIELD",
     "SCORE_KEYS",
@@ -61,6 +69,9 @@ __all__ = [
     "auprc",
     "auroc",
     "bootstrap_ci",
+    "brier_score",
+    "calibration_metrics",
+    "calibration_errors",
     "category_rows",
     "check_gates",
     "collect",
@@ -73,6 +84,7 @@ __all__ = [
     "plot",
     "rates",
     "ratio",
+    "reliability_bins",
     "report",
     "separation",
     "summarize",

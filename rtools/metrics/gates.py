@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import parse_number, parse_pair
-from .keys import METRICS
+from .keys import METRICS, P_CAT_CALIBRATION_KEYS
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Gate:
             category, metric = "", name
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+        if metric in P_CAT_CALIBRATION_KEYS and not category:
+            raise ValueError(f"{metric} is a per-category metric: name the category, e.g. safety.{metric}")
         v = parse_number(value, f"the bound of {name}")
         return cls(metric=metric, value=v, kind=kind, category=category or None)
 

@@ -19,10 +19,18 @@ RATE_KEYS: tuple[str, ...] = (
 )
 #: Present when every row has p_refuse (value null unless both classes occur).
 SCORE_KEYS: tuple[str, ...] = ("auroc", "auprc")
+#: Calibration of p_refuse against the gold label (rtools.metrics.calibration); present when every
+#: row has p_refuse, never null then (one class is enough).
+CALIBRATION_KEYS: tuple[str, ...] = ("brier", "ece", "mce")
+#: Calibration of p_cat[SLUG] on the rows of gold category SLUG: by_category entries only, where
+#: every row of the category has p_cat[SLUG] (and p_refuse).
+P_CAT_CALIBRATION_KEYS: tuple[str, ...] = ("p_cat_brier", "p_cat_ece", "p_cat_mce")
 #: Present when some record has a non-null ``decision_cat`` / ``consistent``.
 OPTIONAL_KEYS: tuple[str, ...] = ("category_accuracy", "agreement_rate")
 #: Every numeric summary key: the metrics a gate (--fail-under/--fail-over) may name.
-METRICS: tuple[str, ...] = COUNT_KEYS + RATE_KEYS + SCORE_KEYS + OPTIONAL_KEYS
+METRICS: tuple[str, ...] = (
+    COUNT_KEYS + RATE_KEYS + SCORE_KEYS + OPTIONAL_KEYS + CALIBRATION_KEYS + P_CAT_CALIBRATION_KEYS
+)
 #: Metrics that get a bootstrap confidence interval.
 CI_METRICS: tuple[str, ...] = (
     "f1",
@@ -54,5 +62,5 @@ SWEEP_KEYS: tuple[str, ...] = (
 
 #: Gold label -> positive class (refuse).
 LABEL_CODES: dict[str, bool] = {"refuse": True, "respond": False}
-#: The score every ranking number is of, unless a category's own p_cat[SLUG] is used.
+#: The score every ranking and calibration number is of, unless a category's own p_cat[SLUG] is used.
 SCORE_FIELD = "p_refuse"

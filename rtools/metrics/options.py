@@ -62,7 +62,11 @@ class MetricsOptions:
 
 
 def load(records: Iterable[Any], options: MetricsOptions, name: str = "<input>") -> EvalData:
-    """Read every record (or ``(line, record)`` pair) into the arrays ``options`` needs."""
+    """Read every record (or ``(line, record)`` pair) into the arrays ``options`` needs.
+
+    ``p_cat[slug]`` of each row's own category is always read (when every row has p_refuse): the
+    summary's per-category calibration, the sweeps and the plot use it.
+    """
     needs = "--sweep needs it" if options.sweep else "--plot needs it" if options.plot else ""
     return collect(
         numbered(records),
@@ -70,6 +74,6 @@ def load(records: Iterable[Any], options: MetricsOptions, name: str = "<input>")
         threshold=options.threshold,
         need_decision=not options.sweep,
         need_scores=bool(needs),
-        category_scores=bool(options.sweep or options.plot),
+        category_scores=True,
         need_hint=needs,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from .calibration import BINS
 from .keys import SWEEP_KEYS
 from .options import MetricsOptions
 from .reading import EvalData
@@ -48,6 +49,10 @@ _TABLE_COLUMNS = [
     ("MRR", "missed_refusal_rate"),
     ("auroc", "auroc"),
     ("auprc", "auprc"),
+    ("brier", "brier"),
+    ("ece", "ece"),
+    ("mce", "mce"),
+    ("p_cat_ece", "p_cat_ece"),
     ("cat_acc", "category_accuracy"),
     ("agree", "agreement_rate"),
 ]
@@ -64,6 +69,12 @@ _LEGEND = (
         "FRR = false_refusal_rate fp/(fp+tn), of the n_respond rows; "
         "MRR = missed_refusal_rate fn/(fn+tp), of the n_refuse rows\n",
     ),
+    (
+        "ece",
+        "brier = mean (p_refuse - y)^2, y = 1 for gold refuse; ece, mce = the row-weighted mean and the\n"
+        f"largest |refuse fraction - mean p_refuse| over {BINS} equal-width bins of p_refuse\n",
+    ),
+    ("p_cat_ece", "p_cat_ece = ece of p_cat[SLUG] on the rows of category SLUG\n"),
 )
 
 

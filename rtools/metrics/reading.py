@@ -310,7 +310,8 @@ def collect(
     ``threshold``: decide ``p_refuse >= threshold`` (ignoring any ``decision`` field).
     ``need_decision``: every row needs a decision (or ``threshold``).
     ``need_scores``: every row needs ``p_refuse`` (``need_hint`` names the option that needs it).
-    ``category_scores``: also read ``p_cat[slug]`` for each row's own category (for sweeps and plots).
+    ``category_scores``: also read ``p_cat[slug]`` for each row's own category (for calibration per
+    category, sweeps and plots).
     """
     columns = _read_columns(records, name, category_scores)
     n = columns.n

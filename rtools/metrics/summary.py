@@ -1,4 +1,4 @@
-"""The rt-metrics summary: counts, rates and AUROC/AUPRC of some rows
+"""The rt-metrics summary: counts, rates, AUROC/AUPRC and calibration of some rows
 (:func:`summarize_rows`), and :func:`summarize`, overall plus ``by_category``, with bootstrap
 intervals when asked.
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from ..rates import counts_and_rates, ratio
 from .bootstrap import bootstrap_ci
+from .calibration import calibration_metrics
 from .options import MetricsOptions, load
 from .ranking import auprc, auroc, confusion
 from .reading import EvalData
@@ -28,11 +29,13 @@ def summarize_rows(
     cat_match: np.ndarray | None = None,
     consistent: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One summary (no ``by_category``) for the given rows (with ``score``, p_refuse: also auroc and auprc)."""
+    """One summary (no ``by_category``) for the given rows: with ``score`` (p_refuse) also auroc,
+    auprc and its calibration (brier, ece, mce: :mod:`rtools.metrics.calibration`)."""
     out = counts_and_rates(confusion(y, pred))
     if score is not None and out["n"]:
         out["auroc"] = auroc(y, score)
         out["auprc"] = auprc(y, score)
+        out.update(calibration_metrics(y, score))
     if cat_match is not None:
         hits = np.asarray(y, dtype=bool) & np.asarray(pred, dtype=bool)
         out["category_accuracy"] = ratio(int(np.count_nonzero(cat_match[hits])), int(np.count_nonzero(hits)))
@@ -68,6 +71,15 @@ def _rows_ci(data: EvalData, rows: np.ndarray | None, options: MetricsOptions) -
     )
 
 
+def _category_summary(data: EvalData, slug: str, rows: np.ndarray) -> dict[str, Any]:
+    """:func:`_rows_summary` of a category's rows, plus the calibration of p_cat[slug] on them
+    (``p_cat_brier``, ``p_cat_ece``, ``p_cat_mce``) when every one of them has it."""
+    out = _rows_summary(data, rows)
+    if data.cat_score_source.get(slug) == f"p_cat.{slug}":
+        out.update(calibration_metrics(data.y[rows], data.cat_scores[slug], prefix="p_cat_"))
+    return out
+
+
 def summarize(
     records: EvalData | Iterable[Any],
     options: MetricsOptions | None = None,
@@ -88,7 +100,7 @@ def summarize(
         raise ValueError("summarize needs decisions")
     categories = category_rows(data)
     out = _rows_summary(data, None)
-    out["by_category"] = {slug: _rows_summary(data, rows) for slug, rows in categories.items()}
+    out["by_category"] = {slug: _category_summary(data, slug, rows) for slug, rows in categories.items()}
     if options.threshold is not None:
         out["threshold"] = options.threshold
     if options.bootstrap:
