@@ -61,13 +61,14 @@ def class_rates(curve: Curve, thresholds: np.ndarray) -> list[tuple[str, int, np
     return out
 
 
-def reliability_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean score, refuse fraction, rows) of each non-empty bin of the curve's scores."""
-    from .metrics.calibration import reliability_bins
+def reliability_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(mean score, refuse fraction) of each non-empty bin of the curve's scores, and their ece."""
+    from .metrics.calibration import calibration_errors, reliability_bins
 
     table = reliability_bins(curve.y, curve.score)
     filled = table["count"] > 0
-    return table["mean_score"][filled], table["refuse_fraction"][filled], table["count"][filled]
+    ece, _ = calibration_errors(curve.y, curve.score)
+    return table["mean_score"][filled], table["refuse_fraction"][filled], ece
 
 
 def plot_curves(
@@ -109,11 +110,12 @@ def build_figure(curves: Sequence[Curve], title: str | None = None, dpi: int = 1
             rate_ax.plot(
                 thresholds, rate, label=f"{c.name}: {cls} rows (n={rows})", linestyle=linestyle, **style
             )
-        mean_score, refuse_fraction, _ = reliability_points(c)
-        reliability_ax.plot(mean_score, refuse_fraction, marker="o", markersize=3.5, label=c.name, **style)
+        mean_score, refuse_fraction, ece = reliability_points(c)
+        label = c.name if ece is None else f"{c.name} (ece={ece:.3f})"
+        reliability_ax.plot(mean_score, refuse_fraction, marker="o", markersize=3.5, label=label, **style)
     for ax in (roc_ax, reliability_ax):
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    for ax, xlabel, ylabel, title in (
+    for ax, xlabel, ylabel, panel_title in (
         (roc_ax, "false refusal rate (FPR)", "refusal recall (TPR)", "ROC (positive class: refuse)"),
         (
             rate_ax,
@@ -128,7 +130,7 @@ def build_figure(curves: Sequence[Curve], title: str | None = None, dpi: int = 1
             "reliability (10 equal-width score bins; diagonal: calibrated)",
         ),
     ):
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=xlabel, ylabel=ylabel, title=panel_title)
         ax.grid(True, alpha=0.3)
         if curves:
             ax.legend(fontsize="x-small", loc="best" if ax is rate_ax else "lower right")

@@ -247,16 +247,20 @@ def test_gates_on_calibration():
 
 def test_reliability_panel_shows_the_bins():
     y, p = arrays()
-    fig = build_figure([Curve("all", y, p), Curve("safety", y[:3], p[:3])])
+    fig = build_figure([Curve("all", y, p), Curve("safety", y[:3], p[:3])], title="rt-metrics: x (n=6)")
     assert len(fig.axes) == 3
+    assert fig.get_suptitle() == "rt-metrics: x (n=6)"  # not a panel's title (the loop's name shadowed it)
     reliability = fig.axes[2]
     assert "reliability" in reliability.get_title()
-    lines = {line.get_label(): line for line in reliability.get_lines()}
-    # one point per non-empty bin: (mean p, refuse fraction), worked out by hand above
-    assert lines["all"].get_xdata() == pytest.approx([0.05, 0.15, 0.55, 0.62, 0.95])
-    assert lines["all"].get_ydata() == pytest.approx([0.0, 0.5, 1.0, 0.0, 1.0])
-    assert lines["safety"].get_xdata() == pytest.approx([0.05, 0.15])
-    assert lines["safety"].get_ydata() == pytest.approx([0.0, 0.5])
+    lines = {line.get_label(): line for line in reliability.get_lines() if line.get_label()[0] != "_"}
+    # one point per non-empty bin: (mean p, refuse fraction), worked out by hand above; the legend
+    # gives each curve's ece (safety: bins 0 and 1, gaps 0.05 and 0.35 -> (0.05 + 2 * 0.35) / 3)
+    assert list(lines) == [f"all (ece={HAND_ECE:.3f})", "safety (ece=0.250)"]
+    everything, safety = lines.values()
+    assert everything.get_xdata() == pytest.approx([0.05, 0.15, 0.55, 0.62, 0.95])
+    assert everything.get_ydata() == pytest.approx([0.0, 0.5, 1.0, 0.0, 1.0])
+    assert safety.get_xdata() == pytest.approx([0.05, 0.15])
+    assert safety.get_ydata() == pytest.approx([0.0, 0.5])
 
 
 def test_plot_file_is_a_valid_png_with_three_panels(tmp_path):

@@ -59,7 +59,8 @@ p_cat_brier, p_cat_ece, p_cat_mce
                      by_category entries only: brier, ece and mce of p_cat[SLUG] on the rows of
                      category SLUG, against the same label (a gold-refuse row of SLUG should get
                      the [refuse:SLUG] token, a gold-respond row none); present when every row
-                     of the category has p_cat[SLUG]: the score rt-threshold --cat SLUG=T uses
+                     has p_refuse and every row of the category has p_cat[SLUG] (the score
+                     rt-threshold --cat SLUG=T acts on)
 by_category          {slug: the keys above for that category's rows}; {} when no row has one
 threshold            the --threshold value, when given
 ci                   with --bootstrap N: {metric: [lo, hi]} percentile intervals at level --ci
