@@ -113,6 +113,7 @@ SPECS = {
         "args": ["-q"],
         "streams": False,
         "adds": None,
+        "empty": "no records",  # an error: no summary to report (issue 24 item 9)
         "never": ("torch", "transformers"),
     },
     "rt-generate": {
@@ -221,7 +222,8 @@ def test_reads_file_dash_and_stdin_alike(name, invoke, infile, need):
 
 @commands
 def test_empty_input(name, invoke, infile, need):
-    """Empty input is fine, except for rt-lora, which says there is nothing to train on (exit 1)."""
+    """Empty input is fine, except for rt-lora, which says there is nothing to train on, and
+    rt-metrics, which says there is nothing to measure (exit 1)."""
     spec = need(name)
     for args, input, shown in ((spec["make_args"](), "", "<stdin>"), (None, None, None)):
         if args is None:

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
+from conftest import BIN
 
 from rtools import metrics as M
 from rtools.cli import run
@@ -114,14 +115,45 @@ def test_pretty(data_file):
     assert orjson.loads(out) == orjson.loads(rt([data_file])[1])
 
 
-def test_empty_input_prints_n0_summary():
-    for data in (b"", b"\n\n"):
-        code, out, err = rt([], input=data)
-        assert code == 0 and err == ""
-        s = orjson.loads(out)
-        assert s["n"] == 0 and s["f1"] is None and s["precision"] is None and s["by_category"] == {}
-    code, out, _ = rt(["--sweep"], input=b"")
-    assert code == 0 and out == ""
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--pretty"],
+        ["--format", "table"],
+        ["--sweep"],
+        ["--sweep", "--format", "table"],
+        ["-t", "0.5", "--bootstrap", "20"],
+        ["--fail-under", "f1=0.5"],
+        ["-q"],
+    ],
+)
+def test_no_records_is_an_error_in_every_format(args, tmp_path):
+    """Issue 24 item 9: an empty stream (rt-threshold failed upstream, a filter kept nothing) is not
+    a summary of nulls with exit 0: rt-metrics says so and exits 1, printing nothing on stdout."""
+    for data in (b"", b"\n\n  \n"):
+        code, out, err = rt(args, input=data)
+        assert (code, out, err) == (1, "", "rt-metrics: <stdin>: no records\n"), args
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    png = tmp_path / "roc.png"
+    code, out, err = rt([*args, "--plot", str(png), str(empty)])
+    assert (code, out, err) == (1, "", f"rt-metrics: {empty}: no records\n")
+    assert not png.exists()  # nothing half-made either
+
+
+def test_no_records_through_a_real_pipe(tmp_path):
+    """The same through the shell: `printf '' | rt-metrics` (the console script) exits 1, and so does
+    a pipeline whose upstream command fails before writing a record."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for pipeline in (
+        "printf '' | rt-metrics",
+        "printf '' | rt-metrics --format table",
+        'printf \'{"label": "refuse"}\\n\' | rt-threshold 2>/dev/null | rt-metrics',
+    ):
+        proc = subprocess.run(["bash", "-c", pipeline], capture_output=True, env=env, cwd=tmp_path)
+        assert proc.returncode == 1, (pipeline, proc.stderr)
+        assert proc.stdout == b"" and proc.stderr == b"rt-metrics: <stdin>: no records\n", pipeline
 
 
 @pytest.mark.parametrize(
@@ -270,8 +302,10 @@ def test_gates(data_file):
     code, _, err = rt(["--fail-under", "safety.recall=1.01", data_file])
     assert code == 1 and "gate failed: safety.recall=" in err
     # a null metric fails the gate
-    code, _, err = rt(["--fail-under", "f1=0.5"], input=b"")
-    assert code == 1 and "f1 is null" in err
+    code, _, err = rt(
+        ["--fail-under", "precision=0.5"], input=jsonl([make_lines(1)[0] | {"decision": "respond"}])
+    )
+    assert code == 1 and "precision is null" in err
     # an absent metric (no decision_cat in the input) fails too
     code, _, err = rt(["--fail-under", "category_accuracy=0.5", data_file])
     assert code == 1 and "category_accuracy is null" in err

@@ -40,13 +40,13 @@ def jsonl(recs) -> bytes:
 
 
 def table(text: str) -> dict[str, dict[str, str]]:
-    """The first table of the output: {row name: {column: cell}}."""
+    """The first table of the output: {row name: {column: cell}} (the legend under it left out)."""
     lines = text.split("\n\n")[0].splitlines()
     header = lines[0].split()
     rows = {}
     for line in lines[1:]:
-        if line.startswith(("n_refuse,", "FRR =")):
-            continue
+        if line.startswith("n_refuse,"):  # the legend's first line
+            break
         name = line[: line.index(" ", len(header[0]))].strip() if line.startswith("(") else line.split()[0]
         cells = line[len(name) :].split()
         rows[name] = dict(zip(header[1:], cells, strict=True))

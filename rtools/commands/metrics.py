@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import common_options, entry_point, input_argument, option_given, usage_errors, warn
+from ..cli import common_options, entry_point, fail, input_argument, option_given, usage_errors, warn
 from ..manual.metrics import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 
 
@@ -150,6 +150,8 @@ def command(
 
     name = display_name(file)
     data = M.load(read_records(file), options, name)
+    if not data.n:  # rt-threshold failed upstream, or a filter kept nothing: no result to report
+        raise fail("no records", path=name)
     if data.missing_score_line is not None and data.scored and not quiet:
         warn(f"{name}:{data.missing_score_line}: no p_refuse on this row: auroc and auprc are left out")
 
