@@ -63,22 +63,23 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Raise the OSError that writing ``path`` (atomically: a temporary file in its directory, then a
-    rename) would meet, before any work is done: a directory that is not there and cannot be made, or
-    is not writable, or ``path`` being a directory. The error names ``path``."""
+    """Raise the OSError that writing ``path`` with :func:`atomic_write_bytes` would meet, before any
+    work is done: ``path`` is a directory, or no file can be made in its directory (or in the nearest
+    existing one above it, where :func:`atomic_write_bytes` would make the rest). The check makes
+    and removes a temporary file there, so it holds for read-only file systems and for root too.
+    The error names ``path``."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a directory", path)
     directory = os.path.dirname(path)
-    while not os.path.exists(directory):  # atomic_write_bytes makes missing directories
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    if not os.path.isdir(directory):
-        raise NotADirectoryError(errno.ENOTDIR, "a component of the path is not a directory", path)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"permission denied (cannot write in {directory})", path)
+    while not os.path.exists(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    with naming(path):
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "a component of the path is not a directory", path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -17,7 +17,15 @@ from ..cli import (
     unbuffered_option,
 )
 from ..manual.threshold import FIT_HELP, HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
-from ..records import display_name, open_input, read_records, write_records
+from ..records import (
+    STDOUT_NAME,
+    check_writable,
+    display_name,
+    naming,
+    open_input,
+    read_records,
+    write_records,
+)
 from ..thresholds import Objective, Thresholds, apply_stream, decide, fit
 
 
@@ -73,15 +81,20 @@ def command(
     ):
         if given:
             raise click.UsageError(f"{opt} cannot be combined with --fit (it fits the thresholds)")
+    if save_path:
+        check_writable(save_path)  # before reading the input: fail now, naming the file
     kept: list | None = [] if save_path else None
     result = fit(read_records(file), objective, per_category, fitted_on=name, keep=kept)
+    for note in result.notes:  # a degenerate answer: said even under -q, the exit status unchanged
+        click.echo(f"{prog()}: warning: {note}", err=True)
     if save_path:
         result.save(save_path)
         rule = Thresholds(threshold=result.threshold, categories=result.categories, default=result.default)
         write_records(decide(kept or [], rule, name), out, unbuffered=unbuffered)
     else:
-        out.write(result.to_json())
-        out.flush()
+        with naming(STDOUT_NAME):
+            out.write(result.to_json())
+            out.flush()
     if not quiet:
         click.echo(f"{prog()}: {result.summary()}", err=True)
 

@@ -199,6 +199,7 @@ def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
     float_ = float
     if rule.mode == "global":
         t = rule.threshold
+        k = len(slugs) if slugs is not None else -1
 
         def fast_global(records: list[dict[str, Any]]) -> None:
             # global_rule with the checks of the common record in one pass (the hot path of
@@ -208,17 +209,19 @@ def _fast_rule(rule: Thresholds, slugs: frozenset[str] | None) -> Any:
                 if p.__class__ is not float_ or not 0.0 <= p <= 1.0:
                     raise ValueError
                 pc = r.get("p_cat")
-                if pc is not None and pc.keys() != slugs:
-                    raise ValueError
                 if p < t:
+                    if pc is not None and pc.keys() != slugs:
+                        raise ValueError
                     r["decision"] = respond
                     r["decision_cat"] = None
                     continue
                 best = None
                 if pc is not None:
+                    if len(pc) != k:  # and each slug one of the k below: the same set
+                        raise ValueError
                     best_p = -1.0
                     for slug, q in pc.items():
-                        if q.__class__ is not float_ or not 0.0 <= q <= 1.0:
+                        if q.__class__ is not float_ or not 0.0 <= q <= 1.0 or slug not in slugs:
                             raise ValueError
                         if q > best_p:
                             best, best_p = slug, q

@@ -226,10 +226,22 @@ def objective_scores(
         n = n_pos + n_neg
         rate = (tp + fp) / n if n else np.zeros_like(tp)
         feasible = rate <= objective.target + TIE_TOLERANCE
-        if not feasible.any():  # rows at p = 1 alone exceed the budget: the fewest refusals
-            return -rate
+        if not feasible.any():  # rows at p = 1 alone exceed the budget: no threshold in [0, 1] meets it
+            raise UnmetObjective(objective, int(round(rate.min() * n)), n)
         return np.where(feasible, rate, -np.inf)
     raise ValueError(f"unknown objective {objective}")
+
+
+class UnmetObjective(ValueError):
+    """No threshold in [0, 1] meets the objective: a budget smaller than the share of rows at p = 1,
+    which every threshold refuses (``p >= t`` and ``t <= 1``)."""
+
+    def __init__(self, objective: Objective, refused: int, n: int, where: str = ""):
+        self.objective, self.refused, self.n, self.where = objective, refused, n, where
+        super().__init__(
+            f"{objective} cannot be met{where}: {refused} of {n} records ({refused / n:.1%}) score 1, "
+            "and every threshold (at most 1) refuses them"
+        )
 
 
 def best_index(scores: np.ndarray) -> int:
@@ -309,17 +321,31 @@ def fit(
         raise ValueError(f"{objective} needs a label on every record")
     # a budget fit reads no labels: every row counts as "positive", so tp + fp = refusals
     y = np.array(data.labels, dtype=bool) if objective.needs_labels else np.ones(data.n, dtype=bool)
-    if per_category:
-        scores = np.array(data.p_cat, dtype=np.float64).reshape(data.n, len(data.slugs))
-        cats = np.array([data.slugs.index(c) if c in data.slugs else -1 for c in data.categories])
-        values = _fit_categories(scores, y, cats, objective)
-        rule: dict[str, Any] = {"categories": dict(zip(data.slugs, values, strict=True))}
-        refused = (scores >= np.array(values)).any(axis=1)
-    else:
-        s = np.array(data.p_refuse, dtype=np.float64)
-        t = fit_threshold(s[y], s[~y], objective)
-        rule = {"threshold": t}
-        refused = s >= t
+    try:
+        if per_category:
+            scores = np.array(data.p_cat, dtype=np.float64).reshape(data.n, len(data.slugs))
+            cats = np.array([data.slugs.index(c) if c in data.slugs else -1 for c in data.categories])
+            values = _fit_categories(scores, y, cats, objective, data.slugs)
+            rule: dict[str, Any] = {"categories": dict(zip(data.slugs, values, strict=True))}
+            refused = (scores >= np.array(values)).any(axis=1)
+            notes = []
+            for c, slug in enumerate(data.slugs):
+                own = cats == c  # a category is judged on its own rows, or all rows when it has none
+                rows = f"records of category {slug}" if own.any() else "records"
+                col = scores[:, c][own] if own.any() else scores[:, c]
+                note = degenerate(col, values[c], objective, f"category {slug}: threshold", rows)
+                notes += [note] if note else []
+        else:
+            s = np.array(data.p_refuse, dtype=np.float64)
+            t = fit_threshold(s[y], s[~y], objective)
+            rule = {"threshold": t}
+            refused = s >= t
+            note = degenerate(s, t, objective)
+            notes = [note] if note else []
+    except UnmetObjective as e:
+        raise RecordError(
+            str(e), path=fitted_on, hint="give a larger budget; a threshold can refuse no fewer"
+        ) from None
     if labelled:
         metrics = confusion(refused.tolist(), data.labels)
     else:  # an unlabelled budget fit: only the refusal rate is known
@@ -332,11 +358,45 @@ def fit(
     }
     if fitted_on is not None:
         meta["fitted_on"] = fitted_on
-    return Thresholds(**rule, meta=meta)
+    return Thresholds(**rule, meta=meta, notes=tuple(notes))
 
 
-def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objective: Objective) -> list[float]:
-    """One threshold per column of ``scores``; see :func:`fit`."""
+#: A fitted threshold that refuses at least DEGENERATE_HIGH, or at most DEGENERATE_LOW, of the rows
+#: it was fitted on is reported (unless the objective asked for such a rate).
+DEGENERATE_HIGH = 0.95
+DEGENERATE_LOW = 0.05
+
+
+def degenerate(
+    scores: np.ndarray, t: float, objective: Objective, what: str = "threshold", rows: str = "records"
+) -> str | None:
+    """One line when threshold ``t`` is a degenerate answer on ``scores`` (the rows it was fitted
+    on, called ``rows``): it refuses almost all of them or almost none (>= 95% or <= 5%), or it
+    sits at the edge of the scores (at or below the lowest, above the highest); None otherwise, and
+    None when the objective asked for such a rate (``refusal_rate=0.02``, ``budget=0.01``)."""
+    n = len(scores)
+    share = float((scores >= t).mean()) if n else 0.0
+    lowest, highest = (float(scores.min()), float(scores.max())) if n else (0.0, 0.0)
+    target = objective.target if objective.kind in ("rate", "budget") else None
+    if target is not None and (target <= DEGENERATE_LOW or target >= DEGENERATE_HIGH):
+        return None
+    edge = ""
+    if t <= lowest:
+        edge = f", at or below the lowest score ({lowest:.6g})"
+    elif t > highest:
+        edge = f", above the highest score ({highest:.6g})"
+    if not edge and DEGENERATE_LOW < share < DEGENERATE_HIGH:
+        return None
+    return (
+        f"fit {objective}: {what} {t:.6g} refuses {share:.1%} of the {n} {rows} it was fitted on{edge}:"
+        " a degenerate answer; the scores may not separate refuse from respond"
+    )
+
+
+def _fit_categories(
+    scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objective: Objective, slugs: list[str]
+) -> list[float]:
+    """One threshold per column of ``scores`` (named ``slugs``); see :func:`fit`."""
     import numpy as np
 
     n, k = scores.shape
@@ -351,7 +411,10 @@ def _fit_categories(scores: np.ndarray, y: np.ndarray, cats: np.ndarray, objecti
         elif objective.kind in ("rate", "budget"):
             rows = own if own.any() else everyone
             # the category's refusal rate among its own rows: every row counts as "positive"
-            thresholds.append(fit_threshold(col[rows], col[:0], objective))
+            try:
+                thresholds.append(fit_threshold(col[rows], col[:0], objective))
+            except UnmetObjective as e:
+                raise UnmetObjective(objective, e.refused, e.n, f" for category {slugs[c]!r}") from None
         elif objective.kind == "missed":  # the missed rate among the category's refuse rows
             pos_rows = own & y if (own & y).any() else y
             # candidates from the whole column, so the threshold sits just below the kept scores

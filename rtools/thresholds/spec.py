@@ -39,6 +39,8 @@ class Thresholds:
     categories: dict[str, float] = field(default_factory=dict)
     default: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: What a fit has to say about its answer (a degenerate threshold), one line each; not saved.
+    notes: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.threshold is not None and (self.categories or self.default is not None):
@@ -99,7 +101,7 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str) -> Thresholds:
-        data = read_json_file(path, "a thresholds JSON file")
+        data = read_json_file(path, "a thresholds JSON file", unique_keys=True)
         try:
             return cls.from_dict(data)
         except ValueError as e:
