@@ -141,4 +141,8 @@ FIT_HELP = (
 #: The long --help texts of its options, by option name.
 OPTION_HELP = {
     "per-category": "With --fit: one threshold per p_cat category instead of one on p_refuse.",
+    "calibrate": "Calibrate the scores on these labelled records (reads all records first): p_refuse and "
+    "each p_cat category, by temperature scaling, Platt scaling or isotonic regression; saved in the "
+    "thresholds file, which then calibrates before deciding. With --fit the thresholds are fitted on "
+    "the calibrated scores.",
 }

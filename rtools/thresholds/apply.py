@@ -25,6 +25,7 @@ from ..records import (
     parse_line,
     rewrite_chunk,
 )
+from .calibration import RAW
 from .rules import REFUSE, RESPOND, category_rule, get_p_cat, own_rule
 from .spec import Thresholds
 
@@ -78,7 +79,18 @@ class _Applier:
         self.slugs: frozenset[str] | None = None
         self.first: list[str] = []
         self.resolved = rule.mode != "category"
-        self.fast: Any = _fast_rule(rule, None) if self.resolved else _unresolved
+        self.fast: Any = self._fast_rule()
+
+    def _fast_rule(self) -> Any:
+        if not self.resolved:
+            return _unresolved
+        if self.rule.calibration is not None:  # calibrated scores: the checked path, a chunk at a time
+            return self._checked_records
+        return _fast_rule(self.rule, self.slugs)
+
+    def _checked_records(self, records: list[dict[str, Any]]) -> None:
+        for r in records:  # an error, position unknown here, sends the chunk to the line-by-line path
+            self.decide_record(r, 0)
 
     def chunk(self, chunk: bytes) -> tuple[bytes, int, RecordError | None]:
         """The output for ``chunk`` (complete lines) and the number of records in it; or, for a chunk
@@ -104,8 +116,7 @@ class _Applier:
         if self.slugs is None:
             self.slugs = frozenset(pc)
             self.first = list(pc)
-            if self.resolved:
-                self.fast = _fast_rule(self.rule, self.slugs)
+            self.fast = self._fast_rule()
         elif pc.keys() != self.slugs:
             check_slug_set(self.first, pc)
 
@@ -117,8 +128,17 @@ class _Applier:
                 assert pc is not None
                 self.rule = self.rule.resolve(pc)
                 self.resolved = True
-                self.fast = _fast_rule(self.rule, self.slugs)
-            r["decision"], r["decision_cat"] = self.rule.decide(r)
+                self.fast = self._fast_rule()
+            calibration = self.rule.calibration
+            if calibration is None:
+                r["decision"], r["decision_cat"] = self.rule.decide(r)
+            elif self.rule.mode == "own":  # the model's own choice, on its raw scores
+                decision = self.rule.decide(_raw_view(r))
+                calibration.apply(r)
+                r["decision"], r["decision_cat"] = decision
+            else:
+                calibration.apply(r)
+                r["decision"], r["decision_cat"] = self.rule.decide(r)
             pc = r.get("p_cat")
             if isinstance(pc, dict) and pc:
                 self.check_slugs(pc)
@@ -140,6 +160,17 @@ def decide(
     checker = _Applier(rule, name)
     for lineno, r in numbered(records):
         yield checker.decide_record(dict(r), lineno)
+
+
+def _raw_view(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` with the raw scores of an earlier calibration (p_refuse_raw, p_cat_raw) in their places."""
+    if RAW["p_refuse"] not in r and RAW["p_cat"] not in r:
+        return r
+    view = dict(r)
+    for name, raw in RAW.items():
+        if raw in r:
+            view[name] = r[raw]
+    return view
 
 
 def check_slug_set(first: list[str], pc: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ import orjson
 from ..config import ConfigError, parse_number, parse_pair
 from ..records import RecordError, atomic_write_json, json_type, read_json_file
 from ..tokens import slugify
+from .calibration import Calibration
 from .rules import (
     DEFAULT_KEY,
     Decision,
@@ -33,12 +34,15 @@ class Thresholds:
 
     ``threshold`` set: global rule. Else ``categories`` / ``default`` set: per-category rule
     (names are resolved to the slugs of ``p_cat`` by :meth:`resolve`). Neither: own choice.
+    ``calibration``: scores are calibrated before the thresholds apply (the own choice is the
+    model's, made on the raw scores).
     """
 
     threshold: float | None = None
     categories: dict[str, float] = field(default_factory=dict)
     default: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None
     #: What a fit has to say about its answer (a degenerate threshold), one line each; not saved.
     notes: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -64,20 +68,28 @@ class Thresholds:
             d["categories"] = dict(self.categories)
         if self.default is not None:
             d["default"] = self.default
+        if self.calibration is not None:
+            d["calibration"] = self.calibration.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: Any) -> Thresholds:
-        """Parse ``{"threshold": T}`` or ``{"categories": {...}, "default": T}`` (+ metadata)."""
+        """Parse ``{"threshold": T}`` or ``{"categories": {...}, "default": T}``, and/or
+        ``{"calibration": {...}}`` (+ metadata)."""
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object, got {json_type(d)}")
         if "threshold" in d and ("categories" in d or "default" in d):
             raise ValueError('give either "threshold" or "categories"/"default", not both')
+        calibration = Calibration.from_dict(d["calibration"]) if "calibration" in d else None
         if "threshold" not in d and "categories" not in d and "default" not in d:
+            if calibration is not None:
+                return cls(calibration=calibration, meta=_meta(d))
             raise ValueError('expected "threshold": T or "categories": {slug: T, ...}')
-        meta = {k: v for k, v in d.items() if k not in ("threshold", "categories", "default")}
+        meta = _meta(d)
         if "threshold" in d:
-            return cls(threshold=check_threshold(d["threshold"], "threshold"), meta=meta)
+            return cls(
+                threshold=check_threshold(d["threshold"], "threshold"), meta=meta, calibration=calibration
+            )
         cats = d.get("categories", {})
         if not isinstance(cats, dict):
             raise ValueError(f'"categories" must be an object {{slug: threshold}}, got {json_type(cats)}')
@@ -97,7 +109,7 @@ class Thresholds:
                 'sets no threshold: "categories" is empty and there is no "default" '
                 '(give "threshold": T, or "categories": {slug: T, ...})'
             )
-        return cls(categories=categories, default=default, meta=meta)
+        return cls(categories=categories, default=default, meta=meta, calibration=calibration)
 
     @classmethod
     def load(cls, path: str) -> Thresholds:
@@ -191,7 +203,9 @@ class Thresholds:
                 f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
                 f" ({seen_in} has: {', '.join(seen)})"
             )
-        return Thresholds(categories=resolved, default=self.default, meta=self.meta)
+        return Thresholds(
+            categories=resolved, default=self.default, meta=self.meta, calibration=self.calibration
+        )
 
     def decide(self, record: Mapping[str, Any]) -> Decision:
         """The decision for one record, checking the fields the rule reads (RecordError)."""
@@ -213,6 +227,11 @@ class Thresholds:
         pc = get_p_cat(record, required=False)
         p_refuse = None if pc is not None else get_probability(record, "p_refuse")
         return own_rule(p_refuse, get_probability(record, "p_respond"), pc)
+
+
+def _meta(d: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a thresholds file: every key but the rule's and the calibration."""
+    return {k: v for k, v in d.items() if k not in ("threshold", "categories", "default", "calibration")}
 
 
 def _slug_or_none(name: str) -> str | None:
