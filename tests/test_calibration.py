@@ -351,3 +351,13 @@ def test_calibrate_then_fit_fits_on_the_calibrated_scores(invoke, tmp_path):
     assert r.exit_code == 2 and "--threshold cannot be combined with --calibrate" in r.stderr
     r = invoke("rt-threshold", ["--calibrate", "isotonic", "--per-category"], input=jsonl(DEV))
     assert r.exit_code == 2 and "--per-category applies only to --fit" in r.stderr
+
+
+def test_a_rule_with_a_calibration_decides_on_calibrated_scores_without_changing_the_record():
+    # what rt-generate calls with its own score fields: Thresholds.decide
+    rec = {"p_refuse": 0.25, "p_respond": 0.7, "p_cat": {"safety": 0.2, "humanizing": 0.05}}
+    before = json.dumps(rec)
+    assert Thresholds(threshold=0.5, calibration=CAL).decide(rec) == ("refuse", "safety")
+    assert Thresholds(threshold=0.5).decide(rec) == ("respond", None)
+    assert Thresholds(calibration=CAL).decide({"p_refuse": 0.4, "p_respond": 0.6}) == ("respond", None)
+    assert json.dumps(rec) == before

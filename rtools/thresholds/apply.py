@@ -25,7 +25,7 @@ from ..records import (
     parse_line,
     rewrite_chunk,
 )
-from .calibration import RAW
+from .calibration import raw_view
 from .rules import REFUSE, RESPOND, category_rule, get_p_cat, own_rule
 from .spec import Thresholds
 
@@ -131,14 +131,14 @@ class _Applier:
                 self.fast = self._fast_rule()
             calibration = self.rule.calibration
             if calibration is None:
-                r["decision"], r["decision_cat"] = self.rule.decide(r)
+                r["decision"], r["decision_cat"] = self.rule.decide_scores(r)
             elif self.rule.mode == "own":  # the model's own choice, on its raw scores
-                decision = self.rule.decide(_raw_view(r))
+                decision = self.rule.decide_scores(raw_view(r))
                 calibration.apply(r)
                 r["decision"], r["decision_cat"] = decision
             else:
                 calibration.apply(r)
-                r["decision"], r["decision_cat"] = self.rule.decide(r)
+                r["decision"], r["decision_cat"] = self.rule.decide_scores(r)
             pc = r.get("p_cat")
             if isinstance(pc, dict) and pc:
                 self.check_slugs(pc)
@@ -160,17 +160,6 @@ def decide(
     checker = _Applier(rule, name)
     for lineno, r in numbered(records):
         yield checker.decide_record(dict(r), lineno)
-
-
-def _raw_view(r: dict[str, Any]) -> dict[str, Any]:
-    """``r`` with the raw scores of an earlier calibration (p_refuse_raw, p_cat_raw) in their places."""
-    if RAW["p_refuse"] not in r and RAW["p_cat"] not in r:
-        return r
-    view = dict(r)
-    for name, raw in RAW.items():
-        if raw in r:
-            view[name] = r[raw]
-    return view
 
 
 def check_slug_set(first: list[str], pc: Mapping[str, Any]) -> None:

@@ -187,6 +187,17 @@ class Calibration:
         return cls(method=method, maps=maps, n=n, fitted_on=fitted_on)
 
 
+def raw_view(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``record`` with the raw scores of an earlier calibration (p_refuse_raw, p_cat_raw) in their places."""
+    if RAW["p_refuse"] not in record and RAW["p_cat"] not in record:
+        return record
+    view = dict(record)
+    for name, raw in RAW.items():
+        if raw in record:
+            view[name] = record[raw]
+    return view
+
+
 def _keys(d: Any, what: str, required: Iterable[str], optional: Iterable[str] = ()) -> None:
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be an object, got {json_type(d)}")

@@ -15,7 +15,7 @@ import orjson
 from ..config import ConfigError, parse_number, parse_pair
 from ..records import RecordError, atomic_write_json, json_type, read_json_file
 from ..tokens import slugify
-from .calibration import Calibration
+from .calibration import Calibration, raw_view
 from .rules import (
     DEFAULT_KEY,
     Decision,
@@ -208,7 +208,17 @@ class Thresholds:
         )
 
     def decide(self, record: Mapping[str, Any]) -> Decision:
-        """The decision for one record, checking the fields the rule reads (RecordError)."""
+        """The decision for one record, checking the fields the rule reads (RecordError). With a
+        calibration, the thresholds apply to the calibrated scores and the own choice is made on the
+        raw ones; ``record`` is not changed (:func:`rtools.thresholds.decide` rewrites the fields)."""
+        if self.calibration is None:
+            return self.decide_scores(record)
+        if self.mode == "own":
+            return self.decide_scores(raw_view(record))
+        return self.decide_scores(self.calibration.applied(record))
+
+    def decide_scores(self, record: Mapping[str, Any]) -> Decision:
+        """The decision for one record's scores as they are (no calibration), checking the fields read."""
         if self.threshold is not None:
             p = get_probability(record, "p_refuse")
             # p_cat is read (and checked) only to name a refusal's category
