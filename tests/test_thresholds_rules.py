@@ -551,23 +551,36 @@ class Trickle:
 
 def line_reference(lines: list[bytes], rule: Thresholds):
     """What apply_stream must write for these lines: each line read by records.parse_line, decided
-    by the checked rule (decide()), written by records.dumps, up to the first error."""
+    by the checked rule (the reference path of rtools.thresholds.apply), written by records.dumps, up
+    to the first error."""
+    from rtools.thresholds.apply import _Applier
+
+    checked = _Applier(rule, "in.jsonl")
     out = b""
-    recs = []
     for lineno, line in enumerate(lines, 1):
         try:
             r = parse_line(line, "in.jsonl", lineno)
+            if r is not None:
+                out += dumps(checked.decide_record(r, lineno))
         except RecordError as e:
             return out, e.format()
-        if r is None:
-            continue
-        recs.append((lineno, r))
-        try:
-            *_, last = decide(recs, rule, "in.jsonl")  # every record again: the first p_cat rules
-        except RecordError as e:
-            return out, e.format()
-        out += dumps(last)
     return out, None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(records, min_size=1, max_size=6), rules)
+def test_decide_matches_the_checked_path(recs, rule):
+    """rtools.thresholds.decide tries the fast path record by record: the same records, or the same error."""
+    lines = [orjson.dumps(r) + b"\n" for r in recs]
+    expected = line_reference(lines, rule)
+    out = b""
+    try:
+        for r in decide(recs, rule, "in.jsonl"):
+            out += dumps(r)
+        got = out, None
+    except RecordError as e:
+        got = out, e.format()
+    assert got == expected
 
 
 SPELLINGS = st.sampled_from(["orjson", "spaced", "ascii", "crlf", "blank-before"])

@@ -157,9 +157,17 @@ def decide(
     ``p_cat``, which also fixes the slugs every later ``p_cat`` must have. A bad record raises
     RecordError naming ``name`` and its line (its position, for plain records).
     """
-    checker = _Applier(rule, name)
+    applier = _Applier(rule, name)
     for lineno, r in numbered(records):
-        yield checker.decide_record(dict(r), lineno)
+        r = dict(r)
+        if rule.calibration is None:
+            try:  # the fast path first: it sets the fields only when it decides
+                applier.fast([r])
+                yield r
+                continue
+            except Exception:
+                pass
+        yield applier.decide_record(r, lineno)
 
 
 def check_slug_set(first: list[str], pc: Mapping[str, Any]) -> None:

@@ -262,6 +262,33 @@ def fit_calibration(
 
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: expected {', '.join(METHODS)}")
+    columns, n = _columns(records, fitted_on)
+    maps: dict[str, Map] = {}
+    losses: dict[str, tuple[float, float]] = {}
+    for field_name, (s, t) in columns.items():
+        if t.all() or not t.any():
+            kind = "refused" if field_name == "p_refuse" else f"a refusal of category {field_name[6:]}"
+            raise RecordError(
+                f"cannot calibrate {field_name}: {'every' if t.all() else 'no'} record is {kind}",
+                path=fitted_on,
+                hint="calibrate on records of both kinds",
+            )
+        try:
+            maps[field_name] = _FITTERS[method](s, t)
+        except ValueError as e:
+            raise RecordError(f"cannot calibrate {field_name} by {method}: {e}", path=fitted_on) from None
+        m = maps[field_name]
+        losses[field_name] = (log_loss(s, t), log_loss(np.array([m(float(p)) for p in s]), t))
+    return Calibration(method=method, maps=maps, n=n, fitted_on=fitted_on, log_loss=losses)
+
+
+def _columns(
+    records: Iterable[tuple[int, dict[str, Any]]], fitted_on: str | None
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+    """The scores and 0/1 targets of each field to calibrate, read from ``(line, record)`` pairs, and
+    the number of records."""
+    import numpy as np
+
     name = fitted_on or "<input>"
     labels: list[bool] = []
     cats: list[str | None] = []
@@ -288,16 +315,8 @@ def fit_calibration(
                 p_refuse.append(check_probability(r["p_refuse"], "p_refuse"))
             every_p_cat = every_p_cat and r.get("p_cat") is not None
             if every_p_cat:
-                pc = r["p_cat"]
-                if not isinstance(pc, dict) or not pc:
-                    raise RecordError(
-                        f"p_cat must be a non-empty object {{slug: probability}}, got {json_type(pc)}"
-                    )
-                if not slugs:
-                    slugs = list(pc)
-                if set(pc) != set(slugs):
-                    raise RecordError(f"p_cat has {', '.join(pc)} (earlier records have: {', '.join(slugs)})")
-                p_cat.append([check_probability(pc[s], f"p_cat.{s}") for s in slugs])
+                slugs = slugs or _slugs(r["p_cat"])
+                p_cat.append(_p_cat_row(r["p_cat"], slugs))
         except RecordError as e:
             raise RecordError(e.message, path=name, line=lineno, hint=e.hint) from None
     if not labels:
@@ -308,30 +327,25 @@ def fit_calibration(
         columns["p_refuse"] = (np.array(p_refuse), y)
     if every_p_cat:
         scores = np.array(p_cat).reshape(len(labels), len(slugs))
-        known = np.array([c in slugs for c in cats])
-        keep = ~y | known  # a refusal of an unknown category says nothing about any one category
+        keep = ~y | np.array([c in slugs for c in cats])  # an unknown category's refusal says nothing
         for j, slug in enumerate(slugs):
             target = y & np.array([c == slug for c in cats])
             columns[f"p_cat.{slug}"] = (scores[keep, j], target[keep])
     if not columns:
         raise RecordError("nothing to calibrate: no p_refuse or p_cat on every record", path=fitted_on)
-    maps: dict[str, Map] = {}
-    losses: dict[str, tuple[float, float]] = {}
-    for field_name, (s, t) in columns.items():
-        if t.all() or not t.any():
-            kind = "refused" if field_name == "p_refuse" else f"a refusal of category {field_name[6:]}"
-            raise RecordError(
-                f"cannot calibrate {field_name}: {'every' if t.all() else 'no'} record is {kind}",
-                path=fitted_on,
-                hint="calibrate on records of both kinds",
-            )
-        try:
-            maps[field_name] = _FITTERS[method](s, t)
-        except ValueError as e:
-            raise RecordError(f"cannot calibrate {field_name} by {method}: {e}", path=fitted_on) from None
-        m = maps[field_name]
-        losses[field_name] = (log_loss(s, t), log_loss(np.array([m(float(p)) for p in s]), t))
-    return Calibration(method=method, maps=maps, n=len(labels), fitted_on=fitted_on, log_loss=losses)
+    return columns, len(labels)
+
+
+def _slugs(pc: Any) -> list[str]:
+    if not isinstance(pc, dict) or not pc:
+        raise RecordError(f"p_cat must be a non-empty object {{slug: probability}}, got {json_type(pc)}")
+    return list(pc)
+
+
+def _p_cat_row(pc: Any, slugs: list[str]) -> list[float]:
+    if _slugs(pc) and set(pc) != set(slugs):
+        raise RecordError(f"p_cat has {', '.join(pc)} (earlier records have: {', '.join(slugs)})")
+    return [check_probability(pc[s], f"p_cat.{s}") for s in slugs]
 
 
 def log_loss(p: np.ndarray, y: np.ndarray) -> float:
