@@ -281,20 +281,23 @@ def read_chunk(chunk: bytes) -> list[dict[str, Any]] | None:
     Every line was exactly one record (not half of one, not two) when the array alternates record,
     sentinel, record..., with one sentinel per separator put in, and the separators' mark occurs
     nowhere else in the text: then each sentinel of the array is one the reader put in (the mark is in
-    every spelling of the sentinel), so every separator sits between two top-level elements.
-    Integers beyond 64 bits come back as floats: the caller checks (:func:`rewrite_chunk`).
+    every spelling of the sentinel), so every separator sits between two top-level elements. A chunk
+    without a backslash cannot spell the sentinel at all (a NUL must be escaped), so there the mark is
+    not counted. Integers beyond 64 bits come back as floats: the caller checks (:func:`rewrite_chunk`).
     """
-    text = b"[" + chunk[:-1].replace(b"\n", _SEPARATOR) + b"]"
-    separators = (len(text) - len(chunk) - 1) // (len(_SEPARATOR) - 1)
+    if not chunk.endswith(b"\n"):
+        return None
+    joined = chunk.replace(b"\n", _SEPARATOR)  # one separator too many, after the last line
+    text = b"".join((b"[", memoryview(joined)[: -len(_SEPARATOR)], b"]"))
+    separators = (len(joined) - len(chunk)) // (len(_SEPARATOR) - 1) - 1
     try:
         items = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-    if (
-        len(items) != 2 * separators + 1
-        or text.count(_SENTINEL_MARK) != separators
-        or items[1::2] != [_SENTINEL] * separators
-    ):
+    if len(items) != 2 * separators + 1 or items[1::2] != [_SENTINEL] * separators:
+        return None
+    # without a backslash in the chunk no line can spell the sentinel: the mark need not be counted
+    if b"\\" in chunk and text.count(_SENTINEL_MARK) != separators:
         return None
     records = items[0::2]
     return records if set(map(type, records)) == _DICT_ONLY else None
@@ -314,7 +317,7 @@ def rewrite_chunk(chunk: bytes, change: Callable[[list[dict[str, Any]]], Any]) -
     except Exception:
         return None
     data = dump_lines(records)
-    if b"e+" in data and may_hold_big_int(chunk):
+    if b"+" in data and b"e+" in data and may_hold_big_int(chunk):  # "+" first: one memchr
         return None
     return data, len(records)
 
