@@ -26,7 +26,8 @@ from typing import Any
 import click
 
 from .config import ConfigError
-from .records import STDIN_NAMES, RecordError
+from .files import describe_os_error, naming
+from .records import STDIN_NAMES, STDOUT_NAME, RecordError
 
 
 class ExitStatus(enum.IntEnum):
@@ -722,7 +723,8 @@ def _run(command: click.Command, name: str, args: list[str] | None) -> int:
                         "standard output is closed: nowhere to write; redirect it to a file or pipe"
                     )
                 code = command.invoke(ctx)
-            sys.stdout.flush()
+            with naming(STDOUT_NAME):
+                sys.stdout.flush()
         except click.exceptions.Exit as e:  # --help
             code = e.exit_code
         except click.exceptions.Abort:
@@ -735,6 +737,13 @@ def _run(command: click.Command, name: str, args: list[str] | None) -> int:
             if _state["verbose"]:
                 traceback.print_exc()
             click.echo(f"{name}: {record_error_in_flags(e, command).format()}", err=True)
+            code = ExitStatus.ERROR
+        except OSError as e:  # a file that cannot be read or written: named, without a traceback
+            if isinstance(e, BrokenPipeError):
+                raise
+            if _state["verbose"]:
+                traceback.print_exc()
+            click.echo(f"{name}: {describe_os_error(e)}", err=True)
             code = ExitStatus.ERROR
     except BrokenPipeError:
         _silence_stdout()

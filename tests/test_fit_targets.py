@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtools.records import RecordError
 from rtools.thresholds import FitData, Objective, fit, fit_threshold
+from rtools.thresholds.fitting import UnmetObjective
 
 # a coarse grid makes ties common: many rows at one score
 grid_prob = st.integers(0, 10).map(lambda i: i / 10)
@@ -110,14 +112,14 @@ def test_fit_recall_is_missed_one_minus_r(rows, r):
 @settings(max_examples=200, deadline=None)
 @given(unlabelled, target)
 def test_fit_budget_is_the_lowest_threshold_within_the_budget(scores, b):
-    t = fit_threshold(scores, [], Objective("budget", b))
     admissible = [u for u in every_threshold(scores) if share_refused(scores, u) <= b + 1e-12]
-    if admissible:
-        assert share_refused(scores, t) <= b + 1e-12
-        assert refused(scores, t) == refused(scores, min(admissible))  # the most refusals within budget
-    else:  # rows at p = 1 alone exceed the budget: refuse as few as any threshold can
-        assert t == 1.0
-        assert share_refused(scores, t) == min(share_refused(scores, u) for u in every_threshold(scores))
+    if not admissible:  # rows at p = 1 alone exceed the budget: no threshold in [0, 1] meets it
+        with pytest.raises(UnmetObjective):
+            fit_threshold(scores, [], Objective("budget", b))
+        return
+    t = fit_threshold(scores, [], Objective("budget", b))
+    assert share_refused(scores, t) <= b + 1e-12
+    assert refused(scores, t) == refused(scores, min(admissible))  # the most refusals within budget
 
 
 def test_fit_recall_target_met_exactly_despite_rounding():
@@ -136,8 +138,11 @@ def test_fit_budget_tie_straddling_the_budget_is_answered_whole():
     assert fit_threshold(scores, [], Objective("budget", 0.55)) == pytest.approx(0.3)  # 11 of 20 fit
 
 
-def test_fit_budget_below_the_rows_at_one_falls_back_to_threshold_one():
-    assert fit_threshold([1.0, 1.0, 0.2], [], Objective("budget", 0.1)) == 1.0
+def test_fit_budget_below_the_rows_at_one_is_an_error():
+    # issue 20 item 6: this used to fall back to threshold 1, refusing 2 of 3 on a budget of 10%
+    with pytest.raises(UnmetObjective, match=r"budget=0.1 cannot be met: 2 of 3 records \(66.7%\) score 1"):
+        fit_threshold([1.0, 1.0, 0.2], [], Objective("budget", 0.1))
+    assert fit_threshold([1.0, 0.2, 0.2], [], Objective("budget", 0.4)) == 1.0  # 1 of 3 fits
 
 
 def test_fit_missed_concrete():
@@ -186,6 +191,18 @@ def test_fit_missed_per_category_brute_force(rows, r):
 @settings(max_examples=100, deadline=None)
 @given(cat_rows, target)
 def test_fit_budget_per_category_brute_force_without_labels(rows, b):
+    feasible = all(
+        any(
+            share_refused([pc[slug] for _, c, pc in rows if c == slug] or [pc[slug] for _, _, pc in rows], u)
+            <= b + 1e-12
+            for u in every_threshold([pc[slug] for _, _, pc in rows])
+        )
+        for slug in SLUGS
+    )
+    if not feasible:  # some category's rows at p = 1 exceed the budget: an error naming it
+        with pytest.raises(RecordError, match=f"budget={b:g} cannot be met for category"):
+            fit(cat_data(rows, labels=False), Objective("budget", b), per_category=True)
+        return
     result = fit(cat_data(rows, labels=False), Objective("budget", b), per_category=True)
     assert set(result.meta["metrics"]) == {"n", "refusal_rate"}
     for slug in SLUGS:
@@ -193,11 +210,8 @@ def test_fit_budget_per_category_brute_force_without_labels(rows, b):
         own = [pc[slug] for _, c, pc in rows if c == slug] or column
         t = result.categories[slug]
         admissible = [u for u in every_threshold(column) if share_refused(own, u) <= b + 1e-12]
-        if admissible:
-            assert share_refused(own, t) <= b + 1e-12
-            assert refused(own, t) == refused(own, min(admissible))
-        else:
-            assert t == 1.0
+        assert share_refused(own, t) <= b + 1e-12
+        assert refused(own, t) == refused(own, min(admissible))
 
 
 # ---------------------------------------------------------------------------
@@ -282,3 +296,65 @@ def test_fit_help_names_the_new_targets(invoke):
     text = " ".join(r.stdout.split())
     for name in ("missed_refusal_rate=R", "recall=R", "budget=B", "false_refusal_rate=R", "p >= t"):
         assert name in text
+
+
+# ---------------------------------------------------------------------------
+# issue 24: a degenerate answer is said on stderr
+
+
+def test_degenerate_fit_is_reported_on_stderr(invoke):
+    # a weak model: refuse and respond rows score alike, mostly refuse rows: F1 is best refusing everything
+    rows = [{"p_refuse": 0.5 + 0.01 * (i % 7), "label": "refuse" if i % 5 else "respond"} for i in range(100)]
+    r = invoke("rt-threshold", ["--fit", "f1"], input=jsonl(*rows))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["threshold"] == 0.0
+    warning, summary = r.stderr.splitlines()
+    assert warning.startswith(
+        "rt-threshold: warning: fit f1: threshold 0 refuses 100.0% of the 100 records it was fitted on, "
+        "at or below the lowest score (0.5)"
+    )
+    assert summary.startswith("rt-threshold: fit f1: threshold=0 ")
+    # -q keeps the warning (it is not a summary), and the exit status
+    r = invoke("rt-threshold", ["-q", "--fit", "f1"], input=jsonl(*rows))
+    assert r.exit_code == 0 and r.stderr.splitlines() == [warning]
+
+
+def test_degenerate_fit_names_each_degenerate_category(invoke):
+    rows = []
+    for i in range(40):  # safety separates; humanizing does not (its refuse rows score low)
+        refuse = i % 2 == 0
+        rows.append(
+            {
+                "p_cat": {"safety": 0.8 if refuse else 0.2, "humanizing": 0.05},
+                "label": "refuse" if refuse else "respond",
+                "category": "safety",
+            }
+        )
+        rows.append(
+            {"p_cat": {"safety": 0.01, "humanizing": 0.3}, "label": "respond", "category": "humanizing"}
+        )
+    r = invoke("rt-threshold", ["-q", "--fit", "fpr=0", "--per-category"], input=jsonl(*rows))
+    assert r.exit_code == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "rt-threshold: warning: fit false_refusal_rate=0: category humanizing: threshold 1 refuses 0.0% of the "
+        "40 records of category humanizing it was fitted on, above the highest score (0.3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "objective, rows, warned",
+    [
+        ("f1", [(0.9, "refuse"), (0.8, "refuse"), (0.2, "respond"), (0.1, "respond")], False),
+        ("budget=0.02", [(i / 100, "respond") for i in range(100)], False),  # a low rate asked for
+        ("rate=0.5", [(0.5, "refuse")] * 30 + [(0.4, "respond")] * 2, False),  # the closest rate is 94%
+        ("rate=0.5", [(0.5, "refuse")] * 40 + [(0.4, "respond")] * 1, True),  # the closest rate is 98%
+        ("missed=0", [(0.01, "refuse")] + [(0.5, "respond")] * 40, True),  # keeping one refusal refuses all
+    ],
+)
+def test_degenerate_fit_only_when_degenerate(objective, rows, warned, invoke):
+    records = [{"p_refuse": p, "label": y} for p, y in rows]
+    r = invoke("rt-threshold", ["-q", "--fit", objective], input=jsonl(*records))
+    assert r.exit_code == 0, r.stderr
+    assert ("warning:" in r.stderr) is warned, r.stderr

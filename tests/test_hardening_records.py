@@ -357,3 +357,195 @@ def test_truncated_safetensors_names_the_file(keep, tmp_path):
         fh.write(data[: max(5, int(len(data) * keep))])
     with pytest.raises(ModelError, match=r"model\.safetensors: cannot load the model"):
         load_base(d, "cpu", None)
+
+
+# -- issue 20 item 6: the audit's findings ----------------------------------------------------
+
+
+def test_audit_budget_that_cannot_be_met_fails(invoke, tmp_path):
+    """--fit budget=0 when every p_refuse is 1.0 used to answer threshold 1.0, refusing 100%, exit 0.
+    No threshold in [0, 1] refuses fewer (p >= t): the fit fails, naming the input, and writes nothing."""
+    rows = "".join(json.dumps({"id": i, "p_refuse": 1.0}) + "\n" for i in range(4))
+    saved = tmp_path / "t.json"
+    r = invoke("rt-threshold", ["--fit", "budget=0", "--save", str(saved)], input=rows)
+    assert r.exit_code == 1, r.stdout
+    assert r.stderr.startswith(
+        "rt-threshold: <stdin>: budget=0 cannot be met: 4 of 4 records (100.0%) score 1"
+    )
+    assert r.stdout == "" and not saved.exists()
+    # rows at 1 within the budget are fine: the threshold 1 refuses them and no more
+    r = invoke("rt-threshold", ["-q", "--fit", "budget=0.5"], input=rows + '{"p_refuse": 0.2}\n' * 4)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["threshold"] == 1.0
+    # per category: the category is named
+    cat_rows = "".join(json.dumps({"p_cat": {"safety": 1.0, "humanizing": 0.1 * i}}) + "\n" for i in range(4))
+    r = invoke("rt-threshold", ["--fit", "budget=0.1", "--per-category"], input=cat_rows)
+    assert r.exit_code == 1
+    assert "budget=0.1 cannot be met for category 'safety': 4 of 4 records" in r.stderr
+
+
+HUGE = [int("9" * 309), -int("1" + "0" * 400), int("7" * 4000)]
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("rt-threshold", ["-t", "0.5"]),
+        ("rt-threshold", []),
+        ("rt-threshold", ["--cat", "*=0.3"]),
+        ("rt-threshold", ["-q", "--fit", "f1", "--save", "{tmp}/t.json"]),
+        ("rt-tag", ["-q"]),
+        ("rt-metrics", ["-t", "0.5"]),
+    ],
+)
+def test_audit_integers_of_309_digits_pass_through_exactly(name, args, invoke, tmp_path):
+    """Integers of 309 digits or more were rejected as "infinity" (orjson's float overflow): every
+    reader keeps them exact, as the docs promise for big integers."""
+    rows = [
+        {
+            "id": b,
+            "prompt": "p",
+            "response": "r",
+            "label": "refuse" if i % 2 else "respond",
+            "nested": {"n": [b, 0.5]},
+            "p_refuse": 0.2 + 0.3 * i,
+            "p_respond": 0.1,
+            "p_cat": {"safety": 0.6, "humanizing": 0.1},
+        }
+        for i, b in enumerate(HUGE)
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    r = invoke(name, [a.replace("{tmp}", str(tmp_path)) for a in args], input=text)
+    assert r.exit_code == 0, r.stderr
+    if name == "rt-metrics":
+        assert json.loads(r.stdout)["n"] == len(HUGE)
+        return
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["id"] for o in out] == HUGE and [o["nested"] for o in out] == [r["nested"] for r in rows]
+    assert str(HUGE[2]) in r.stdout
+
+
+@pytest.mark.parametrize(
+    "content, line, key",
+    [
+        ('{"threshold": 0.2, "threshold": 0.9}', 1, "threshold"),
+        (
+            '{\n  "categories": {\n    "safety": 0.3,\n    "safety": 0.9\n  },\n  "default": 0.5\n}',
+            4,
+            "safety",
+        ),
+        ('{"categories": {"safety": 0.3}, "default": 0.5,\n"default": 0.1}', 2, "default"),
+        ('{"threshold": 0.2, "metrics": {"n": 1, "n": 2}}', 1, "n"),
+    ],
+)
+def test_audit_thresholds_file_with_a_duplicate_key_is_refused(content, line, key, invoke, tmp_path):
+    """A thresholds file (-T FILE) with a key given twice silently took the last value: it is refused,
+    naming the file, the line and the key."""
+    t = tmp_path / "t.json"
+    t.write_text(content)
+    r = invoke("rt-threshold", ["-T", str(t)], input='{"p_refuse": 0.9, "p_respond": 0.1}\n')
+    assert r.exit_code == 1, r.stdout
+    assert r.stderr.startswith(f"rt-threshold: {t}:{line}: the key {key!r} is given twice in one object")
+    assert r.stdout == ""
+    # the same key in two objects is no repetition
+    t.write_text('{"threshold": 0.2, "metrics": {"threshold": 1}}')
+    assert invoke("rt-threshold", ["-T", str(t)], input='{"p_refuse": 0.9}\n').exit_code == 0
+
+
+def _read_only(directory, monkeypatch):
+    """``directory`` made read-only: by its mode, and for root (whom modes do not stop) by making the
+    temporary files there fail as a read-only directory would."""
+    import tempfile
+
+    directory.mkdir()
+    directory.chmod(0o555)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.samefile(dir, directory):
+            name = os.path.join(dir, kwargs.get("prefix", "tmp") + "abc" + kwargs.get("suffix", ""))
+            raise PermissionError(13, "Permission denied", name)
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_audit_save_into_read_only_directory_fails_before_reading_input(invoke, tmp_path, monkeypatch):
+    """--save DIR/x.json into a read-only directory failed only after reading all input, naming the
+    temporary file. The directory is checked first, and the error names the real path."""
+    ro = tmp_path / "ro"
+    _read_only(ro, monkeypatch)
+    target = ro / "x.json"
+    try:
+        # the input is bad: had it been read first, its error would come first
+        r = invoke("rt-threshold", ["--fit", "f1", "--save", str(target)], input="{not json\n")
+        assert r.exit_code == 1, r.stdout
+        assert r.stderr == f"rt-threshold: {target}: permission denied\n"
+        # with good input, the same error, no record written, no temporary file left
+        good = '{"p_refuse": 0.9, "label": "refuse"}\n{"p_refuse": 0.1, "label": "respond"}\n'
+        r = invoke("rt-threshold", ["--fit", "f1", "--save", str(target)], input=good)
+        assert r.exit_code == 1 and r.stderr == f"rt-threshold: {target}: permission denied\n"
+        assert r.stdout == "" and os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("rt-threshold", ["-t", "0.5"]),
+        ("rt-threshold", ["-u"]),
+        ("rt-threshold", ["-q", "--fit", "f1"]),
+        ("rt-tag", ["-q"]),
+    ],
+)
+def test_audit_disk_full_names_the_file(name, args, script, tmp_path):
+    """Disk-full (ENOSPC) errors named no path. Standard output on a full disk (/dev/full) is named."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "p", "label": "refuse", "p_refuse": 0.9, "p_respond": 0.1}\n' * 3)
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [script(name), *args, str(path)], stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == f"{name}: <stdout>: no space left on device"
+
+
+def test_audit_disk_full_names_the_saved_file(invoke, tmp_path, monkeypatch):
+    """A full disk while writing --save FILE names FILE (not the temporary file) and leaves nothing."""
+    import errno
+
+    class Full:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    good = '{"p_refuse": 0.9, "label": "refuse"}\n{"p_refuse": 0.1, "label": "respond"}\n'
+    target = tmp_path / "t.json"
+    monkeypatch.setattr(os, "fdopen", Full)
+    r = invoke("rt-threshold", ["-q", "--fit", "f1", "--save", str(target)], input=good)
+    assert r.exit_code == 1
+    assert r.stderr == f"rt-threshold: {target}: no space left on device\n"
+    assert os.listdir(tmp_path) == []
+    # the library's writer names its stream
+    from rtools.records import RecordWriter
+
+    class FullStream:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    with pytest.raises(OSError) as e:
+        RecordWriter(FullStream()).write({"a": 1})
+    assert e.value.filename == "<stdout>" and e.value.errno == errno.ENOSPC

@@ -514,7 +514,13 @@ def test_help_explains_rules_and_fitting(invoke):
 def test_man_sections():
     from rtools.commands import threshold
 
-    assert set(threshold.MAN) == {"FIELDS READ", "FIELDS WRITTEN", "THRESHOLD FILE", "EXAMPLES"}
+    assert set(threshold.MAN) == {
+        "FIELDS READ",
+        "FIELDS WRITTEN",
+        "THRESHOLD FILE",
+        "CALIBRATION",
+        "EXAMPLES",
+    }
     assert all(isinstance(v, str) and v.strip() for v in threshold.MAN.values())
     assert EXIT_STATUS_DOC  # rendered with the man page by rtools.cli's table
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rtools.records import RecordError
+from rtools.records import RecordError, dumps, may_hold_big_int, parse_line, read_chunk
 from rtools.thresholds import (
     FitData,
     Objective,
@@ -22,6 +23,7 @@ from rtools.thresholds import (
     check_slug_set,
     collect_fit_data,
     confusion,
+    decide,
     fit,
     fit_threshold,
     get_p_cat,
@@ -529,3 +531,161 @@ def test_per_category_f1_fit_escapes_refuse_everything():
     refused = t.meta["metrics"]["tp"] + t.meta["metrics"]["fp"]
     assert refused < len(rows), t.categories
     assert t.meta["objective_value"] > confusion([True] * len(rows), data.labels)["f1"]
+
+
+# ---------------------------------------------------------------------------
+# the chunked fast path of apply_stream against the line-by-line reference
+
+
+class Trickle:
+    """A stream whose reads return the given pieces one at a time (a slow pipe, cut anywhere)."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = list(pieces)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+    read = read1
+
+
+def line_reference(lines: list[bytes], rule: Thresholds):
+    """What apply_stream must write for these lines: each line read by records.parse_line, decided
+    by the checked rule (the reference path of rtools.thresholds.apply), written by records.dumps, up
+    to the first error."""
+    from rtools.thresholds.apply import _Applier
+
+    checked = _Applier(rule, "in.jsonl")
+    out = b""
+    for lineno, line in enumerate(lines, 1):
+        try:
+            r = parse_line(line, "in.jsonl", lineno)
+            if r is not None:
+                out += dumps(checked.decide_record(r, lineno))
+        except RecordError as e:
+            return out, e.format()
+    return out, None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(records, min_size=1, max_size=6), rules)
+def test_decide_matches_the_checked_path(recs, rule):
+    """rtools.thresholds.decide tries the fast path record by record: the same records, or the same error."""
+    lines = [orjson.dumps(r) + b"\n" for r in recs]
+    expected = line_reference(lines, rule)
+    out = b""
+    try:
+        for r in decide(recs, rule, "in.jsonl"):
+            out += dumps(r)
+        got = out, None
+    except RecordError as e:
+        got = out, e.format()
+    assert got == expected
+
+
+SPELLINGS = st.sampled_from(["orjson", "spaced", "ascii", "crlf", "blank-before"])
+
+
+def spell(record, how: str) -> bytes:
+    if how == "orjson":
+        return dumps(record)  # orjson's bytes; the standard library's for integers beyond 64 bits
+    if how == "crlf":
+        return dumps(record)[:-1] + b"\r\n"
+    if how == "blank-before":
+        return b"\n" + dumps(record)
+    return json.dumps(record, ensure_ascii=how == "ascii").encode() + b"\n"
+
+
+chunk_records = st.fixed_dictionaries(
+    {"id": st.one_of(st.integers(0, 10), st.sampled_from([2**64, -(2**63) - 1, 10**400, 10**18]))},
+    optional={
+        "p_refuse": value,
+        "p_respond": value,
+        "p_cat": st.one_of(st.dictionaries(st.sampled_from(SLUGS), value, max_size=3), st.none(), value),
+        "decision": st.just("old"),
+        "note": st.sampled_from(["\x00\x00", "0000\\", "a\nb", "1.5e+300", 'x"}\n{"'] + [""]),
+    },
+)
+common = st.fixed_dictionaries(
+    {"id": st.integers(0, 10), "p_refuse": prob, "p_respond": prob, "p_cat": p_cats},
+    optional={"x": st.floats(allow_nan=False, allow_infinity=False)},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.one_of(common, common, chunk_records), SPELLINGS), min_size=1, max_size=12),
+    rules,
+    st.lists(st.integers(1, 200), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_fast_chunks_match_the_line_by_line_path(recs, rule, cuts, unbuffered):
+    data = b"".join(spell(r, how) for r, how in recs)
+    pieces, i = [], 0
+    while i < len(data):  # cut the stream anywhere, so chunks start and end everywhere
+        n = cuts[len(pieces) % len(cuts)]
+        pieces.append(data[i : i + n])
+        i += n
+    out = io.BytesIO()
+    try:
+        apply_stream(Trickle(pieces), "in.jsonl", out, rule, unbuffered=unbuffered)
+        got = out.getvalue(), None
+    except RecordError as e:
+        got = out.getvalue(), e.format()
+    assert got == line_reference(data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"), rule)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                '{"a":1}',
+                "{}",
+                '{"b":[{}',
+                "{}]}",
+                '{"c":[1',
+                "2]}",
+                '"\\u0000\\u0000"',
+                '{"a":1},"\\u0000\\u0000",{"b":2}',
+                "",
+                " ",
+                "[]",
+                '{"b":[[{}',
+                "{}]]}",
+                '{"d":"0000\\\\"}',
+                "{},{}",
+            ]
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_read_chunk_is_one_record_per_line_or_nothing(lines):
+    chunk = "".join(line + "\n" for line in lines).encode()
+    got = read_chunk(chunk)
+    if got is None:
+        return
+    assert got == [orjson.loads(line) for line in lines]
+
+
+def test_read_chunk_refuses_lines_that_only_parse_together():
+    # each line alone is invalid JSON; joined by commas they make two objects
+    assert read_chunk(b'{"a":1},{"b":[{}\n{}]}\n') is None
+    assert read_chunk(b'{"a":1},"\\u0000\\u0000",{"b":2}\n{"c":3}\n') is None
+    assert read_chunk(b'{"a":1}\n{"b":2}\n') == [{"a": 1}, {"b": 2}]
+
+
+@pytest.mark.parametrize(
+    "text, big",
+    [
+        (b'{"p": 0.0012345678901234567891}', False),  # the digits of a fraction
+        (b'{"p": 1.0012345678901234567891e-5}', False),
+        (b'{"id": 18446744073709551616}', True),
+        (b'{"id": -9223372036854775809}', True),
+        (b'{"id": [1, 12345678901234567890]}', True),
+        (b'{"s": "1234567890123456789"}', True),  # a string: read exactly, which changes nothing
+        (b'{"id": 123456789012345678}', False),
+    ],
+)
+def test_may_hold_big_int_finds_integer_digit_runs_only(text, big):
+    assert may_hold_big_int(text) is big
