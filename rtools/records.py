@@ -57,13 +57,13 @@ class RecordError(Exception):
     def __init__(
         self,
         message: str,
-        path: str | None = None,
+        path: str | os.PathLike | None = None,
         line: int | None = None,
         hint: str | None = None,
         fields: tuple[str, ...] = (),
     ):
         self.message = message
-        self.path = path
+        self.path = None if path is None else os.fspath(path)
         self.line = line
         self.hint = hint
         self.fields = tuple(fields)
