@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import re
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import repeat
