@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import repeat
