@@ -62,10 +62,14 @@ endif
 
 demo: install
 	@mkdir -p $(DEMO) && date +%s > $(DEMO)/.started
+	@echo "== make demo 1/4: tag examples/data/train.jsonl"
 	$(BIN)/rt-tag examples/data/train.jsonl --token-map $(DEMO)/tokens.json > $(DEMO)/train.tagged.jsonl
+	@echo "== make demo 2/4: train (DEMO_SIZE=$(DEMO_SIZE)$(if $(DEMO_TRAIN_FLAGS),: $(DEMO_TRAIN_FLAGS)); the longest step)"
 	$(BIN)/rt-lora $(DEMO)/train.tagged.jsonl --token-map $(DEMO)/tokens.json --out $(DEMO)/adapter --overwrite \
 		$(DEMO_TRAIN_FLAGS)
+	@echo "== make demo 3/4: score examples/data/test.jsonl"
 	$(BIN)/rt-score examples/data/test.jsonl --model $(DEMO)/adapter > $(DEMO)/test.scored.jsonl
+	@echo "== make demo 4/4: threshold and measure"
 	$(BIN)/rt-threshold $(DEMO)/test.scored.jsonl > $(DEMO)/test.decided.jsonl
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --plot $(DEMO)/metrics.png > $(DEMO)/metrics.json
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --format table
