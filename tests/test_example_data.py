@@ -1,4 +1,5 @@
 """The example dataset (examples/data): well-formed, split cleanly, and counted as its README says."""
+# dev.jsonl was split off the former train.jsonl by rt-split (issue 24 item 5): tested below.
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")
+#: how dev.jsonl was made from the former train.jsonl (train + dev in id order), as the README says
+DEV_SPLIT = ["--ratios", "85,15", "--names", "train,dev", "--stratify", "label,category", "--seed", "0"]
 KEYS = ["id", "group", "category", "prompt", "label", "response"]
 CATEGORIES = {
     "Requests with safety concerns",
@@ -92,9 +95,9 @@ def test_no_duplicate_prompts_within_or_across_splits(data):
     assert not dups, dups
 
 
-def test_every_group_and_category_in_both_splits(data):
+def test_every_group_and_category_in_every_split(data):
     strata = {split: {(r["group"], r["category"]) for r in data[split]} for split in SPLITS}
-    assert strata["train"] == strata["test"]
+    assert strata["train"] == strata["dev"] == strata["test"]
     for group in GROUP_LABEL:
         for split in SPLITS:
             assert any(r["group"] == group for r in data[split]), f"no {group} rows in {split}"
@@ -102,15 +105,16 @@ def test_every_group_and_category_in_both_splits(data):
     assert refusal_cats == CATEGORIES
 
 
-def _documented_counts() -> dict[tuple[str, str | None, str], tuple[int, int, int]]:
-    """The rows of the counts table in the README: (group, category, label) -> (train, test, total)."""
+def _documented_counts() -> dict[tuple[str, str | None, str], tuple[int, int, int, int]]:
+    """The rows of the counts table in the README: (group, category, label) -> (train, dev, test, total)."""
     text = (DATA / "README.md").read_text(encoding="utf-8")
     table = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in GROUP_LABEL:
-            group, cat, label, train, test, total = cells
-            table[(group, None if cat == "(null)" else cat, label)] = (int(train), int(test), int(total))
+        if len(cells) == 7 and cells[0] in GROUP_LABEL:
+            group, cat, label, train, dev, test, total = cells
+            key = (group, None if cat == "(null)" else cat, label)
+            table[key] = (int(train), int(dev), int(test), int(total))
     return table
 
 
@@ -123,15 +127,17 @@ def test_counts_match_readme(data):
             actual[(rec["group"], rec["category"], rec["label"], split)] += 1
     strata = {(g, c, lab) for g, c, lab, _ in actual}
     assert strata == set(documented), "README counts table lists different (group, category, label) rows"
-    for key, (train, test, total) in documented.items():
-        assert (actual[(*key, "train")], actual[(*key, "test")]) == (train, test), key
-        assert train + test == total, key
+    for key, (train, dev, test, total) in documented.items():
+        assert tuple(actual[(*key, split)] for split in SPLITS) == (train, dev, test), key
+        assert train + dev + test == total, key
     text = (DATA / "README.md").read_text(encoding="utf-8")
-    n_train, n_test = len(data["train"]), len(data["test"])
-    assert f"**{n_train}** | **{n_test}** | **{n_train + n_test}**" in text, "README totals row is stale"
+    n = [len(data[split]) for split in SPLITS]
+    assert " | ".join(f"**{k}**" for k in [*n, sum(n)]) in text, "README totals row is stale"
 
 
-def test_split_is_roughly_70_30_per_stratum(data):
+def test_split_is_roughly_70_30_then_85_15_per_stratum(data):
+    from rtools.splitting import part_sizes
+
     per: Counter = Counter()
     for split in SPLITS:
         for rec in data[split]:
@@ -139,5 +145,24 @@ def test_split_is_roughly_70_30_per_stratum(data):
     for group, cat, split in list(per):
         if split != "test":
             continue
-        n = per[(group, cat, "train")] + per[(group, cat, "test")]
+        former_train = per[(group, cat, "train")] + per[(group, cat, "dev")]
+        n = former_train + per[(group, cat, "test")]
         assert per[(group, cat, "test")] == max(1, round(0.3 * n)), (group, cat)
+        assert per[(group, cat, "dev")] == part_sizes(former_train, (85, 15))[1], (group, cat)
+
+
+def test_dev_is_rt_split_of_the_former_train(invoke, tmp_path):
+    """The README's recipe rebuilds dev.jsonl and train.jsonl byte for byte from their union in id order."""
+    lines = []
+    for split in ("train", "dev"):
+        lines += (DATA / f"{split}.jsonl").read_bytes().splitlines(keepends=True)
+    former = tmp_path / "former-train.jsonl"
+    former.write_bytes(b"".join(sorted(lines, key=lambda line: json.loads(line)["id"])))
+    r = invoke("rt-split", [str(former), *DEV_SPLIT, "--out-dir", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.stderr
+    for split in ("train", "dev"):
+        assert (tmp_path / "out" / f"{split}.jsonl").read_bytes() == (DATA / f"{split}.jsonl").read_bytes(), (
+            split
+        )
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    assert "rt-split former-train.jsonl " + " ".join(DEV_SPLIT) in readme

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import click
 import pytest
@@ -83,6 +84,55 @@ def test_man_l_shows_the_page(tmp_path):
         pytest.skip(r.stderr)
     assert r.returncode == 0, r.stderr
     assert "SYNOPSIS" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man not installed")
+@pytest.mark.parametrize("name", EXISTING)
+def test_man_finds_the_page_from_the_venv(name):
+    """Issue 24 item 1: after `make install`, `man rt-x` opens with the venv's bin on PATH (or the venv
+    activated): man-db looks in BIN/../share/man, where make install copies man/*.1."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("MANPATH", "MANOPT")}
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    r = subprocess.run(["man", "-w", name], capture_output=True, text=True, env=env)
+    want = os.path.join(os.path.dirname(bin_dir), "share", "man", "man1", f"{name}.1")
+    assert r.returncode == 0 and os.path.realpath(r.stdout.strip()) == os.path.realpath(want), (
+        f"man -w {name} with {bin_dir} on PATH: {r.stdout.strip() or r.stderr.strip()} (want {want}: "
+        "run `make install`, which copies man/*.1 there)"
+    )
+    with open(want, encoding="utf-8") as fh:
+        assert fh.read() == page_of(name), f"{want} is stale: run `make install`"
+
+
+@pytest.mark.parametrize("name", EXISTING)
+def test_environment_lists_each_variable_once(name):
+    """Issue 24 item 7: RT_MODEL was listed twice (the option's generic line and the page's own text)."""
+    page = page_of(name)
+    section = page.split(".SH ENVIRONMENT\n", 1)[1].split("\n.SH ", 1)[0]
+    terms = re.findall(r"^\.TP\n\\fB([^\\]+)\\fR$", section, re.M)
+    variables = [v for term in terms for v in term.split(", ")]
+    assert variables and variables[-1] == "RT_DEBUG"
+    assert len(variables) == len(set(variables)), variables
+    for var in variables:  # and no paragraph describes one again as "VAR: ..."
+        assert f"{var}:" not in section, var
+    module = manpage.command_module(name)
+    for param in module.command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue  # hidden options (rt-lora's launcher variables) are described in the page's own text
+        for var in [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ()):
+            assert var in variables, var
+
+
+def test_environment_entries_merge():
+    option_env = [("RT_MODEL", "The default of --model."), ("RAY_ADDRESS", "The default of --ray-address.")]
+    text = "RT_MODEL: the model when --model is not given. A_B, C: both. NOTE: not a variable."
+    assert manpage.environment_entries(option_env, text) == [
+        ("RT_MODEL", "The model when --model is not given."),
+        ("RAY_ADDRESS", "The default of --ray-address."),
+        ("A_B, C", "Both. NOTE: not a variable."),
+        *manpage.DEFAULT_ENVIRONMENT,
+    ]
+    assert manpage.environment_entries([], None) == manpage.DEFAULT_ENVIRONMENT
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,10 @@ model is good, not because the gate is loose; rt-lora's defaults, tuned for a 13
 move a random 2-layer model in the dozen steps the README's data gives them.
 
 A block that cannot run here is marked in README.md with ``<!-- readme-test: skip (reason) -->`` on
-the line above it. Blocks that run a model (rt-lora, rt-score, rt-generate) start torch in every
+the line above it. A block whose output the README shows is followed by that output, in a fenced block
+marked ``<!-- readme-test: output (...) -->`` on the line above it: the block's stdout must be the same,
+line by line, JSON lines compared as values with numbers within OUTPUT_TOLERANCE (fp32 on another CPU
+differs in the last digits). Blocks that run a model (rt-lora, rt-score, rt-generate) start torch in every
 command, several seconds each on a small machine, so they are marked slow (``make test`` runs them);
 the others run in the fast suite.
 """
@@ -35,6 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 MAN_DIR = os.path.join(ROOT, "man")
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->")
+OUTPUT = re.compile(r"<!--\s*readme-test:\s*output\b[^>]*-->")
+#: how far a number the README shows may be from the one the block prints
+OUTPUT_TOLERANCE = 1e-3
 HEAVY = re.compile(r"\brt-(lora|score|generate)\b")
 BASE_NAME = "Meta-Llama-3-8B-Instruct"
 
@@ -62,6 +68,59 @@ def readme_blocks(text: str) -> list[tuple[int, str, str | None]]:
             i = j
         i += 1
     return blocks
+
+
+def readme_outputs(text: str) -> dict[int, str]:
+    """The output the README shows for a ```sh block: {the block's line: the text of the next fenced
+    block, when OUTPUT marks it on the line above it and no ```sh block comes first}."""
+    lines = text.split("\n")
+    shown = {}
+    for line, _, _ in readme_blocks(text):
+        end = next(j for j in range(line, len(lines)) if lines[j].strip() == "```")
+        fence = next((j for j in range(end + 1, len(lines)) if lines[j].startswith("```")), None)
+        if fence is None or lines[fence].strip() == "```sh":
+            continue
+        above = next((lines[k] for k in range(fence - 1, end, -1) if lines[k].strip()), "")
+        if OUTPUT.fullmatch(above.strip()):
+            stop = next(j for j in range(fence + 1, len(lines)) if lines[j].strip() == "```")
+            shown[line] = "\n".join(lines[fence + 1 : stop]) + "\n"
+    return shown
+
+
+def _close(got, want, tol: float, where: str) -> None:
+    if isinstance(want, bool) or want is None or isinstance(want, str):
+        assert got == want and type(got) is type(want), f"{where}: {got!r}, shown {want!r}"
+    elif isinstance(want, (int, float)):
+        assert isinstance(got, (int, float)) and not isinstance(got, bool), (
+            f"{where}: {got!r}, shown {want!r}"
+        )
+        assert abs(got - want) <= tol, f"{where}: {got!r}, shown {want!r} (tolerance {tol})"
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got!r}, shown {want!r}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _close(g, w, tol, f"{where}[{i}]")
+    else:
+        assert isinstance(got, dict) and list(got) == list(want), (
+            f"{where}: keys {list(got)}, shown {list(want)}"
+        )
+        for k in want:
+            _close(got[k], want[k], tol, f"{where}.{k}")
+
+
+def check_output(got: str, shown: str, tol: float = OUTPUT_TOLERANCE) -> None:
+    """``got`` (a block's stdout) is the output the README shows: the same lines, a JSON line the same
+    value (keys in the same order) with every number within ``tol``."""
+    got_lines, shown_lines = got.rstrip("\n").split("\n"), shown.rstrip("\n").split("\n")
+    assert len(got_lines) == len(shown_lines), (
+        f"{len(got_lines)} lines printed, {len(shown_lines)} shown:\n{got}"
+    )
+    for n, (g, w) in enumerate(zip(got_lines, shown_lines, strict=True), 1):
+        try:
+            want = orjson.loads(w)
+        except orjson.JSONDecodeError:
+            assert g.rstrip() == w.rstrip(), f"line {n}: {g!r}, shown {w!r}"
+            continue
+        _close(orjson.loads(g), want, tol, f"line {n}")
 
 
 def unescape_groff(line: str) -> str:
@@ -306,7 +365,37 @@ def test_readme_blocks_are_run_or_marked():
 
 def test_man_examples_found():
     pages = {page for page, _, _ in all_man_examples()}
-    assert pages == {"rt-tag", "rt-lora", "rt-score", "rt-threshold", "rt-metrics", "rt-generate"}
+    assert pages == {"rt-tag", "rt-lora", "rt-score", "rt-threshold", "rt-metrics", "rt-generate", "rt-split"}
+
+
+def test_the_first_example_shows_its_output():
+    """Issue 24 item 8: the README's first command shows what it prints (test_readme_runs compares)."""
+    with open(README) as fh:
+        text = fh.read()
+    first_line, first_code, _ = readme_blocks(text)[0]
+    assert first_code.startswith("echo ") and "| rt-score" in first_code
+    shown = readme_outputs(text)
+    assert first_line in shown
+    record = orjson.loads(shown[first_line])
+    assert list(record) == ["prompt", "p_refuse", "p_respond"]
+    assert set(shown) <= {line for line, _, reason in readme_blocks(text) if reason is None}
+
+
+def test_check_output_compares_values_with_a_tolerance():
+    shown = '{"prompt":"hi","p_refuse":0.75,"p_respond":0.25}\nplain text\n'
+    check_output('{"prompt":"hi","p_refuse":0.7504,"p_respond":0.2496}\nplain text\n', shown)
+    for wrong in (
+        '{"prompt":"hi","p_refuse":0.76,"p_respond":0.25}\nplain text\n',  # a number too far
+        '{"prompt":"hi","p_respond":0.25,"p_refuse":0.75}\nplain text\n',  # another key order
+        '{"prompt":"hi","p_refuse":0.75,"p_respond":0.25,"p_cat":{}}\nplain text\n',  # another field
+        '{"prompt":"ho","p_refuse":0.75,"p_respond":0.25}\nplain text\n',  # another string
+        '{"prompt":"hi","p_refuse":0.75,"p_respond":0.25}\n',  # a line missing
+        '{"prompt":"hi","p_refuse":0.75,"p_respond":0.25}\nother text\n',
+    ):
+        with pytest.raises(AssertionError):
+            check_output(wrong, shown)
+    text = "```sh\necho hi\n```\n\n<!-- readme-test: output (exact) -->\n```\nhi\n```\n\n```sh\ntrue\n```\n"
+    assert readme_outputs(text) == {1: "hi\n"}
 
 
 def test_a_broken_command_fails_the_block(tmp_path):
@@ -333,9 +422,13 @@ def test_readme_runs(tmp_path, stand_in_base):
     write_data(d)
     make_home(d, stand_in_base)
     env = block_env(d, RT_BASE_MODEL=os.path.join(d, "models", BASE_NAME))
+    with open(README) as fh:
+        shown = readme_outputs(fh.read())
     for line, code in blocks:
         result = run_block(code, d, env)
         check(result, f"README.md:{line}\n{code}")
+        if line in shown:
+            check_output(result.stdout, shown[line])
     # what the blocks promise exists
     assert os.path.isfile(os.path.join(d, "thresholds.json"))
     with open(os.path.join(d, "runs", "llama3-refusal", "README.md")) as fh:

@@ -170,11 +170,17 @@ def prepare(data_dir: str, out: str, scale: dict[str, Any], seed: int) -> dict[s
     data = coconot.load(data_dir)
     tr, dv, te = coconot.stratified_split(data["eval"], (0.50, 0.15, 0.35), seed)
     cdv, cte = coconot.stratified_split(data["contrast"], (0.30, 0.70), seed)
-    everyday = [
-        r
-        for r in read_jsonl(os.path.join(ROOT, "examples", "data", "train.jsonl"))
-        if r["group"] == "everyday"
-    ]
+    # examples/data's everyday rows outside its test split (train.jsonl and dev.jsonl, in id order: the
+    # former train.jsonl, as the recorded REPORT.md used it)
+    everyday = sorted(
+        (
+            r
+            for split in ("train", "dev")
+            for r in read_jsonl(os.path.join(ROOT, "examples", "data", f"{split}.jsonl"))
+            if r["group"] == "everyday"
+        ),
+        key=lambda r: r["id"],
+    )
     ref_rows = [coconot.as_record(r, "refuse") for r in take(tr, scale["refuse"], seed)]
     pref_rows = [
         coconot.as_record(r, "respond", r["chosen"]) for r in take(data["pref"], scale["pref"], seed)

@@ -8,4 +8,5 @@ COMMANDS = {
     "rt-threshold": "threshold",
     "rt-metrics": "metrics",
     "rt-generate": "generate",
+    "rt-split": "split",
 }

@@ -17,6 +17,13 @@ MAN = {
         "p_cat: {category: probability of its refusal token} (category-token models only). "
         "An existing field of the same name is replaced in place."
     ),
+    "DEFAULT SCORER": (
+        "Without --model or RT_MODEL, rt-score loads the scorer that ships with rtools "
+        "(rtools/scorers/default): a refusal-token adapter on the embedded SmolLM2-135M-Instruct. It is a "
+        "small demonstration and baseline, not a production safety classifier; its model card "
+        "(MODEL_CARD.md in that directory) says how it was trained and what it scores. Train your own "
+        "with rt-lora."
+    ),
     "ENVIRONMENT": MODEL_ENVIRONMENT
     + " RAY_ADDRESS: the Ray cluster --engine ray joins when --ray-address is not given (ignored by the "
     "other engines).",
@@ -25,8 +32,10 @@ MAN = {
         "    rt-score test.jsonl --model runs/adapter > scored.jsonl\n\n"
         "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only:\n"
         "    RT_MODEL=runs/adapter rt-score test.jsonl | rt-threshold --cat safety=0.3 | rt-metrics\n\n"
-        "A fixed batch size (the scores do not depend on it):\n"
-        "    rt-score --batch-size 1 prompts.jsonl\n\n"
+        "A fixed batch size. In fp32 the scores do not depend on batching (within 1e-6); with bf16 "
+        "compute (--dtype auto on a GPU or a CPU with bf16 units) they move with it by up to about 0.01, "
+        "so pass --dtype fp32 where scores must be reproducible:\n"
+        "    rt-score --batch-size 1 --dtype fp32 prompts.jsonl\n\n"
         "The adapter was trained on another machine, where the base model lived elsewhere:\n"
         "    rt-score test.jsonl --model runs/adapter --base ~/models/the-base > scored.jsonl"
     ),
