@@ -16,7 +16,9 @@ training too (the whole partner family, so that nothing of it is trained on):
   jailbreaks -> cyberseceval (cyberseceval_mitre_frr: long, elaborate benign technical requests,
                 like jailbreak prompts in form, so the AUROC is not a length detector);
   harmful_qa -> mlcommons (mlc_v05_typical and ailuminate_demo's spc_* rows: short plain questions
-                on the same hazards, full of trigger words).
+                on the same hazards, full of trigger words);
+  orbench    -> harmful_qa (OR-Bench's safe prompts written to look unsafe, against plain harmful
+                requests: the over-refusal side).
 CoCoNot's test rows are the examples/coconot test split for the seed (coconot_eval's test 35% vs
 coconot_contrast_eval's test 70%); a recipe's CoCoNot rows come from the training half only, so the
 same split also gives each recipe's in-distribution CoCoNot AUROC (its model trained with nothing
@@ -56,7 +58,7 @@ from rtools.records import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 RECIPES = ("coconot", "broad", "broad+coconot")
 #: one-class family -> the family whose respond rows it is tested against (held out of training too)
-PAIRS = {"jailbreaks": "cyberseceval", "harmful_qa": "mlcommons"}
+PAIRS = {"jailbreaks": "cyberseceval", "harmful_qa": "mlcommons", "orbench": "harmful_qa"}
 
 SCALES: dict[str, dict[str, Any]] = {
     # mix caps (training), test rows per label and family, rt-lora flags
@@ -153,20 +155,22 @@ def test_sets(
         rows, _ = build_mix(source_rows, opts)
         exclude = [fam]
         respond_from = fam
-        if not any(r["label"] == "respond" for r in rows):
+        missing = [lab for lab in ("refuse", "respond") if not any(r["label"] == lab for r in rows)]
+        if len(missing) == 1:  # a one-class family: the other class from its partner, held out too
             partner = PAIRS.get(fam)
             if partner is None:
-                continue  # no respond rows and no partner: not testable (a fixture without it)
+                continue  # no partner: not testable (a fixture without it)
             opts = MixOptions(
                 include_families=[partner],
                 max_per_label=cap,
                 seed=seed,
                 max_prompt_chars=scale["max_prompt_chars"],
             )
-            rows += [r for r in build_mix(pool, opts)[0] if r["label"] == "respond"]
+            rows += [r for r in build_mix(pool, opts)[0] if r["label"] == missing[0]]
             exclude.append(partner)
-            respond_from = partner
-        if not any(r["label"] == "refuse" for r in rows):
+            if missing[0] == "respond":
+                respond_from = partner
+        if len({r["label"] for r in rows}) < 2:
             continue
         for r in rows:
             r.pop("response", None)

@@ -16,8 +16,9 @@ function of h alone: token row r_c gives logit r_c . h, and the full-vocabulary 
 p_c = exp(r_c . h) / (Z_vocab(h) + sum_c' exp(r_c' . h)). So every token-rows-only recipe can be
 trained and scored exactly on these features, in seconds:
 
-  probe        multinomial logistic regression on h (no intercept: a token row has none; C chosen by
-               cross-validated AUROC on the training mix alone), read as a softmax over the classes;
+  probe        the control rows fitted as a multinomial logistic probe on h (no intercept: a token
+               row has none; L2 chosen by cross-validated AUROC on the training mix alone) and lifted
+               to hold the first position (rtools.model.rows: what ``rt-lora --init-rows probe`` does);
   rows-mean    the control rows trained alone from rt-lora's initialisation (the mean embedding row),
                with rt-lora's decision objective (control-token CE over the full vocabulary x2 +
                CE over the control tokens x2, balanced classes, AdamW at the token learning rate);
@@ -156,52 +157,6 @@ def probabilities(rows_w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return e / (e.sum(1) + np.exp(log_z - top))[:, None]
 
 
-def fit_probe(h: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Multinomial logistic regression on h, no intercept; C by cross-validated AUROC of p(refuse)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-
-    classes = np.unique(y)
-    best = (-1.0, 1.0)
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    refuse = (y != RESPOND).astype(int)
-    for c in (0.01, 0.1, 1.0, 10.0):
-        scores = np.zeros(len(y))
-        for tr, te in folds.split(h, refuse):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                m = LogisticRegression(C=c, fit_intercept=False, max_iter=300).fit(h[tr], y[tr], sample_weight=w[tr])
-            p = m.predict_proba(h[te])
-            scores[te] = p[:, [i for i, k in enumerate(m.classes_) if k != RESPOND]].sum(1)
-        a = auroc(refuse, scores) or 0.0
-        best = max(best, (a, c))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        m = LogisticRegression(C=best[1], fit_intercept=False, max_iter=500).fit(h, y, sample_weight=w)
-    coef = np.zeros((len(CLASSES), h.shape[1]))
-    for i, k in enumerate(m.classes_):
-        coef[k] = m.coef_[i] if len(classes) > 2 else (m.coef_[0] if i == 1 else -m.coef_[0]) / 2
-    absent = [k for k in range(len(CLASSES)) if k not in classes]
-    coef[absent] = coef[list(classes)].mean(0) - 10.0 * coef[list(classes)].std(0).mean()  # never chosen
-    return coef, best[1]
-
-
-def lift(coef: np.ndarray, x: np.ndarray, leak: float = 0.01) -> np.ndarray:
-    """The probe's rows plus a common vector along the mean h, long enough that the vocabulary keeps
-    at most ``leak`` of the first position's mass on 99% of the training prompts."""
-    h, log_z = x[:, :-1], x[:, -1]
-    mu = h.mean(0)
-    u = mu / np.linalg.norm(mu)
-    proj = h @ u
-    lse = np.log(np.exp(h @ coef.T - (h @ coef.T).max(1, keepdims=True)).sum(1)) + (h @ coef.T).max(1)
-    need = (log_z + math.log((1 - leak) / leak) - lse) / np.maximum(proj, 1e-6)
-    alpha = float(np.quantile(need, 0.99))
-    return coef + max(alpha, 0.0) * u
-
-
 def train_rows(
     x: np.ndarray,
     y: np.ndarray,
@@ -256,14 +211,30 @@ def measure(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def readers(
-    train_x: np.ndarray, train_y: np.ndarray, tests: dict[str, tuple[np.ndarray, np.ndarray]], seed: int, steps: int
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    tests: dict[str, tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    steps: int,
 ) -> dict[str, dict[str, Any]]:
+    """Each frozen-body reader trained on one mix and measured on ``tests``."""
+    import torch
+
+    from rtools.model.rows import fit_probe_rows
+
     w = balanced_weights(train_y)
-    h = train_x[:, :-1]
-    coef, c = fit_probe(h, train_y, w, seed)
-    probe_rows = lift(coef, train_x)
-    mean_row = mean_embedding_row()
-    init_mean = np.tile(mean_row, (len(CLASSES), 1))
+    t = time.perf_counter()
+    probe = fit_probe_rows(
+        torch.tensor(train_x[:, :-1]),
+        torch.tensor(train_x[:, -1]),
+        train_y.tolist(),
+        w.tolist(),
+        len(CLASSES),
+        seed,
+    )
+    t_probe = time.perf_counter() - t
+    probe_rows = probe.rows.double().numpy()
+    init_mean = np.tile(mean_embedding_row(), (len(CLASSES), 1))
     t = time.perf_counter()
     rows_mean = train_rows(train_x, train_y, w, init_mean, steps, seed=seed)
     t_mean = time.perf_counter() - t
@@ -271,7 +242,8 @@ def readers(
     out: dict[str, dict[str, Any]] = {}
     for name, rows in (("probe", probe_rows), ("rows-mean", rows_mean), ("rows-probe", rows_probe)):
         out[name] = {fam: measure(probabilities(rows, x), y) for fam, (x, y) in tests.items()}
-        out[name]["_"] = {"C": c if name == "probe" else None, "row_norm": round(float(np.linalg.norm(rows, axis=1).mean()), 2)}
+        out[name]["_"] = {"row_norm": round(float(np.linalg.norm(rows, axis=1).mean()), 2)}
+    out["probe"]["_"].update(probe.info(), fit_s=round(t_probe, 1))
     out["rows-mean"]["_"]["train_s"] = round(t_mean, 1)
     return out
 
@@ -298,7 +270,9 @@ def markdown(result: dict[str, Any]) -> str:
     for n in names:
         m = result["mean"][n]
         lines.append(
-            f"| {n} | " + " | ".join(fmt(m["families"].get(f)) for f in fams) + f" | **{fmt(m['mean'])}** | {fmt(m['coconot_test'])} |"
+            f"| {n} | "
+            + " | ".join(fmt(m["families"].get(f)) for f in fams)
+            + f" | **{fmt(m['mean'])}** | {fmt(m['coconot_test'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -311,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=sorted(lofo.SCALES), default="medium")
     ap.add_argument("--families", default=",".join(broad.FAMILIES))
     ap.add_argument("--seeds", default="0")
+    ap.add_argument(
+        "--mix",
+        choices=("lofo", "ship"),
+        default="lofo",
+        help="lofo: lofo.py's broad+coconot mix at --scale; ship: the broad pool capped at --per-source "
+        "a source and all of CoCoNot's training half (the default scorer's mix)",
+    )
+    ap.add_argument("--per-source", type=int, default=100, help="--mix ship: rows per broad source")
     ap.add_argument("--epochs", type=float, default=1.0, help="epochs of the rows-only training (batch 8)")
     args = ap.parse_args(argv)
     scale = lofo.SCALES[args.scale]
@@ -326,12 +308,25 @@ def main(argv: list[str] | None = None) -> int:
         tests = {f: t for f, t in lofo.test_sets(pool, coco_test, scale, seed).items() if f in families}
         test_prompts = {r["prompt"] for t in tests.values() for r in t["rows"]}
         coco_rows = build_mix(coco_test, lofo.MixOptions(max_per_label=scale["test_per_label"], seed=seed))[0]
-        mixes = {}
-        for fam, t in tests.items():
-            rows, _ = build_mix(pool + coco_train, lofo.train_options("broad+coconot", t["exclude"], scale, seed))
-            mixes[fam] = [r for r in rows if r["prompt"] not in test_prompts]
-        rows, _ = build_mix(pool + coco_train, lofo.train_options("broad+coconot", [], scale, seed))
-        mixes["__all__"] = [r for r in rows if r["prompt"] not in test_prompts]
+
+        def mix(
+            exclude: list[str], seed=seed, coco_train=coco_train, test_prompts=test_prompts
+        ) -> list[dict[str, Any]]:
+            if args.mix == "lofo":
+                rows, _ = build_mix(
+                    pool + coco_train, lofo.train_options("broad+coconot", exclude, scale, seed)
+                )
+            else:  # ship: the broad pool capped per source, and all of CoCoNot's training half
+                opts = lofo.MixOptions(
+                    exclude_families=exclude, max_per_source=args.per_source, seed=seed, max_prompt_chars=1500
+                )
+                rows, _ = build_mix(pool, opts)
+                if "coconot" not in exclude:
+                    rows += coco_train
+            return [r for r in rows if r["prompt"] not in test_prompts]
+
+        mixes = {fam: mix(t["exclude"]) for fam, t in tests.items()}
+        mixes["__all__"] = mix([])
         prompts = [r["prompt"] for rows in mixes.values() for r in rows]
         prompts += [r["prompt"] for t in tests.values() for r in t["rows"]] + [r["prompt"] for r in coco_rows]
         cache = extract(prompts, os.path.join(out, "features.npz"))
@@ -344,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             tx, ty = xy(mixes[fam])
             steps = max(1, math.ceil(len(ty) / 8 * args.epochs))
             per_family[fam] = readers(tx, ty, {fam: xy(t["rows"])}, seed, steps)
-            print(f"recipes: seed {seed} {fam}: " + ", ".join(f"{n} {v[fam]['auroc']}" for n, v in per_family[fam].items()), file=sys.stderr)
+            print(
+                f"recipes: seed {seed} {fam}: "
+                + ", ".join(f"{n} {v[fam]['auroc']}" for n, v in per_family[fam].items()),
+                file=sys.stderr,
+            )
         tx, ty = xy(mixes["__all__"])
         steps = max(1, math.ceil(len(ty) / 8 * args.epochs))
         per_family["__coconot_test__"] = readers(tx, ty, {"coconot_test": xy(coco_rows)}, seed, steps)
@@ -366,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python examples/broad/recipes.py " + " ".join(argv or sys.argv[1:]),
         "scale": args.scale,
+        "mix": args.mix
+        if args.mix == "lofo"
+        else f"ship ({args.per_source} a broad source + CoCoNot's training half)",
         "seeds": seeds,
         "families": [f for f in families if any(f in runs[s] for s in seeds)],
         "runs": {str(s): r for s, r in runs.items()},
