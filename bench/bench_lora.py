@@ -84,9 +84,9 @@ def worker(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     import torch
 
+    from rtools.model.batching import right_pad
     from rtools.model.chat import ChatEncoder
     from rtools.model.loading import add_control_tokens, load_base, load_tokenizer, model_directory
-    from rtools.model.scoring import right_pad
     from rtools.model.training import (
         TrainConfig,
         apply_balance,

@@ -35,8 +35,8 @@ pytest_plugins = ["model_fixtures"]
 def old_batch_loss(model, examples, batch, control_ids, cfg, pad_id, device):
     import torch.nn.functional as F
 
+    from rtools.model.batching import decoder_and_head, right_pad
     from rtools.model.precision import is_mixed
-    from rtools.model.scoring import decoder_and_head, right_pad
     from rtools.model.training import fast_embed, fast_head
 
     exs = [examples[i] for i in batch]

@@ -193,7 +193,7 @@ def shard_model(objective: Any, world: World, device: str) -> Any:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from .scoring import decoder_and_head
+    from .batching import decoder_and_head
 
     decoder, _ = decoder_and_head(objective.model)
     layers = getattr(decoder, "layers", None)

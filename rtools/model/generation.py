@@ -34,17 +34,17 @@ from ..config import ConfigError, parse_number, parse_pair
 from ..records import RecordError, check_finite
 from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_rule
 from ..tokens import CATEGORY, TokenMap
-from .chat import ChatEncoder
-from .scoring import (
-    LoadConfig,
-    _cache_kwarg,
-    check_truncate,
+from .batching import (
+    base_model,
+    cache_kwarg,
+    control_logprobs,
     decoder_and_head,
+    output_cache,
     plan_batches,
-    positive,
     right_pad,
-    score_fields,
 )
+from .chat import ChatEncoder
+from .scoring import LoadConfig, check_truncate, positive, score_fields
 
 # ---------------------------------------------------------------------------
 # Choosing the control token (pure Python).
@@ -206,11 +206,6 @@ class Generation:
         return [*self.prompt_ids, self.control_id, *self.answer_ids]
 
 
-def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Text up to the first occurrence of any stop string; whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
@@ -370,14 +365,14 @@ class Generator:
         with torch.inference_mode():
             pos = torch.arange(T, device=dev).unsqueeze(0).expand(B, -1)
             out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            cache = _output_cache(out)
+            cache = output_cache(out)
             if plain:
                 probs = logprobs = [[] for _ in range(B)]
                 chosen = [-1] * B
                 forced = torch.tensor([[t] for t in last_tokens], device=dev)
             else:
                 last = out.last_hidden_state[torch.arange(B, device=dev), lengths - 1]
-                logp = torch.log_softmax(head(last).float(), dim=-1).index_select(1, sel)
+                logp = control_logprobs(head, last, sel)
                 logprobs = logp.cpu().tolist()
                 probs = logp.exp().cpu().tolist()
                 chosen = [choose(j, probs[k], logprobs[k]) for k, j in enumerate(positions)]
@@ -461,7 +456,7 @@ class Generator:
             generation_config=config,
             logits_processor=processors,
             stopping_criteria=criteria,
-            **{_cache_kwarg(_base(self.model)): cache},
+            **{cache_kwarg(base_model(self.model)): cache},
         )
         answers: list[list[int]] = []
         stopped: list[str] = []
@@ -503,13 +498,8 @@ def _in_groups(groups: list[list[int]], n: int, run: Callable[[list[int]], list[
     return results
 
 
-def _base(model: Any) -> Any:
-    """The transformers model under a peft wrapper (its forward names the cache keyword)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _vocab_size(model: Any) -> int:
-    return int(_base(model).get_output_embeddings().weight.shape[0])
+    return int(base_model(model).get_output_embeddings().weight.shape[0])
 
 
 class _RowSampler:

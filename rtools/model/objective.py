@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .batching import decoder_and_head, right_pad
 from .precision import is_mixed
-from .scoring import decoder_and_head, right_pad
 
 
 def collate(examples: Sequence[Any], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
