@@ -20,6 +20,8 @@ from model_data import FAST, SUBPROCESS_ENV, prompts_only, raw_rows, read_jsonl,
 
 import rtools.cli as cli
 import rtools.model.training as training
+from rtools.model import checkpoint
+from rtools.model.examples import build_examples
 from rtools.model.loading import DEFAULT_MODEL, ModelError, load_for_inference, resolve_model
 
 pytest_plugins = ["model_fixtures"]
@@ -73,11 +75,11 @@ def test_checkpoint_holds_no_pickle(invoke, tmp_path, tiny_base, monkeypatch):
     files = sorted(os.listdir(out + ".checkpoint"))
     assert files == sorted(
         [
-            training.PARAMS_FILE,
-            training.OPTIMIZER_FILE,
-            training.RNG_FILE,
-            training.STATE_FILE,
-            training.PROGRESS_FILE,
+            checkpoint.PARAMS_FILE,
+            checkpoint.OPTIMIZER_FILE,
+            checkpoint.RNG_FILE,
+            checkpoint.STATE_FILE,
+            checkpoint.PROGRESS_FILE,
         ]
     )
     for f in files:  # every file is JSON or safetensors (an 8-byte header length, then JSON)
@@ -113,13 +115,13 @@ def test_checkpoint_rng_states_round_trip():
     torch.manual_seed(5)
     random.gauss(0, 1)  # a cached gaussian in python's state
     np.random.standard_normal()
-    tensors, js = training._rng_state()
+    tensors, js = checkpoint._rng_state()
     js = orjson.loads(orjson.dumps(js))  # as it travels through state.json
     want = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(3))
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
-    training._set_rng_state(tensors, js)
+    checkpoint._set_rng_state(tensors, js)
     got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(3))
     assert got[:4] == want[:4]
     assert torch.equal(got[4], want[4])
@@ -239,9 +241,9 @@ def test_max_length_never_cuts_the_control_token(tiny_base):
     enc = ChatEncoder(tok, tm.tokens())
     rows = tag_single(raw_rows(1))
     records = list(enumerate(rows, 1))
-    full, _ = training.build_examples(records, enc, tm, "t", None, 4096)
+    full, _ = build_examples(records, enc, tm, "t", None, 4096)
     for max_length in range(8, 80, 3):
-        exs, skipped = training.build_examples(records, enc, tm, "t", None, max_length)
+        exs, skipped = build_examples(records, enc, tm, "t", None, max_length)
         assert sorted([e.line for e in exs] + skipped) == list(range(1, len(rows) + 1))
         by_line = {e.line: e for e in full}
         for e in exs:
