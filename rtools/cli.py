@@ -247,11 +247,6 @@ def version_option(fn: Callable) -> Callable:
     )(fn)
 
 
-def show_progress(quiet: bool) -> bool:
-    """A tqdm bar only when stderr is a terminal and -q was not given (see progress_bar)."""
-    return not quiet and sys.stderr.isatty()
-
-
 #: Without a terminal, a progress line every PROGRESS_FRACTION of the total or every
 #: PROGRESS_INTERVAL seconds, whichever comes first (module attributes, so tests can shorten them).
 PROGRESS_FRACTION = 0.1
