@@ -268,7 +268,7 @@ class Progress:
     PROGRESS_FRACTION of the total or every PROGRESS_INTERVAL seconds, whichever comes first; with no
     known total (a stream of records), ``rt-score: 2048 prompts, 35.1 prompts/s`` every interval.
     ``update(n, **stats)`` takes the units done and optional ``epoch``, ``loss`` and ``tokens``
-    (counted, shown as a rate).
+    (counted, shown as a rate); ``note(message)`` prints a line about the run at once.
     """
 
     def __init__(self, unit: str, total: int | None = None, initial: int = 0, tty: bool | None = None):
@@ -331,6 +331,14 @@ class Progress:
             self.bar.close()
         elif self.printed not in (self.initial, self.done):
             self._line(time.monotonic())  # a run that reported progress also reports its end
+
+    def note(self, message: str) -> None:
+        """A line about the run outside its units (rt-lora's evaluation and writing, which follow
+        the last step), printed at once: on a terminal above the bar (tqdm's write), else plain."""
+        if self.bar is not None:
+            self.bar.write(f"{prog()}: {message}", file=sys.stderr)
+        else:
+            click.echo(f"{prog()}: {message}", err=True)
 
 
 def progress_bar(quiet: bool, unit: str, total: int | None = None, initial: int = 0) -> Progress | None:

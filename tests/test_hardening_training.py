@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -432,6 +433,55 @@ def test_progress_lines_without_tty_subprocess(tmp_path, tiny_base, script):
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("rt-lora: step ")]
     assert len(lines) == 10 and lines[-1].startswith("rt-lora: step 10/10 (100%)")
     assert orjson.loads(p.stdout)["steps"] == 10
+
+
+def test_progress_lines_for_evaluation_and_writing(invoke, tmp_path, tiny_base):
+    """After "ETA 0s" rt-lora says when the held-out evaluation starts and ends (with its numbers) and
+    when the writing of --out starts and ends (with the path), as lines without a terminal; -q: nothing."""
+    data = write_jsonl(tmp_path / "tagged.jsonl", tag_single(raw_rows(1)))
+    out = str(tmp_path / "a")
+    args = [
+        data,
+        "--model",
+        tiny_base,
+        *[a for a in FAST if a != "-q"],
+        "--max-steps",
+        "4",
+        "--eval-fraction",
+        "0.2",
+    ]
+    r = invoke("rt-lora", [*args, "--out", out])
+    assert r.exit_code == 0, r.stderr
+    summary = orjson.loads(r.stdout)
+    lines = r.stderr.splitlines()
+    assert lines[-5].startswith("rt-lora: step 4/4 (100%)"), r.stderr
+    assert lines[-4] == "rt-lora: evaluating on 2 held-out examples"
+    assert re.fullmatch(r"rt-lora: evaluated in \d+\.\ds: eval_loss .*", lines[-3]), lines[-3]
+    for key in ("eval_loss", "eval_auroc", "eval_refusal_rate_refuse", "eval_refusal_rate_respond"):
+        assert f"{key} {summary[key]:.4f}" in lines[-3]
+    assert lines[-2] == f"rt-lora: writing {out}"
+    assert re.fullmatch(rf"rt-lora: wrote {re.escape(out)} in \d+\.\ds", lines[-1]), lines[-1]
+    r = invoke("rt-lora", [*args, "--out", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0 and r.stderr == ""
+    # no held-out examples: no evaluation to announce, the writing still is
+    r = invoke("rt-lora", [*args, "--eval-fraction", "0", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.stderr
+    assert "evaluat" not in r.stderr and r.stderr.splitlines()[-2:][0].startswith("rt-lora: writing ")
+
+
+def test_progress_note_is_a_line_with_and_without_tty(monkeypatch, capsys):
+    """Progress.note: a plain line without a terminal; on one, a line written above the tqdm bar."""
+    monkeypatch.setitem(cli._state, "prog", "rtools")
+    p = cli.Progress("step", total=10, tty=False)
+    p.note("evaluating on 3 held-out examples")
+    assert capsys.readouterr().err == "rtools: evaluating on 3 held-out examples\n"
+    p = cli.Progress("step", total=10, tty=True)
+    p.update(1)
+    p.note("writing out")
+    p.close()
+    p.note("wrote out in 1.0s")  # after the bar is closed, as rt-lora does
+    err = capsys.readouterr().err
+    assert "rtools: writing out\n" in err and err.endswith("rtools: wrote out in 1.0s\n")
 
 
 @pytest.mark.parametrize("command", ["rt-score", "rt-generate"])

@@ -280,9 +280,9 @@ def train(
     ``records``: tagged records (rtools.tag's output), or ``(line, record)`` pairs so that errors name
     their line in ``name``. ``token_map``: default, inferred from the data. ``resume`` continues from
     ``config.out`` + ".checkpoint"; ``overwrite`` replaces an existing ``config.out``.
-    ``progress_bar(total, initial)``, when given, returns the reporter of the run's steps (an
-    object with ``update(n, **stats)`` and ``close()``, rtools.cli.progress_bar); ``log`` receives
-    warnings. Without either the run is silent.
+    ``progress_bar(total, initial)``, when given, returns the reporter of the run (rtools.cli.progress_bar:
+    ``update(n, **stats)`` a step, ``close()``, and ``note(message)``, if it has one, as the held-out
+    evaluation and the writing start and end); ``log`` receives warnings. Without either, silence.
 
     ``world``: this process's rank among those a launcher started (rtools.model.distributed.World,
     inside distributed.start). ``config.batch_size`` is then per process: every rank trains on its
@@ -333,13 +333,13 @@ def train(
 
     # Held-out evaluation: under FSDP every rank takes part (and in gathering the trained weights),
     # otherwise rank 0 alone evaluates and writes while the others wait.
-    ev = _evaluate(run, trainer, data, state) if run.sharded or world.main else {}
+    ev = _evaluate(run, trainer, data, state, bar) if run.sharded or world.main else {}
     adapter_state = dd.full_trainable(trainer.model) if run.sharded else None
     if not world.main:
         dd.barrier(world)
         return {"steps": state.step, "examples": len(data.train), "rank": world.rank}
     summary = _summary(state, data, ev, tokens_per_s=(state.tokens - tokens_before) / max(elapsed, 1e-9))
-    _write(run, base, trainer, state, summary, records, name, overwrite, adapter_state)
+    _write(run, base, trainer, state, summary, records, name, overwrite, adapter_state, bar)
     shutil.rmtree(run.ckpt, ignore_errors=True)  # the run is done: nothing left to resume
     dd.barrier(world)
     return summary
@@ -589,9 +589,13 @@ def _checkpoint(run: Run, trainer: Trainer, state: TrainState, fingerprint: dict
         )
 
 
-def _evaluate(run: Run, trainer: Trainer, data: Data, state: TrainState) -> dict[str, float]:
+def _evaluate(run: Run, trainer: Trainer, data: Data, state: TrainState, reporter: Any) -> dict[str, float]:
     """The held-out evaluation (rtools.model.evaluation), the training log's last entry: nothing
-    without held-out examples."""
+    without held-out examples. It can take minutes after the last step: ``reporter`` says when it
+    starts and ends."""
+    if data.held_out:
+        _report(reporter, f"evaluating on {len(data.held_out)} held-out examples")
+    started = time.perf_counter()
     ev = evaluate(
         trainer.model,
         data.held_out,
@@ -603,6 +607,8 @@ def _evaluate(run: Run, trainer: Trainer, data: Data, state: TrainState) -> dict
         trainer.objective,
     )
     if ev:
+        numbers = ", ".join(f"{k} {v:.4f}" for k, v in ev.items())
+        _report(reporter, f"evaluated in {time.perf_counter() - started:.1f}s: {numbers}")
         state.log.append({"step": state.step, **{k: round(v, 6) for k, v in ev.items()}})
     return ev
 
@@ -630,9 +636,10 @@ def _write(
     name: str,
     overwrite: bool,
     adapter_state: dict[str, Any] | None,
+    reporter: Any,
 ) -> None:
     """The adapter directory (rtools.model.adapter), written atomically; with ``merge``, the merged
-    model inside it (rtools.model.merging)."""
+    model inside it (rtools.model.merging). ``reporter`` says when the writing starts and ends."""
     config = {
         "base_model": run.spec if run.spec == DEFAULT_MODEL else os.path.abspath(base.directory),
         "base_identity": base.identity,
@@ -642,6 +649,9 @@ def _write(
         "summary": summary,
         "rtools_version": __version__,
     }
+    what = f"{run.config.out} (and the merged model in it)" if run.config.merge else run.config.out
+    _report(reporter, f"writing {what}")
+    started = time.perf_counter()
     with atomic_directory(run.out, overwrite=overwrite) as tmp:
         write_adapter(
             tmp,
@@ -660,6 +670,15 @@ def _write(
             # (also after QLoRA or bf16 training), LoRA and token rows folded in (merging.py)
             trainer.release()  # the trained copy is no longer needed: free it first
             write_merged(tmp, os.path.join(tmp, "merged"), trust_remote_code=run.config.trust_remote_code)
+    _report(reporter, f"wrote {run.config.out} in {time.perf_counter() - started:.1f}s")
+
+
+def _report(reporter: Any, message: str) -> None:
+    """A line about the run through its progress reporter, when the reporter takes one (rtools.cli's
+    Progress.note prints it on stderr; -q gives no reporter)."""
+    note = getattr(reporter, "note", None)
+    if note is not None:
+        note(message)
 
 
 __all__ = ["TrainConfig", "train", "SINGLE", "CATEGORY"]
