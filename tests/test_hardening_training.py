@@ -279,6 +279,57 @@ def test_resume_refuses_different_data(invoke, tmp_path, tiny_base, monkeypatch)
     assert orjson.loads(r.stdout)["steps"] == 6
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"step": 100000}, "step 100000 of a run of 6 steps"),
+        ({"step": 3}, "step 3 at epoch 0, batch 2 (which is step 2)"),
+        ({"epoch": 2}, "step 2 at epoch 2, batch 2 (which is step 6)"),
+        ({"batch_in_epoch": 7}, "batch_in_epoch 7 of an epoch of 2 batches"),
+        ({"step": -1}, "step must be a whole number >= 0, got -1"),
+        ({"step": "2"}, "step must be a whole number >= 0, got '2'"),
+        ({"epoch": True}, "epoch must be a whole number >= 0, got True"),
+        ({"tokens": -5}, "tokens must be a whole number >= 0, got -5"),
+        ({"tokens": None}, "tokens must be a whole number >= 0, got None"),
+        ({"log": "x"}, "the log must hold one entry a step (2), it has str"),
+        ({"log": [{"step": 1}] * 100000}, "the log must hold one entry a step (2), it has 100000 entries"),
+        ({"log": [{"step": 1}, {"step": 2, "loss": "x" * 100}]}, "log entry 2 is not the numbers of step 2"),
+        ({"log": [{"step": 2}, {"step": 1}]}, "log entry 1 is not the numbers of step 1"),
+    ],
+    ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) and len(str(v)) < 40 else None,
+)
+def test_resume_refuses_impossible_progress(invoke, tmp_path, tiny_base, monkeypatch, change, said):
+    """A progress.json the run could never have written (issue 20: "step": 100000 resumed and reported
+    100000 steps) is refused with a clear error before anything is loaded, and the checkpoint kept."""
+    _, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    path = os.path.join(out + ".checkpoint", checkpoint.PROGRESS_FILE)
+    progress = orjson.loads(open(path, "rb").read())
+    assert (progress["step"], progress["epoch"], progress["batch_in_epoch"]) == (2, 0, 2)  # as the cases say
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps({**progress, **change}))
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 1, r.stdout
+    assert r.stderr == (
+        f"rt-lora: {path}: {said}: not a point this run can reach; the checkpoint is damaged or was "
+        "edited (train again without --resume)\n"
+    )
+    assert not os.path.exists(out) and os.path.isdir(out + ".checkpoint")
+
+
+def test_resume_accepts_the_progress_it_wrote(invoke, tmp_path, tiny_base, monkeypatch):
+    """The check refuses only what the run cannot reach: the checkpoint as written resumes, and so does
+    one whose log holds a NaN loss (orjson writes it as null)."""
+    _, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    path = os.path.join(out + ".checkpoint", checkpoint.PROGRESS_FILE)
+    progress = orjson.loads(open(path, "rb").read())
+    progress["log"][0]["loss"] = None
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps(progress))
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 0, r.stderr
+    assert orjson.loads(r.stdout)["steps"] == 6
+
+
 def test_resume_same_base_relative_and_absolute(invoke, tmp_path, tiny_base, monkeypatch):
     monkeypatch.chdir(os.path.dirname(tiny_base))
     rel = os.path.basename(tiny_base)

@@ -8,7 +8,8 @@ the data). Nothing is unpickled on --resume; an old or crafted pickle (state.pt)
 A resumed run is the interrupted run continued, so the checkpoint is checked before it is used:
 the settings that change what is trained must be the same (:data:`RESUME_FREE` may change, and the
 batch size with the number of processes when the global batch stays the same), the base model the
-same by identity and the examples the same by fingerprint (rtools.model.training).
+same by identity and the examples the same by fingerprint (rtools.model.training), and its progress
+a point the run could have reached (:func:`check_progress`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..records import atomic_directory
+from .examples import Schedule
 from .loading import ModelError
 
 CHECKPOINT_SUFFIX = ".checkpoint"
@@ -221,14 +223,16 @@ def checkpoint_config(path: str) -> dict[str, Any]:
     return check_checkpoint(path)["config"]
 
 
-def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> TrainState:
+def load_checkpoint(path: str, model: Any, opt: Any, schedule: Schedule, rank: int = 0) -> TrainState:
     """Restore the trainable weights, the optimizer and the RNG states (rank ``rank``'s own, when
-    the checkpoint has them) into ``model`` and ``opt``; returns the progress."""
+    the checkpoint has them) into ``model`` and ``opt``; returns the progress, after checking that
+    the run ``schedule`` describes could have reached it (:func:`check_progress`), before anything
+    is loaded."""
     import torch
 
     from .distributed import local_like, shard_optimizer_state
 
-    pr = check_checkpoint(path)
+    progress = check_progress(check_checkpoint(path), os.path.join(path, PROGRESS_FILE), schedule)
     saved = _read_tensors(os.path.join(path, PARAMS_FILE))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(params) or any(saved[n].shape != params[n].shape for n in params):
@@ -245,13 +249,6 @@ def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> TrainStat
             torch.set_rng_state(rng[f"rank{rank}.torch"])
             if f"rank{rank}.cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"], torch.cuda.current_device())
-        progress = TrainState(
-            step=int(pr["step"]),
-            epoch=int(pr["epoch"]),
-            batch_in_epoch=int(pr["batch_in_epoch"]),
-            tokens=int(pr["tokens"]),
-            log=list(pr["log"]),
-        )
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -267,6 +264,55 @@ def load_checkpoint(path: str, model: Any, opt: Any, rank: int = 0) -> TrainStat
             else:
                 p.to_local().copy_(part.to_local())
     return progress
+
+
+def check_progress(progress: Any, path: str, schedule: Schedule) -> TrainState:
+    """The progress a checkpoint recorded (``progress``, read from ``path``) as a TrainState, refused
+    unless the run ``schedule`` describes could have reached it: ``step``, ``epoch``,
+    ``batch_in_epoch`` and ``tokens`` whole numbers >= 0; ``step`` at most the run's total and the
+    step that ``epoch`` and ``batch_in_epoch`` give (an epoch has ``schedule.per_epoch`` batches);
+    ``log`` one entry a step, each a JSON object of numbers (or null: orjson writes a NaN loss so)
+    whose ``step`` is its place.
+
+    Without this, an edited or damaged progress.json resumes a run that never was: a "step" of
+    100000 in a run of 12 steps trains nothing and reports 100000 steps.
+    """
+
+    def impossible(what: str) -> ModelError:
+        return ModelError(
+            f"{path}: {what}: not a point this run can reach; the checkpoint is damaged or was "
+            "edited (train again without resume=True)"
+        )
+
+    if not isinstance(progress, dict):
+        raise impossible("not a JSON object")
+    counts = {}
+    for key in ("step", "epoch", "batch_in_epoch", "tokens"):
+        value = progress.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise impossible(f"{key} must be a whole number >= 0, got {value!r}")
+        counts[key] = value
+    step, epoch, done = counts["step"], counts["epoch"], counts["batch_in_epoch"]
+    if step > schedule.total:
+        raise impossible(f"step {step} of a run of {schedule.total} steps")
+    if done > schedule.per_epoch:
+        raise impossible(f"batch_in_epoch {done} of an epoch of {schedule.per_epoch} batches")
+    if schedule.step_at(epoch, done) != step:
+        raise impossible(
+            f"step {step} at epoch {epoch}, batch {done} (which is step {schedule.step_at(epoch, done)})"
+        )
+    log = progress.get("log")
+    if not isinstance(log, list) or len(log) != step:
+        got = f"{len(log)} entries" if isinstance(log, list) else type(log).__name__
+        raise impossible(f"the log must hold one entry a step ({step}), it has {got}")
+    for place, entry in enumerate(log, 1):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("step") != place
+            or any(isinstance(v, bool) or not isinstance(v, (int, float, type(None))) for v in entry.values())
+        ):
+            raise impossible(f"log entry {place} is not the numbers of step {place}")
+    return TrainState(step=step, epoch=epoch, batch_in_epoch=done, tokens=counts["tokens"], log=log)
 
 
 # ---------------------------------------------------------------------------
@@ -313,4 +359,4 @@ def _check_global_batch(saved: dict[str, Any], settings: dict[str, Any]) -> None
         )
 
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "check_resume"]
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "check_progress", "check_resume"]

@@ -500,8 +500,9 @@ def _trainer(run: Run, base: Base, model: Any, schedule: Schedule) -> Trainer:
 
 
 def _resume(run: Run, trainer: Trainer, say: Callable[[str], None]) -> TrainState:
-    """The interrupted run's state: its weights, optimizer and RNG states loaded from the checkpoint."""
-    state = load_checkpoint(run.ckpt, trainer.model, trainer.opt, rank=run.world.rank)
+    """The interrupted run's state: its weights, optimizer and RNG states loaded from the checkpoint,
+    whose progress must be a point of this run's schedule."""
+    state = load_checkpoint(run.ckpt, trainer.model, trainer.opt, trainer.schedule, rank=run.world.rank)
     say(f"resuming at step {state.step}/{trainer.schedule.total}")
     return state
 
