@@ -16,7 +16,7 @@ once into ``WORK/../cache``). The tiny base model is built by tests/tiny.py of t
 script is in, so both runs train on the same weights (its files' sha256 are recorded too).
 
 What is not compared as bytes: rt-lora's ``tokens_per_s`` (a timing) is set to null in its stdout
-before hashing; progress lines (timings) appear only without ``-q``, and their first stderr line is
+before hashing (and counting its bytes); progress lines (timings) appear only without ``-q``, and their first stderr line is
 recorded with the numbers of rates and ETAs masked. The adapter's weights are recorded by sha256.
 """
 
@@ -127,7 +127,7 @@ class Recorder:
                     "stdin": stdin,
                     "exit": p.returncode,
                     "stdout_sha256": sha256(out),
-                    "stdout_bytes": len(p.stdout),
+                    "stdout_bytes": len(out),
                     "stderr_first": mask_stderr(err[0]) if err else "",
                 }
             )
@@ -281,7 +281,15 @@ def compare(a_path: str, b_path: str) -> int:
     for key in sorted(set(a) | set(b)):
         if key == "runs":
             continue
-        if a.get(key) != b.get(key):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                if x.get(k) != y.get(k):
+                    differences += 1
+                    print(f"{key}: {k} differs")
+                    if key == "help" and isinstance(x.get(k), dict) and isinstance(y.get(k), dict):
+                        _show_diff(x[k].get("text", ""), y[k].get("text", ""))
+        elif x != y:
             differences += 1
             print(f"{key}: differs")
     ra, rb = a.get("runs", []), b.get("runs", [])
@@ -299,6 +307,14 @@ def compare(a_path: str, b_path: str) -> int:
     print(f"{n} invocations, {len(a.get('help', {}))} --help texts, {len(a.get('man_sha256', {}))} man pages: "
           f"{'equal' if not differences else f'{differences} difference(s)'}")  # fmt: skip
     return 1 if differences else 0
+
+
+def _show_diff(before: str, after: str) -> None:
+    import difflib
+
+    for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0):
+        if not line.startswith(("---", "+++", "@@")):
+            print(f"    {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
