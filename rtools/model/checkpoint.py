@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..records import atomic_directory
+from .distributed import full_optimizer_state, full_trainable, local_like, shard_optimizer_state
 from .examples import Schedule
 from .loading import ModelError
 
@@ -120,8 +121,6 @@ def save_checkpoint(
     gathered whole, rtools.model.distributed.full_trainable / full_optimizer_state). ``settings``:
     the run's recorded settings (TrainConfig.record), compared on --resume."""
     from safetensors.torch import save_file
-
-    from .distributed import full_optimizer_state, full_trainable
 
     params, opt_sd = whole if whole is not None else (full_trainable(model), full_optimizer_state(opt))
     with atomic_directory(path, overwrite=True) as tmp:
@@ -229,8 +228,6 @@ def load_checkpoint(path: str, model: Any, opt: Any, schedule: Schedule, rank: i
     the run ``schedule`` describes could have reached it (:func:`check_progress`), before anything
     is loaded."""
     import torch
-
-    from .distributed import local_like, shard_optimizer_state
 
     progress = check_progress(check_checkpoint(path), os.path.join(path, PROGRESS_FILE), schedule)
     saved = _read_tensors(os.path.join(path, PARAMS_FILE))

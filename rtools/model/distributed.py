@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .batching import decoder_and_head
 from .loading import ModelError
 
 
@@ -209,8 +210,6 @@ def shard_model(objective: Any, world: World, device: str) -> Any:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from .batching import decoder_and_head
 
     decoder, _ = decoder_and_head(objective.model)
     layers = getattr(decoder, "layers", None)

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..records import RecordError, check_finite
+from ..refusal_detector import RefusalDetector
 from ..thresholds import Thresholds
 from ..tokens import CATEGORY
 from .batching import (
@@ -44,9 +45,10 @@ from .batching import (
     plan_batches,
     right_pad,
 )
-from .chat import ChatEncoder
+from .chat import ChatEncoder, context_limit
 from .choice import Choice, ControlChooser, record_decision
-from .scoring import LoadConfig, check_truncate, positive
+from .loading import ModelError, load_for_inference
+from .scoring import LoadConfig, PromptStream, check_truncate, positive, windows
 
 # ---------------------------------------------------------------------------
 # Generation (torch).
@@ -524,8 +526,6 @@ class Answerer:
         cls, model: str | None = None, config: GenerateConfig | None = None, quiet: bool = True
     ) -> Answerer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer)."""
-        from .loading import load_for_inference
-
         config = config or GenerateConfig()
         return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
 
@@ -534,9 +534,6 @@ class Answerer:
         """An answerer for a loaded model. A rule that does not fit the model (per-category thresholds
         on a single-token model, an unknown category, a prompt budget the answer leaves no room for)
         is a rtools.model.loading.ModelError; a logit bias for a token the model lacks a ConfigError."""
-        from .chat import context_limit
-        from .loading import ModelError
-
         config = config or GenerateConfig()
         token_map, rule = lm.token_map, config.rule
         if rule is not None and rule.mode == "category":
@@ -574,8 +571,6 @@ class Answerer:
                     f"max_new_tokens {n} leaves no room for a prompt in {what}", ("max_new_tokens",)
                 )
         if config.detector is None:
-            from ..refusal_detector import RefusalDetector
-
             detector: Callable[[str], bool] = RefusalDetector()
         else:
             detector = config.detector
@@ -591,8 +586,6 @@ class Answerer:
         self, records: Iterable[Any], name: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """:meth:`answer`, one window (at most ``window`` records) at a time."""
-        from .scoring import PromptStream, windows
-
         token_map = self.chooser.token_map
         cfg = self.config
         tokens = token_map.tokens()

@@ -44,7 +44,9 @@ from .loading import (
     CONFIG_FILE,
     ModelError,
     is_adapter_dir,
+    load_for_inference,
     model_directory,
+    quiet_transformers,
     read_rtools_config,
     resolve_model,
 )
@@ -212,8 +214,6 @@ def write_merged(
     """Write the merged model of ``adapter_dir`` into ``target`` (a directory that need not exist yet,
     e.g. inside an atomic_directory being built). Returns a summary. See :func:`merge_adapter`."""
     import torch
-
-    from .loading import load_for_inference, quiet_transformers
 
     spec, base_dir = adapter_base(adapter_dir, base)
     base_config = check_mergeable(base_dir)

@@ -23,6 +23,7 @@ from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
 from .batching import cache_kwarg, control_logprobs, decoder_and_head, output_cache, plan_batches, right_pad
 from .chat import ChatEncoder, context_limit, record_messages
+from .loading import load_for_inference
 
 MIN_SHARED_PREFIX = 4
 #: On CPU a batch holds at most this many tokens whatever the budget: activations that stay in the
@@ -231,8 +232,6 @@ class Scorer:
     def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer) as
         ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
-        from .loading import load_for_inference
-
         config = config or ScoreConfig()
         return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
 

@@ -520,7 +520,7 @@ def _step(
     step's loss (unrounded) and the tokens it trained on (every rank's)."""
     import torch
 
-    from .objective import batch_loss
+    from .objective import batch_loss  # (torch at import, as in _trainer)
 
     world, device = run.world, run.device
     started = time.perf_counter()
