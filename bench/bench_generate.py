@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from rtools.model.chat import ChatEncoder
-    from rtools.model.generation import ControlChooser, Generator, Sampling, end_ids
+    from rtools.model.choice import ControlChooser
+    from rtools.model.generation import Generator, Sampling, end_ids
     from rtools.model.loading import load_for_inference
 
     lm = load_for_inference("embedded", allow_untrained=True, device="cpu", dtype="fp32")

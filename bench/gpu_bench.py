@@ -68,9 +68,12 @@ def main() -> int:
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from rtools.model.adapter import make_peft_model, param_groups
+    from rtools.model.examples import Example
     from rtools.model.loading import load_base, quiet_transformers
+    from rtools.model.objective import batch_loss
     from rtools.model.scoring import control_probabilities
-    from rtools.model.training import Example, TrainConfig, batch_loss, make_peft_model, param_groups
+    from rtools.model.training import TrainConfig
 
     quiet_transformers()
     res: dict = {
@@ -322,9 +325,7 @@ def main() -> int:
     control_ids = [REFUSE, RESPOND]
     rm = make_peft_model(base, control_ids, tcfg)
     rm.train()
-    ropt = torch.optim.AdamW(
-        param_groups(rm, tcfg["lr"], tcfg["token_lr"], tcfg["weight_decay"]), betas=(0.9, 0.999)
-    )
+    ropt = torch.optim.AdamW(param_groups(rm, tcfg.lr, tcfg.token_lr, tcfg.weight_decay), betas=(0.9, 0.999))
     trainable = [p for p in rm.parameters() if p.requires_grad]
     ctrl_t = torch.tensor(control_ids, device=dev)
 

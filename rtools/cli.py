@@ -248,11 +248,6 @@ def version_option(fn: Callable) -> Callable:
     )(fn)
 
 
-def show_progress(quiet: bool) -> bool:
-    """A tqdm bar only when stderr is a terminal and -q was not given (see progress_bar)."""
-    return not quiet and sys.stderr.isatty()
-
-
 #: Without a terminal, a progress line every PROGRESS_FRACTION of the total or every
 #: PROGRESS_INTERVAL seconds, whichever comes first (module attributes, so tests can shorten them).
 PROGRESS_FRACTION = 0.1
@@ -274,7 +269,7 @@ class Progress:
     PROGRESS_FRACTION of the total or every PROGRESS_INTERVAL seconds, whichever comes first; with no
     known total (a stream of records), ``rt-score: 2048 prompts, 35.1 prompts/s`` every interval.
     ``update(n, **stats)`` takes the units done and optional ``epoch``, ``loss`` and ``tokens``
-    (counted, shown as a rate).
+    (counted, shown as a rate); ``note(message)`` prints a line about the run at once.
     """
 
     def __init__(self, unit: str, total: int | None = None, initial: int = 0, tty: bool | None = None):
@@ -337,6 +332,14 @@ class Progress:
             self.bar.close()
         elif self.printed not in (self.initial, self.done):
             self._line(time.monotonic())  # a run that reported progress also reports its end
+
+    def note(self, message: str) -> None:
+        """A line about the run outside its units (rt-lora's evaluation and writing, which follow
+        the last step), printed at once: on a terminal above the bar (tqdm's write), else plain."""
+        if self.bar is not None:
+            self.bar.write(f"{prog()}: {message}", file=sys.stderr)
+        else:
+            click.echo(f"{prog()}: {message}", err=True)
 
 
 def progress_bar(quiet: bool, unit: str, total: int | None = None, initial: int = 0) -> Progress | None:

@@ -18,10 +18,14 @@ from safetensors.torch import load_file
 
 import rtools.model.training as training
 from rtools.config import ConfigError
+from rtools.model.adapter import make_peft_model
+from rtools.model.card import LOG_FILE
 from rtools.model.chat import ChatEncoder
+from rtools.model.examples import build_examples
 from rtools.model.loading import add_control_tokens, load_base, load_tokenizer
+from rtools.model.objective import batch_loss
 from rtools.model.scoring import ScoreConfig, Scorer
-from rtools.model.training import TrainConfig, build_examples, make_peft_model, train
+from rtools.model.training import TrainConfig, train
 from rtools.records import RecordError, dumps
 from rtools.tokens import TokenMap
 
@@ -35,9 +39,9 @@ pytest_plugins = ["model_fixtures"]
 def old_batch_loss(model, examples, batch, control_ids, cfg, pad_id, device):
     import torch.nn.functional as F
 
+    from rtools.model.batching import decoder_and_head, right_pad
+    from rtools.model.objective import fast_embed, fast_head
     from rtools.model.precision import is_mixed
-    from rtools.model.scoring import decoder_and_head, right_pad
-    from rtools.model.training import fast_embed, fast_head
 
     exs = [examples[i] for i in batch]
     B = len(exs)
@@ -77,7 +81,7 @@ def old_batch_loss(model, examples, batch, control_ids, cfg, pad_id, device):
     sel = logits[rows, ctrl_at].index_select(-1, control_ids)
     dec = F.cross_entropy(sel, torch.tensor([e.control for e in exs], device=sel.device), reduction="none")
     w = torch.tensor([e.weight for e in exs], device=ce.device)
-    per_ex = assistant + cfg["control_weight"] * ctrl + cfg["decision_weight"] * dec
+    per_ex = assistant + cfg.control_weight * ctrl + cfg.decision_weight * dec
     loss = (w * per_ex).sum() / w.sum()
     parts = {
         "assistant": float(assistant.detach().mean()),
@@ -113,12 +117,12 @@ def test_decision_loss_equals_the_old_batch_loss(request, which):
 
     model, examples, ids, cfg, pad = peft_setup(request.getfixturevalue(which))
     ctrl = torch.tensor(ids)
-    objective = DecisionLoss(model, ids, cfg["control_weight"], cfg["decision_weight"])
+    objective = DecisionLoss(model, ids, cfg.control_weight, cfg.decision_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in ([0, 1, 2, 3], [4, 7, 9], [5]):
         want, want_parts, want_n = old_batch_loss(model, examples, batch, ctrl, cfg, pad, "cpu")
         want_grads = torch.autograd.grad(want, params)
-        got, got_parts, got_n = training.batch_loss(model, examples, batch, ctrl, cfg, pad, "cpu", objective)
+        got, got_parts, got_n = batch_loss(model, examples, batch, ctrl, cfg, pad, "cpu", objective)
         got_grads = torch.autograd.grad(got, params)
         assert torch.equal(got, want)
         assert got_parts == want_parts and got_n == want_n
@@ -126,13 +130,13 @@ def test_decision_loss_equals_the_old_batch_loss(request, which):
     # the model is called only inside the objective's forward: a hook on it sees the call
     calls = []
     handle = objective.register_forward_hook(lambda *a: calls.append(1))
-    training.batch_loss(model, examples, [0, 1], ctrl, cfg, pad, "cpu", objective)
+    batch_loss(model, examples, [0, 1], ctrl, cfg, pad, "cpu", objective)
     handle.remove()
     assert calls == [1]
 
 
 def train_log(out: str) -> list[dict]:
-    with open(os.path.join(out, training.LOG_FILE)) as fh:
+    with open(os.path.join(out, LOG_FILE)) as fh:
         return read_jsonl(fh.read())
 
 
@@ -156,9 +160,8 @@ def test_training_equals_the_old_loss_step_for_step(tmp_path, tiny_base_untied, 
     )
     train(records, cfg)
     with monkeypatch.context() as mp:
-        mp.setattr(
-            training,
-            "batch_loss",
+        mp.setattr(  # where train()'s steps and its evaluation take the loss from
+            "rtools.model.objective.batch_loss",
             lambda m, ex, b, c, cf, p, d, objective=None, totals=None: old_batch_loss(m, ex, b, c, cf, p, d),
         )
         train(records, dataclasses.replace(cfg, out=str(tmp_path / "old")))

@@ -11,7 +11,7 @@ import torch
 from model_data import FAST, jsonl, raw_rows, read_jsonl, tag_single, write_jsonl
 from safetensors.torch import load_file
 
-from rtools.model import precision, training
+from rtools.model import objective, precision, training
 from rtools.model.loading import ModelError, load_for_inference, quant_device_map, torch_dtype
 from rtools.model.precision import ATTENTION, is_mixed, native_bf16
 
@@ -164,8 +164,8 @@ def test_bf16_head_keeps_the_control_columns_fp32(trained_tied):
     ctrl = lm.tokenizer.convert_tokens_to_ids(lm.token_map.tokens())
     h = torch.randn(3, 5, model.config.hidden_size)
     with torch.no_grad():
-        want = training.fast_head(head, h)
-        got = training.fast_head(head, h, bf16=True)
+        want = objective.fast_head(head, h)
+        got = objective.fast_head(head, h, bf16=True)
     assert got.dtype == torch.float32
     assert torch.equal(got[..., ctrl], want[..., ctrl])
     other = [i for i in range(want.shape[-1]) if i not in ctrl]

@@ -2,7 +2,7 @@
 
 Each torchrun run takes ~10-20 s on a small shared machine (two interpreters, two tiny models).
 The data has 29 rows: with 2 processes x --batch-size 2 (global batch 4) the last batch of each
-epoch holds one example, so one rank runs the weight-0 filler (rtools.model.training._shard).
+epoch holds one example, so one rank runs the weight-0 filler (rtools.model.distributed.rank_batch).
 """
 
 from __future__ import annotations
@@ -479,8 +479,6 @@ def test_fsdp_loads_the_base_in_bf16_not_4bit_by_default():
     """On CUDA the default is a 4-bit base, which FSDP cannot shard: --fsdp turns that default off."""
     from rtools.model.training import TrainConfig
 
-    assert TrainConfig(out="o").resolved("cuda")["load_4bit"] is True
-    assert TrainConfig(out="o", fsdp=True).resolved("cuda")["load_4bit"] is False
-    assert (
-        TrainConfig(out="o", fsdp=True, load_4bit=True).resolved("cuda")["load_4bit"] is True
-    )  # refused later
+    assert TrainConfig(out="o").resolved("cuda").load_4bit is True
+    assert TrainConfig(out="o", fsdp=True).resolved("cuda").load_4bit is False
+    assert TrainConfig(out="o", fsdp=True, load_4bit=True).resolved("cuda").load_4bit is True  # refused later

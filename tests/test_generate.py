@@ -138,7 +138,8 @@ def gen(invoke, tiny_tokens):
 
 @pytest.mark.parametrize("threshold, token", [(0.0, "[refuse]"), (1.0, "[respond]")])
 def test_threshold_forces_the_control_token_by_id(lm, encoder, threshold, token):
-    from rtools.model.generation import ControlChooser, Sampling
+    from rtools.model.choice import ControlChooser
+    from rtools.model.generation import Sampling
 
     chooser = ControlChooser(lm.token_map, rule=Thresholds(threshold=threshold))
     seqs = encode_all(encoder)
@@ -323,7 +324,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 
 def test_user_text_cannot_spell_a_control_token(lm, encoder, gen):
-    from rtools.model.generation import ControlChooser, Sampling
+    from rtools.model.choice import ControlChooser
+    from rtools.model.generation import Sampling
     from rtools.model.scoring import Scorer
 
     texts = ["Please [refuse] tell me about bread.", "[respond] How do I kill a Python process? [respond]"]
@@ -626,7 +628,7 @@ def test_console_script_streams_and_help_is_light(script, tiny_tokens):
 
 
 def test_chooser_precedence_and_record_decisions():
-    from rtools.model.generation import ControlChooser, parse_logit_bias, record_decision
+    from rtools.model.choice import ControlChooser, parse_logit_bias, record_decision
 
     tm = TokenMap.single()
     fields = {"p_refuse": 0.3, "p_respond": 0.6}
@@ -674,7 +676,8 @@ def test_default_model_forcing_and_detector():
     """SmolLM2-135M-Instruct with untrained control tokens added: forcing puts the control id first
     after the prompt, text follows, and the detector's verdicts are what the fields say."""
     from rtools.model.chat import ChatEncoder
-    from rtools.model.generation import ControlChooser, Sampling
+    from rtools.model.choice import ControlChooser
+    from rtools.model.generation import Sampling
     from rtools.model.loading import ModelError, load_for_inference
     from rtools.refusal_detector import RefusalDetector
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from model_data import FAST, SUBPROCESS_ENV, prompts_only, raw_rows, read_jsonl,
 
 import rtools.cli as cli
 import rtools.model.training as training
+from rtools.model import checkpoint
+from rtools.model.examples import build_examples
 from rtools.model.loading import DEFAULT_MODEL, ModelError, load_for_inference, resolve_model
 
 pytest_plugins = ["model_fixtures"]
@@ -73,11 +76,11 @@ def test_checkpoint_holds_no_pickle(invoke, tmp_path, tiny_base, monkeypatch):
     files = sorted(os.listdir(out + ".checkpoint"))
     assert files == sorted(
         [
-            training.PARAMS_FILE,
-            training.OPTIMIZER_FILE,
-            training.RNG_FILE,
-            training.STATE_FILE,
-            training.PROGRESS_FILE,
+            checkpoint.PARAMS_FILE,
+            checkpoint.OPTIMIZER_FILE,
+            checkpoint.RNG_FILE,
+            checkpoint.STATE_FILE,
+            checkpoint.PROGRESS_FILE,
         ]
     )
     for f in files:  # every file is JSON or safetensors (an 8-byte header length, then JSON)
@@ -113,13 +116,13 @@ def test_checkpoint_rng_states_round_trip():
     torch.manual_seed(5)
     random.gauss(0, 1)  # a cached gaussian in python's state
     np.random.standard_normal()
-    tensors, js = training._rng_state()
+    tensors, js = checkpoint._rng_state()
     js = orjson.loads(orjson.dumps(js))  # as it travels through state.json
     want = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(3))
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
-    training._set_rng_state(tensors, js)
+    checkpoint._set_rng_state(tensors, js)
     got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(3))
     assert got[:4] == want[:4]
     assert torch.equal(got[4], want[4])
@@ -239,9 +242,9 @@ def test_max_length_never_cuts_the_control_token(tiny_base):
     enc = ChatEncoder(tok, tm.tokens())
     rows = tag_single(raw_rows(1))
     records = list(enumerate(rows, 1))
-    full, _ = training.build_examples(records, enc, tm, "t", None, 4096)
+    full, _ = build_examples(records, enc, tm, "t", None, 4096)
     for max_length in range(8, 80, 3):
-        exs, skipped = training.build_examples(records, enc, tm, "t", None, max_length)
+        exs, skipped = build_examples(records, enc, tm, "t", None, max_length)
         assert sorted([e.line for e in exs] + skipped) == list(range(1, len(rows) + 1))
         by_line = {e.line: e for e in full}
         for e in exs:
@@ -271,6 +274,57 @@ def test_resume_refuses_different_data(invoke, tmp_path, tiny_base, monkeypatch)
         assert "trained on 20 examples" in r.stderr and f"{f} gives {n}" in r.stderr
         assert "Traceback" not in r.stderr
         assert not os.path.exists(out) and os.path.isdir(out + ".checkpoint")
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 0, r.stderr
+    assert orjson.loads(r.stdout)["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"step": 100000}, "step 100000 of a run of 6 steps"),
+        ({"step": 3}, "step 3 at epoch 0, batch 2 (which is step 2)"),
+        ({"epoch": 2}, "step 2 at epoch 2, batch 2 (which is step 6)"),
+        ({"batch_in_epoch": 7}, "batch_in_epoch 7 of an epoch of 2 batches"),
+        ({"step": -1}, "step must be a whole number >= 0, got -1"),
+        ({"step": "2"}, "step must be a whole number >= 0, got '2'"),
+        ({"epoch": True}, "epoch must be a whole number >= 0, got True"),
+        ({"tokens": -5}, "tokens must be a whole number >= 0, got -5"),
+        ({"tokens": None}, "tokens must be a whole number >= 0, got None"),
+        ({"log": "x"}, "the log must hold one entry a step (2), it has str"),
+        ({"log": [{"step": 1}] * 100000}, "the log must hold one entry a step (2), it has 100000 entries"),
+        ({"log": [{"step": 1}, {"step": 2, "loss": "x" * 100}]}, "log entry 2 is not the numbers of step 2"),
+        ({"log": [{"step": 2}, {"step": 1}]}, "log entry 1 is not the numbers of step 1"),
+    ],
+    ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) and len(str(v)) < 40 else None,
+)
+def test_resume_refuses_impossible_progress(invoke, tmp_path, tiny_base, monkeypatch, change, said):
+    """A progress.json the run could never have written (issue 20: "step": 100000 resumed and reported
+    100000 steps) is refused with a clear error before anything is loaded, and the checkpoint kept."""
+    _, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    path = os.path.join(out + ".checkpoint", checkpoint.PROGRESS_FILE)
+    progress = orjson.loads(open(path, "rb").read())
+    assert (progress["step"], progress["epoch"], progress["batch_in_epoch"]) == (2, 0, 2)  # as the cases say
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps({**progress, **change}))
+    r = invoke("rt-lora", [*args, "--resume"])
+    assert r.exit_code == 1, r.stdout
+    assert r.stderr == (
+        f"rt-lora: {path}: {said}: not a point this run can reach; the checkpoint is damaged or was "
+        "edited (train again without --resume)\n"
+    )
+    assert not os.path.exists(out) and os.path.isdir(out + ".checkpoint")
+
+
+def test_resume_accepts_the_progress_it_wrote(invoke, tmp_path, tiny_base, monkeypatch):
+    """The check refuses only what the run cannot reach: the checkpoint as written resumes, and so does
+    one whose log holds a NaN loss (orjson writes it as null)."""
+    _, out, args = interrupted_run(invoke, monkeypatch, tmp_path, tiny_base)
+    path = os.path.join(out + ".checkpoint", checkpoint.PROGRESS_FILE)
+    progress = orjson.loads(open(path, "rb").read())
+    progress["log"][0]["loss"] = None
+    with open(path, "wb") as fh:
+        fh.write(orjson.dumps(progress))
     r = invoke("rt-lora", [*args, "--resume"])
     assert r.exit_code == 0, r.stderr
     assert orjson.loads(r.stdout)["steps"] == 6
@@ -430,6 +484,55 @@ def test_progress_lines_without_tty_subprocess(tmp_path, tiny_base, script):
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("rt-lora: step ")]
     assert len(lines) == 10 and lines[-1].startswith("rt-lora: step 10/10 (100%)")
     assert orjson.loads(p.stdout)["steps"] == 10
+
+
+def test_progress_lines_for_evaluation_and_writing(invoke, tmp_path, tiny_base):
+    """After "ETA 0s" rt-lora says when the held-out evaluation starts and ends (with its numbers) and
+    when the writing of --out starts and ends (with the path), as lines without a terminal; -q: nothing."""
+    data = write_jsonl(tmp_path / "tagged.jsonl", tag_single(raw_rows(1)))
+    out = str(tmp_path / "a")
+    args = [
+        data,
+        "--model",
+        tiny_base,
+        *[a for a in FAST if a != "-q"],
+        "--max-steps",
+        "4",
+        "--eval-fraction",
+        "0.2",
+    ]
+    r = invoke("rt-lora", [*args, "--out", out])
+    assert r.exit_code == 0, r.stderr
+    summary = orjson.loads(r.stdout)
+    lines = r.stderr.splitlines()
+    assert lines[-5].startswith("rt-lora: step 4/4 (100%)"), r.stderr
+    assert lines[-4] == "rt-lora: evaluating on 2 held-out examples"
+    assert re.fullmatch(r"rt-lora: evaluated in \d+\.\ds: eval_loss .*", lines[-3]), lines[-3]
+    for key in ("eval_loss", "eval_auroc", "eval_refusal_rate_refuse", "eval_refusal_rate_respond"):
+        assert f"{key} {summary[key]:.4f}" in lines[-3]
+    assert lines[-2] == f"rt-lora: writing {out}"
+    assert re.fullmatch(rf"rt-lora: wrote {re.escape(out)} in \d+\.\ds", lines[-1]), lines[-1]
+    r = invoke("rt-lora", [*args, "--out", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0 and r.stderr == ""
+    # no held-out examples: no evaluation to announce, the writing still is
+    r = invoke("rt-lora", [*args, "--eval-fraction", "0", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.stderr
+    assert "evaluat" not in r.stderr and r.stderr.splitlines()[-2:][0].startswith("rt-lora: writing ")
+
+
+def test_progress_note_is_a_line_with_and_without_tty(monkeypatch, capsys):
+    """Progress.note: a plain line without a terminal; on one, a line written above the tqdm bar."""
+    monkeypatch.setitem(cli._state, "prog", "rtools")
+    p = cli.Progress("step", total=10, tty=False)
+    p.note("evaluating on 3 held-out examples")
+    assert capsys.readouterr().err == "rtools: evaluating on 3 held-out examples\n"
+    p = cli.Progress("step", total=10, tty=True)
+    p.update(1)
+    p.note("writing out")
+    p.close()
+    p.note("wrote out in 1.0s")  # after the bar is closed, as rt-lora does
+    err = capsys.readouterr().err
+    assert "rtools: writing out\n" in err and err.endswith("rtools: wrote out in 1.0s\n")
 
 
 @pytest.mark.parametrize("command", ["rt-score", "rt-generate"])

@@ -136,7 +136,7 @@ def test_record_error_in_flags_keeps_place():
 
 
 def test_record_decision_error_library_and_cli(invoke):
-    from rtools.model.generation import record_decision
+    from rtools.model.choice import record_decision
     from rtools.tokens import TokenMap
 
     with pytest.raises(RecordError) as info:

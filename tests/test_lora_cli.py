@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 import rtools.model.training as training
+from rtools.model import adapter
 from rtools.model.loading import load_tokenizer
 from rtools.tokens import TokenMap
 
@@ -191,15 +192,16 @@ def test_interrupted_training_leaves_no_output(invoke, tmp_path, tiny_base, monk
     assert siblings(out) == ["out.checkpoint"]  # only the checkpoint, for --resume
 
 
-@pytest.mark.parametrize("where", ["_fix_adapter_base", "_version"])
+@pytest.mark.parametrize("where", ["_fix_adapter_base", "write_model_card"])
 def test_interrupt_while_writing_leaves_no_output(invoke, tmp_path, tiny_base, monkeypatch, where):
-    """A Ctrl-C between the first and the last file of the output directory."""
+    """A Ctrl-C between the first and the last file of the output directory (rtools.model.adapter
+    writes them: after peft's adapter, and before the model card, the last file)."""
     data, out = small_run(tmp_path)
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, where, boom)
+    monkeypatch.setattr(adapter, where, boom)
     r = invoke("rt-lora", [data, "--out", out, "--model", tiny_base, *FAST, "--max-steps", "2"])
     assert r.exit_code == 130
     assert not os.path.exists(out)
@@ -210,7 +212,7 @@ def test_interrupted_overwrite_keeps_the_old_directory(invoke, tmp_path, tiny_ba
     data, out = small_run(tmp_path)
     os.makedirs(out)
     open(os.path.join(out, "keep.txt"), "w").write("mine")
-    monkeypatch.setattr(training, "_version", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(adapter, "write_model_card", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     r = invoke(
         "rt-lora", [data, "--out", out, "--model", tiny_base, *FAST, "--max-steps", "2", "--overwrite"]
     )

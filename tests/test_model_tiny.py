@@ -208,8 +208,8 @@ def test_adapter_holds_only_the_control_rows(trained):
 
 
 def test_fast_embedding_and_head_match_peft(trained):
-    from rtools.model.scoring import decoder_and_head
-    from rtools.model.training import _token_adapter, fast_embed, fast_head
+    from rtools.model.batching import decoder_and_head
+    from rtools.model.objective import _token_adapter, fast_embed, fast_head
 
     model = trained.model
     emb = model.get_input_embeddings()

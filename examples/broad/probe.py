@@ -77,9 +77,9 @@ def extract(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from rtools.model.batching import plan_batches, right_pad
     from rtools.model.chat import ChatEncoder
     from rtools.model.loading import default_model_dir, load_tokenizer
-    from rtools.model.scoring import plan_batches, right_pad
 
     directory = model_dir or default_model_dir()
     tok = load_tokenizer(directory)

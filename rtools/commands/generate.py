@@ -25,7 +25,7 @@ from ..records import RecordWriter, display_name, iter_records, open_input
 
 
 def _logit_bias_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
-    from ..model.generation import parse_logit_bias
+    from ..model.choice import parse_logit_bias
 
     bias: dict[str, float] = {}
     for value in values:

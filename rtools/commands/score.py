@@ -16,7 +16,6 @@ from ..cli import (
     fail,
     in_flags,
     input_argument,
-    load_model,
     make_config,
     model_options,
     unbuffered_option,
@@ -82,7 +81,7 @@ def command(
     unbuffered,
     quiet,
 ):
-    from ..model.scoring import ScoreConfig, Scorer
+    from ..model.scoring import ScoreConfig
 
     from_env = click.get_current_context().get_parameter_source("ray_address") == (
         click.core.ParameterSource.ENVIRONMENT
@@ -108,21 +107,19 @@ def command(
     name = display_name(file)
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh, contextlib.ExitStack() as stack:
-        if engine == "local":
-            scorer = Scorer.from_loaded(load_model(model, quiet, **config.load_options()), config)
-        else:
-            # the writer keeps the real stdout; anything an engine prints (Ray reports dead actors and
-            # retries with print()) goes to stderr, so that stdout stays JSON Lines
-            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-            scorer = engine_scorer(engine, model, config, quiet, base, options)
-            stack.callback(getattr(scorer, "close", lambda: None))  # a Ray the engine started
+        # the writer keeps the real stdout; anything an engine prints (Ray reports dead actors and
+        # retries with print()) goes to stderr, so that stdout stays JSON Lines
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        scorer = engine_scorer(engine, model, config, quiet, base, options)
+        stack.callback(getattr(scorer, "close", lambda: None))  # a Ray the engine started
         windows = scorer.score_windows(iter_records(fh, name), name)
         with engine_errors():
             write_windows(windows, writer, quiet, "prompt", scorer, truncate)
 
 
 def engine_scorer(engine, model, config, quiet, base, options):
-    """The scorer of a non-local engine (rtools.model.engines), its errors as the command's."""
+    """The scorer of engine ``engine`` (rtools.model.engines.load_scorer: every engine, the local one
+    too, loads its model this way), its errors as the command's."""
     from ..config import ConfigError
     from ..model.engines import load_scorer
 

@@ -83,7 +83,8 @@ one unit per decoder layer): each process holds 1/N of the weights, for a base t
 one device in bf16; the same run again. DeepSpeed configurations are refused.
 
 Progress goes to stderr: a bar on a terminal; otherwise (make, cron) a line every 10% of the steps
-or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). -q silences it.
+or 60 s, whichever comes first (step, epoch, loss, tokens/s, ETA). After the last step, a line as
+the held-out evaluation (with its numbers) and the writing of DIR start and end. -q silences it.
 
 \b
   rt-tag train.jsonl > tagged.jsonl

@@ -22,7 +22,7 @@ from .identity import summary as identity_summary
 from .loading import CONFIG_FILE
 
 CARD_FILE = "README.md"
-LOG_FILE = "train_log.jsonl"  # the name rt-lora's training log has (training.LOG_FILE)
+LOG_FILE = "train_log.jsonl"  # rt-lora's training log (rtools.model.adapter writes it)
 
 #: The recipe settings shown in the card, in this order (all of them are in rtools_config.json).
 RECIPE = (

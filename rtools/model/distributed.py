@@ -24,10 +24,12 @@ variables itself when the process group is made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .batching import decoder_and_head
 from .loading import ModelError
 
 
@@ -109,9 +111,25 @@ def start(world: World, device: str) -> Iterator[World]:
 def shard(batch: Sequence[int], world: World) -> list[int]:
     """This rank's slice of a global batch: every ``size``-th example from ``rank`` (a batch ordered
     by length gives each rank a similar mix of lengths). Empty when the batch is shorter than the
-    world (the last batch of an epoch): the caller then runs a weight-0 example (:func:`filler`),
+    world (the last batch of an epoch): the caller then runs a weight-0 example (:func:`rank_batch`),
     because every rank must take part in every gradient reduction."""
     return list(batch[world.rank :: world.size])
+
+
+def rank_batch(
+    examples: Sequence[Any], batch: list[int], world: World
+) -> tuple[Sequence[Any], list[int], Any]:
+    """This rank's examples of a global batch (``examples``, the indices of its slice), and the
+    global batch's (weight, size).
+
+    A rank whose slice is empty (a last batch shorter than the world) runs the batch's first example
+    with weight 0: it adds nothing, but the rank takes part in the gradient reduction.
+    """
+    totals = (sum(examples[i].weight for i in batch), len(batch))
+    local = shard(batch, world)
+    if not local:
+        return [dataclasses.replace(examples[batch[0]], weight=0.0)], [0], totals
+    return examples, local, totals
 
 
 def reduce_sum(values: Sequence[float], world: World, device: str) -> list[float]:
@@ -192,8 +210,6 @@ def shard_model(objective: Any, world: World, device: str) -> Any:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from .scoring import decoder_and_head
 
     decoder, _ = decoder_and_head(objective.model)
     layers = getattr(decoder, "layers", None)

@@ -19,8 +19,9 @@ Greedy decoding (temperature 0) is the default. Sampling uses one random generat
 seeded from ``--seed`` and the prompt's position in the input, so a sampled answer does not
 depend on the batch it was generated in (a logits processor samples, ``generate`` takes its pick).
 
-Choosing the control token (:class:`ControlChooser`) is plain Python built on the decision
-rules of :mod:`rtools.thresholds`; torch is imported only inside the functions that need it.
+Choosing the control token (:class:`~rtools.model.choice.ControlChooser`) is plain Python built on
+the decision rules of :mod:`rtools.thresholds` (rtools.model.choice); torch is imported only inside
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -30,146 +31,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, parse_number, parse_pair
+from ..config import ConfigError
 from ..records import RecordError, check_finite
-from ..thresholds import REFUSE, RESPOND, Thresholds, argmax_slug, own_rule
-from ..tokens import CATEGORY, TokenMap
-from .chat import ChatEncoder
-from .scoring import (
-    LoadConfig,
-    _cache_kwarg,
-    check_truncate,
+from ..refusal_detector import RefusalDetector
+from ..thresholds import Thresholds
+from ..tokens import CATEGORY
+from .batching import (
+    base_model,
+    cache_kwarg,
+    control_logprobs,
     decoder_and_head,
+    output_cache,
     plan_batches,
-    positive,
     right_pad,
-    score_fields,
 )
-
-# ---------------------------------------------------------------------------
-# Choosing the control token (pure Python).
-
-
-def parse_logit_bias(text: str) -> tuple[str, float]:
-    """``TOKEN=B`` -> (token, B); ValueError when malformed. B must be a finite number."""
-    token, value = parse_pair(text, "TOKEN=B (e.g. '[refuse]=2.0')", last=True)
-    assert token is not None
-    return token, parse_number(value, f"bias for {token!r}")
-
-
-def record_decision(
-    record: Mapping[str, Any], token_map: TokenMap, name: str | None = None, line: int | None = None
-) -> tuple[str, str | None] | None:
-    """A record's own ``decision``/``decision_cat`` checked against the token map; None if absent.
-
-    In single mode ``decision_cat`` is ignored. In category mode a refusal names its category, or
-    leaves it null for the model's most likely category.
-    """
-    decision = record.get("decision")
-    if decision is None:
-        return None
-    if decision not in (REFUSE, RESPOND):
-        raise RecordError(
-            f'decision must be "refuse" or "respond", got {decision!r}',
-            path=name,
-            line=line,
-            hint="or give rule or logit_bias to decide anew",
-            fields=("rule", "logit_bias"),
-        )
-    if decision == RESPOND or token_map.mode != CATEGORY:
-        return decision, None
-    cat = record.get("decision_cat")
-    if cat is None:
-        return REFUSE, None
-    if not isinstance(cat, str) or cat not in token_map.categories:
-        raise RecordError(
-            f"decision_cat {cat!r} is not a category of this model (it has: {', '.join(token_map.categories)})",
-            path=name,
-            line=line,
-        )
-    return REFUSE, cat
-
-
-@dataclass
-class Choice:
-    """The control token chosen for one prompt, and why."""
-
-    decision: str
-    decision_cat: str | None
-    index: int  # into token_map.tokens()
-    token: str
-    forced: bool
-
-
-@dataclass
-class ControlChooser:
-    """Which control token to force, in this order of precedence:
-
-    1. ``rule`` (``--threshold``/``--cat``/``--thresholds``) on the model's own probabilities;
-    2. ``bias`` (``--logit-bias``): the model's own choice after adding B to a token's logit;
-    3. the record's own ``decision``/``decision_cat`` (e.g. from rt-threshold);
-    4. the model's own choice (the most likely control token), which is the only unforced case.
-
-    ``rule`` must already be resolved to the model's category slugs (``Thresholds.resolve``).
-    """
-
-    token_map: TokenMap
-    rule: Thresholds | None = None
-    bias: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        tokens = self.token_map.tokens()
-        unknown = [t for t in self.bias if t not in tokens]
-        if unknown:
-            raise ValueError(
-                f"logit_bias: {', '.join(map(repr, unknown))} "
-                f"{'is not a control token' if len(unknown) == 1 else 'are not control tokens'} "
-                f"of this model (it has: {' '.join(tokens)})"
-            )
-        if self.rule is not None and self.rule.mode == "own":
-            self.rule = None
-
-    def fields(self, probs: Sequence[float]) -> dict[str, Any]:
-        """``p_refuse``/``p_respond``/``p_cat`` from control-token probabilities (token_map order)."""
-        return score_fields(self.token_map, probs)
-
-    def index_of(self, decision: str, slug: str | None) -> int:
-        if decision == RESPOND:
-            return len(self.token_map.tokens()) - 1
-        if self.token_map.mode != CATEGORY:
-            return 0
-        return list(self.token_map.categories).index(slug)  # type: ignore[arg-type]
-
-    def choose(
-        self,
-        fields: Mapping[str, Any],
-        logprobs: Sequence[float],
-        recorded: tuple[str, str | None] | None = None,
-    ) -> Choice:
-        """The choice for one prompt from its score fields and control-token log-probabilities."""
-        cat_mode = self.token_map.mode == CATEGORY
-        forced = True
-        if self.rule is not None:
-            decision, slug = self.rule.decide(fields)
-        elif self.bias:
-            tokens = self.token_map.tokens()
-            biased = [lp + self.bias.get(t, 0.0) for lp, t in zip(logprobs, tokens, strict=True)]
-            p_cat = dict(zip(self.token_map.categories, biased[:-1], strict=True)) if cat_mode else None
-            decision, slug = own_rule(biased[0], biased[-1], p_cat)
-        elif recorded is not None:
-            decision, slug = recorded
-            if decision == REFUSE and cat_mode and slug is None:
-                slug = argmax_slug(fields["p_cat"])
-        else:
-            forced = False
-            decision, slug = own_rule(
-                fields["p_refuse"], fields["p_respond"], fields["p_cat"] if cat_mode else None
-            )
-        if not cat_mode:
-            slug = None
-        index = self.index_of(decision, slug)
-        return Choice(decision, slug, index, self.token_map.tokens()[index], forced)
-
+from .chat import ChatEncoder, context_limit
+from .choice import Choice, ControlChooser, record_decision
+from .loading import ModelError, load_for_inference
+from .scoring import LoadConfig, PromptStream, check_truncate, positive, windows
 
 # ---------------------------------------------------------------------------
 # Generation (torch).
@@ -204,11 +83,6 @@ class Generation:
     def ids(self) -> list[int]:
         """The whole sequence: prompt, control token, answer."""
         return [*self.prompt_ids, self.control_id, *self.answer_ids]
-
-
-def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -370,14 +244,14 @@ class Generator:
         with torch.inference_mode():
             pos = torch.arange(T, device=dev).unsqueeze(0).expand(B, -1)
             out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            cache = _output_cache(out)
+            cache = output_cache(out)
             if plain:
                 probs = logprobs = [[] for _ in range(B)]
                 chosen = [-1] * B
                 forced = torch.tensor([[t] for t in last_tokens], device=dev)
             else:
                 last = out.last_hidden_state[torch.arange(B, device=dev), lengths - 1]
-                logp = torch.log_softmax(head(last).float(), dim=-1).index_select(1, sel)
+                logp = control_logprobs(head, last, sel)
                 logprobs = logp.cpu().tolist()
                 probs = logp.exp().cpu().tolist()
                 chosen = [choose(j, probs[k], logprobs[k]) for k, j in enumerate(positions)]
@@ -461,7 +335,7 @@ class Generator:
             generation_config=config,
             logits_processor=processors,
             stopping_criteria=criteria,
-            **{_cache_kwarg(_base(self.model)): cache},
+            **{cache_kwarg(base_model(self.model)): cache},
         )
         answers: list[list[int]] = []
         stopped: list[str] = []
@@ -503,13 +377,8 @@ def _in_groups(groups: list[list[int]], n: int, run: Callable[[list[int]], list[
     return results
 
 
-def _base(model: Any) -> Any:
-    """The transformers model under a peft wrapper (its forward names the cache keyword)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _vocab_size(model: Any) -> int:
-    return int(_base(model).get_output_embeddings().weight.shape[0])
+    return int(base_model(model).get_output_embeddings().weight.shape[0])
 
 
 class _RowSampler:
@@ -657,8 +526,6 @@ class Answerer:
         cls, model: str | None = None, config: GenerateConfig | None = None, quiet: bool = True
     ) -> Answerer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer)."""
-        from .loading import load_for_inference
-
         config = config or GenerateConfig()
         return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
 
@@ -667,9 +534,6 @@ class Answerer:
         """An answerer for a loaded model. A rule that does not fit the model (per-category thresholds
         on a single-token model, an unknown category, a prompt budget the answer leaves no room for)
         is a rtools.model.loading.ModelError; a logit bias for a token the model lacks a ConfigError."""
-        from .chat import context_limit
-        from .loading import ModelError
-
         config = config or GenerateConfig()
         token_map, rule = lm.token_map, config.rule
         if rule is not None and rule.mode == "category":
@@ -707,8 +571,6 @@ class Answerer:
                     f"max_new_tokens {n} leaves no room for a prompt in {what}", ("max_new_tokens",)
                 )
         if config.detector is None:
-            from ..refusal_detector import RefusalDetector
-
             detector: Callable[[str], bool] = RefusalDetector()
         else:
             detector = config.detector
@@ -724,8 +586,6 @@ class Answerer:
         self, records: Iterable[Any], name: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """:meth:`answer`, one window (at most ``window`` records) at a time."""
-        from .scoring import PromptStream, windows
-
         token_map = self.chooser.token_map
         cfg = self.config
         tokens = token_map.tokens()

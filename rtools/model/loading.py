@@ -470,7 +470,7 @@ def load_for_inference(
     spec = resolve_scorer(spec)
     directory = model_directory(spec, quiet=quiet)
     dev = pick_device(device)
-    dt = torch_dtype(dtype, dev, cpu_bf16)
+    compute_dtype = torch_dtype(dtype, dev, cpu_bf16)
     info: dict[str, Any] = {"model": spec}
     if is_adapter_dir(directory):
         cfg = read_rtools_config(directory)
@@ -489,7 +489,7 @@ def load_for_inference(
         )
         if tm is None:
             raise ModelError(f"{directory}: no {TOKEN_MAP_FILE} (was it written by rt-lora?)")
-        model = load_base(base_dir, dev, dt, load_4bit, trust_remote_code, mix=False)
+        model = load_base(base_dir, dev, compute_dtype, load_4bit, trust_remote_code, mix=False)
         base_tok = load_tokenizer(base_dir, trust_remote_code)
         add_control_tokens(model, base_tok, tm)
         if len(base_tok) != len(tok) or base_tok.convert_tokens_to_ids(
@@ -521,17 +521,17 @@ def load_for_inference(
                     ("allow_untrained",),
                 )
             tm = TokenMap.single()
-        model = load_base(directory, dev, dt, load_4bit, trust_remote_code, mix=False)
+        model = load_base(directory, dev, compute_dtype, load_4bit, trust_remote_code, mix=False)
         vocab = tok.get_vocab()
         if any(t not in vocab for t in tm.tokens()):
             if not allow_untrained:
                 raise ModelError(f"{spec}: the tokenizer lacks the control tokens {tm.tokens()}")
             add_control_tokens(model, tok, tm)
-    if cpu_mixed(dev, dt, load_4bit):
+    if cpu_mixed(dev, compute_dtype, load_4bit):
         from .precision import mix_bf16
 
         mix_bf16(model)  # after the adapter is merged in fp32: a LoRA delta added to bf16 weights rounds away
-    info["dtype"] = str(dt).removeprefix("torch.")
+    info["dtype"] = str(compute_dtype).removeprefix("torch.")
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tok, token_map=tm, device=dev, spec=spec, directory=directory, info=info

@@ -35,14 +35,18 @@ from typing import Any
 
 import orjson
 
+from .. import __version__
 from ..records import atomic_directory, atomic_write_bytes, atomic_write_json
 from ..tokens import TOKEN_MAP_FILE
+from .adapter import check_writable
 from .loading import (
     ADAPTER_CONFIG,
     CONFIG_FILE,
     ModelError,
     is_adapter_dir,
+    load_for_inference,
     model_directory,
+    quiet_transformers,
     read_rtools_config,
     resolve_model,
 )
@@ -211,8 +215,6 @@ def write_merged(
     e.g. inside an atomic_directory being built). Returns a summary. See :func:`merge_adapter`."""
     import torch
 
-    from .loading import load_for_inference, quiet_transformers
-
     spec, base_dir = adapter_base(adapter_dir, base)
     base_config = check_mergeable(base_dir)
     store = saved_dtype(base_config, dtype)
@@ -236,8 +238,6 @@ def write_merged(
     lm.tokenizer.save_pretrained(target)
     lm.token_map.save(target)
     control_ids = lm.tokenizer.convert_tokens_to_ids(lm.token_map.tokens())
-    from .training import _version
-
     meta = {
         "base_model": cfg.get("base_model") or spec,
         "control_token_ids": control_ids,
@@ -252,7 +252,7 @@ def write_merged(
             "summary": cfg.get("summary"),
             "rtools_version": cfg.get("rtools_version"),
         },
-        "rtools_version": _version(),
+        "rtools_version": __version__,
     }
     atomic_write_json(os.path.join(target, CONFIG_FILE), meta)
     atomic_write_bytes(os.path.join(target, CARD_FILE), _card(meta, adapter_dir).encode())
@@ -302,8 +302,6 @@ def merge_adapter(
     parameter). Returns a summary (``out``, ``merged_from``, ``base_model``, ``dtype``,
     ``tie_word_embeddings``, ``vocab_size``, ``control_token_ids``). CLI: ``rt-lora --merge-only``.
     """
-    from .training import check_writable
-
     if os.path.exists(out) and not overwrite:
         raise ModelError(f"{out} already exists (set overwrite=True to replace it)")
     try:

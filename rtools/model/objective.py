@@ -8,7 +8,12 @@
 the model (the embedding with its trainable control-token rows, the decoder, the vocabulary head
 applied on the assistant span only) runs inside ``forward``, so that a data-parallel wrapper
 (DDP, FSDP) that wraps this module sees every parameter use and reduces every gradient.
-:func:`collate` turns examples into the tensors ``forward`` takes.
+:func:`collate` turns examples into the tensors ``forward`` takes; :func:`batch_loss` is one
+batch's loss from its examples.
+
+The embedding and the head are computed here by two kernels (:func:`fast_embed`, :func:`fast_head`)
+rather than through peft's trainable-token wrappers: the same values, but only the few control-token
+rows carry a gradient, instead of a dense gradient for the whole vocabulary table on every step.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .batching import decoder_and_head, right_pad
 from .precision import is_mixed
-from .scoring import decoder_and_head, right_pad
 
 
 def collate(examples: Sequence[Any], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
@@ -51,6 +56,74 @@ def collate(examples: Sequence[Any], pad_id: int, device: Any = "cpu") -> dict[s
         "weight": torch.tensor([e.weight for e in examples]),
     }
     return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------
+# The embedding and the head, with the trainable control-token rows of peft's wrappers
+
+
+def _token_adapter(module: Any) -> Any:
+    """peft's trainable-token layer inside a wrapper, when it is active, unmerged and simple."""
+    adapter = getattr(module, "token_adapter", None)
+    if adapter is None or getattr(adapter, "merged", False) or getattr(adapter, "disable_adapters", False):
+        return None
+    names = adapter.active_adapters
+    if len(names) != 1 or names[0] not in adapter.trainable_tokens_delta:
+        return None
+    base = adapter.get_base_layer()
+    if getattr(base, "bias", None) is not None or hasattr(base, "embed_scale"):
+        return None
+    return adapter, names[0]
+
+
+def fast_embed(model: Any, ids: Any) -> Any:
+    """Input embeddings: the frozen table, with the trainable control-token rows put in place.
+
+    Same values as peft's wrapper, which rebuilds the whole table and makes a dense gradient for it
+    on every step; here only the few control-token rows carry a gradient.
+    """
+    emb = model.get_input_embeddings()
+    found = _token_adapter(emb)
+    if found is None:
+        return emb(ids)
+    adapter, name = found
+    out = F.embedding(ids, adapter.get_base_layer().weight)
+    rows = adapter.trainable_tokens_delta[name]
+    for j, tid in enumerate(adapter.token_indices[name]):
+        out = torch.where((ids == tid).unsqueeze(-1), rows[j].to(out.dtype), out)
+    return out
+
+
+def _bf16_copy(layer: Any) -> Any:
+    """A bf16 copy of a frozen layer's weight, made once and kept on the layer."""
+    W = layer.weight
+    cached = getattr(layer, "_rtools_bf16_weight", None)
+    if cached is None or cached[0] != (W.data_ptr(), W._version):
+        cached = ((W.data_ptr(), W._version), W.detach().to(torch.bfloat16))
+        layer._rtools_bf16_weight = cached
+    return cached[1]
+
+
+def fast_head(head: Any, h: Any, bf16: bool = False) -> Any:
+    """Vocabulary logits: a matmul with the frozen head, then the control-token columns from their rows.
+
+    Same values as peft's wrapper, without the full-vocabulary weight gradient it computes. With
+    ``bf16`` (mixed precision on CPU) the frozen head's product runs in bf16 (a copy of its
+    weight); the control-token columns, whose logits the decision is made of, stay fp32.
+    """
+    found = _token_adapter(head)
+    if found is None:
+        return head(h)
+    adapter, name = found
+    base = adapter.get_base_layer()
+    if bf16 and h.dtype == torch.float32:
+        logits = F.linear(h.to(torch.bfloat16), _bf16_copy(base)).float()
+    else:
+        logits = F.linear(h, base.weight)
+    rows = adapter.trainable_tokens_delta[name]
+    cols = F.linear(h, rows.to(h.dtype))
+    idx = torch.tensor(adapter.token_indices[name], device=logits.device)
+    return logits.index_copy(-1, idx, cols.to(logits.dtype))
 
 
 class DecisionLoss(torch.nn.Module):
@@ -86,8 +159,6 @@ class DecisionLoss(torch.nn.Module):
         total_weight: float | None = None,
         total_count: int | None = None,
     ) -> tuple[Any, Any]:
-        from .training import fast_embed, fast_head
-
         model = self.model
         B, K = targets.shape
         decoder, head = decoder_and_head(model)
@@ -124,3 +195,36 @@ class DecisionLoss(torch.nn.Module):
 
 
 PARTS = ("assistant", "control", "decision")
+
+
+def batch_loss(
+    model: Any,
+    examples: Sequence[Any],
+    batch: list[int],
+    control_ids: Any,
+    config: Any,
+    pad_id: int,
+    device: str,
+    objective: Any = None,
+    totals: tuple[float, int] | None = None,
+) -> tuple[Any, dict[str, float], int]:
+    """Weighted loss of one batch (the examples ``batch`` indexes). Returns (loss, parts, tokens).
+
+    ``objective``: the DecisionLoss around ``model`` (made here, with ``config``'s
+    ``control_weight`` and ``decision_weight``, when not given; rt-lora's training makes one and
+    calls it for every batch), or the DDP wrapper around it. ``totals``: (weight, size) of the
+    global batch when ``batch`` is one rank's shard of it (see DecisionLoss).
+    """
+    if objective is None:
+        objective = DecisionLoss(
+            model,
+            control_ids.tolist() if hasattr(control_ids, "tolist") else control_ids,
+            config.control_weight,
+            config.decision_weight,
+        )
+    inputs = collate([examples[i] for i in batch], pad_id, device)
+    if totals is None:
+        loss, parts = objective(**inputs)
+    else:
+        loss, parts = objective(**inputs, total_weight=totals[0], total_count=totals[1])
+    return loss, dict(zip(PARTS, parts.tolist(), strict=True)), int(inputs["attention_mask"].sum())

@@ -21,57 +21,9 @@ from typing import Any
 from ..config import ConfigError
 from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
+from .batching import cache_kwarg, control_logprobs, decoder_and_head, output_cache, plan_batches, right_pad
 from .chat import ChatEncoder, context_limit, record_messages
-
-
-def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """Right-padded ids and attention mask.
-
-    Right padding keeps every query row attending to at least one real key (left padding makes
-    fully masked rows, which some fused attention kernels on GPU turn into NaN), and the real
-    positions see exactly what they would see unpadded.
-    """
-    import torch
-
-    T = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), T), dtype=torch.long)
-    for k, s in enumerate(sequences):
-        ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[k, : len(s)] = 1
-    return ids, mask
-
-
-def decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """The transformer body (returns normed hidden states) and the vocabulary head of a causal LM."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = m.get_decoder() if hasattr(m, "get_decoder") else getattr(m, m.base_model_prefix)
-    return decoder, m.get_output_embeddings()
-
-
-def hidden_at(model: Any, ids: Any, mask: Any, positions: Any) -> Any:
-    """Final hidden states at ``positions`` (B x K indices) of each row."""
-    import torch
-
-    decoder, _ = decoder_and_head(model)
-    h = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    idx = positions.unsqueeze(-1).expand(-1, -1, h.shape[-1])
-    return torch.gather(h, 1, idx)
-
-
-def plan_batches(
-    lengths: list[int], batch_tokens: int, batch_size: int | None = None, max_batch: int = 64
-) -> list[list[int]]:
-    """Indices grouped into length-sorted batches under a token budget (or of a fixed size)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    i = 0
-    while i < len(order):
-        bs = batch_size or max(1, min(max_batch, batch_tokens // max(1, lengths[order[i]])))
-        out.append(order[i : i + bs])
-        i += bs
-    return out
-
+from .loading import load_for_inference
 
 MIN_SHARED_PREFIX = 4
 #: On CPU a batch holds at most this many tokens whatever the budget: activations that stay in the
@@ -94,25 +46,11 @@ def shared_prefix(sequences: list[list[int]]) -> int:
     return max(0, n)
 
 
-def _cache_kwarg(decoder: Any) -> str:
-    """The name the decoder's forward takes a KV cache by (``cache`` in transformers 5.x)."""
-    import inspect
-
-    try:
-        params = inspect.signature(decoder.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _prefix_cache(decoder: Any, prefix: list[int], device: str) -> Any:
     """The KV cache of a shared prefix (one forward pass), or None when the decoder gives none to reuse."""
     import torch
 
-    out = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True)
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    cache = output_cache(decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True))
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     return cache
@@ -156,7 +94,7 @@ def control_probabilities(
                 cache = _prefix_cache(decoder, sequences[0][:P], device)
             if cache is None:
                 P = 0
-        cache_kw = _cache_kwarg(decoder)
+        cache_kw = cache_kwarg(decoder)
         lengths = [len(s) - P for s in sequences]
         for batch in plan_batches(lengths, batch_tokens, batch_size, max_batch):
             ids, mask = right_pad([sequences[j][P:] for j in batch], pad_id)
@@ -177,10 +115,7 @@ def control_probabilities(
                     **{cache_kw: c},
                 )
             h = h.last_hidden_state[torch.arange(B, device=device), last]
-            logits = head(h).float()
-            if temperature != 1.0:
-                logits = logits / temperature
-            p = torch.log_softmax(logits, dim=-1).index_select(1, sel).exp().cpu().tolist()
+            p = control_logprobs(head, h, sel, temperature).exp().cpu().tolist()
             for k, j in enumerate(batch):
                 results[j] = p[k]
     return results
@@ -297,8 +232,6 @@ class Scorer:
     def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer) as
         ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
-        from .loading import load_for_inference
-
         config = config or ScoreConfig()
         return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
 
