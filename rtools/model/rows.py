@@ -51,7 +51,7 @@ def prompt_features(
     """(h, log Z_vocab) at the last position of each sequence, in fp32 on the CPU, the model frozen."""
     import torch
 
-    from .scoring import decoder_and_head, plan_batches, right_pad
+    from .batching import decoder_and_head, plan_batches, right_pad
 
     decoder, head = decoder_and_head(model)
     hs: list[Any] = [None] * len(sequences)
