@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..metrics import auroc
+from .batching import decoder_and_head, plan_batches, right_pad
+
 #: L2 strengths tried (on features scaled to unit root-mean-square per dimension), by cross-validation
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 #: what the vocabulary may keep of the first position's mass after the lift, on 99% of the rows
@@ -50,8 +53,6 @@ def prompt_features(
 ) -> tuple[Any, Any]:
     """(h, log Z_vocab) at the last position of each sequence, in fp32 on the CPU, the model frozen."""
     import torch
-
-    from .batching import decoder_and_head, plan_batches, right_pad
 
     decoder, head = decoder_and_head(model)
     hs: list[Any] = [None] * len(sequences)
@@ -106,8 +107,6 @@ def fit_probe_rows(
     is respond), ``weights`` are the rows' training weights (rt-lora's class balance). A control
     token no row trains keeps a row that is never chosen."""
     import torch
-
-    from ..metrics import auroc
 
     x = h.double()
     scale = x.pow(2).mean(0).sqrt().clamp_min(1e-6)  # no centring: a token row has no intercept
