@@ -14,11 +14,8 @@ from __future__ import annotations
 
 from .apply import apply_stream, check_slug_set, decide
 from .fitting import (
-    OBJECTIVE_ALIASES,
     OBJECTIVE_METRIC,
-    OBJECTIVE_NAMES,
     FitData,
-    Objective,
     best_index,
     candidate_thresholds,
     collect_fit_data,
@@ -28,6 +25,7 @@ from .fitting import (
     fit_threshold,
     objective_scores,
 )
+from .objectives import OBJECTIVE_ALIASES, OBJECTIVE_NAMES, Objective
 from .rules import (
     DEFAULT_KEY,
     REFUSE,

@@ -16,6 +16,7 @@ from ..config import ConfigError, parse_number, parse_pair
 from ..records import RecordError, atomic_write_json, json_type, read_json_file
 from ..tokens import slugify
 from .calibration import Calibration, raw_view
+from .objectives import Objective
 from .rules import (
     DEFAULT_KEY,
     Decision,
@@ -165,8 +166,6 @@ class Thresholds:
     def summary(self) -> str:
         """A fit in one line: ``fit f1: threshold=0.4375 f1=0.8732 (n=1000)`` (what rt-threshold --fit
         prints on stderr); an undefined (0/0) rate shows as null."""
-        from .fitting import Objective
-
         meta = self.meta
         m = meta["metrics"]
         kind = Objective.parse(meta["objective"]).kind
