@@ -493,13 +493,24 @@ def parse_importtime(stderr: str) -> list[tuple[int, int, int, str]]:
 
 
 def importtime_summary(stderr: str, names: Sequence[str]) -> dict[str, Any]:
-    """Total import time (the top-level imports' cumulative sum) and, for each of ``names``, its
-    cumulative time and the module that imported it first (importtime prints children first)."""
+    """Total import time (the top-level imports' cumulative sum) and, for each package of ``names``:
+    ``own_s``, the self time of every module of the package (``torch`` and ``torch.*``: what the
+    package itself costs, whoever imports it), ``cumulative_s`` of its own line (with everything it
+    imports), and ``imported_by``, the module whose import pulled it in (None: imported at top level,
+    e.g. from inside a function); importtime prints a module's imports before it."""
     rows = parse_importtime(stderr)
     total = sum(cum for _, cum, depth, _ in rows if depth == 0)
     found: dict[str, Any] = {}
-    for i, (_, cum, depth, mod) in enumerate(rows):
-        if mod in names and mod not in found:
+    for name in names:
+        own = sum(us for us, _, _, mod in rows if mod == name or mod.startswith(name + "."))
+        lines = [i for i, row in enumerate(rows) if row[3] == name]
+        if not lines and not own:
+            continue
+        entry: dict[str, Any] = {"own_s": own / 1e6, "cumulative_s": None, "depth": None, "imported_by": None}
+        if lines:
+            i = max(lines, key=lambda i: rows[i][1])
+            depth = rows[i][2]
             parent = next((m for _, _, d, m in rows[i + 1 :] if d < depth), None)
-            found[mod] = {"cumulative_s": cum / 1e6, "depth": depth, "imported_by": parent}
+            entry.update(cumulative_s=rows[i][1] / 1e6, depth=depth, imported_by=parent)
+        found[name] = entry
     return {"total_s": total / 1e6, "modules": found, "count": len(rows)}

@@ -93,10 +93,7 @@ def profile_summary(path: str, checkout: str, top: int = 10) -> list[tuple[str, 
         if name in ("<module>", "main", "run", "invoke", "command") or ct < 0.01 * total:
             continue
         rows.append(
-            (
-                f"rtools {os.path.relpath(os.path.realpath(fn), os.path.dirname(prefix[:-1]))}:{line} {name}",
-                ct,
-            )
+            (f"{os.path.relpath(os.path.realpath(fn), os.path.dirname(prefix[:-1]))}:{line} {name}", ct)
         )
         seen += 1
         if seen >= top:
@@ -176,11 +173,10 @@ def main() -> int:
     print(abtest.format_machine(info))
     note = abtest.busy_note(info)
     print(note)
-    print(
-        f"\ntime to first score, {args.prompt!r} | rt-score {' '.join(model_args)}, median of {args.repeats}:"
-    )
+    command = " ".join(["rt-score", *model_args])
+    print(f"\ntime to first score, echo {args.prompt!r} | {command}, median of {args.repeats}:")
     print("  " + abtest.figure_line("wall (CPU in brackets)", samples))
-    print(f"  fp32 scores ({how}): baseline {fp32[BASELINE]}, new {fp32[NEW]}")
+    print(f"  fp32 scores ({how}): baseline {fp32[BASELINE][0]}, new {fp32[NEW][0]}")
     ok_scores = diff <= MAX_SCORE_DIFF
     print(
         f"  max |baseline - new| {diff:.2e}  (bar <= {MAX_SCORE_DIFF:g})  {'ok' if ok_scores else 'MISSED'}"
@@ -191,8 +187,13 @@ def main() -> int:
             f"{imports['total_s']:.2f}s of imports in all (an untimed run; importtime adds its own cost):"
         )
         for mod, d in imports["modules"].items():
-            by = f" (first imported by {d['imported_by']})" if d["imported_by"] else " (top level)"
-            print(f"  {mod:14s} {d['cumulative_s']:6.2f}s cumulative{by}")
+            by = f"imported by {d['imported_by']}" if d["imported_by"] else "imported at top level"
+            cum = (
+                f"{d['cumulative_s']:6.2f}s with what it imports, {by}"
+                if d["cumulative_s"] is not None
+                else ""
+            )
+            print(f"  {mod:14s} {d['own_s']:6.2f}s its own modules; {cum}")
     if breakdown:
         print("one run under cProfile (cumulative seconds; rows overlap, cProfile slows Python code):")
         for what, s in breakdown:

@@ -105,8 +105,12 @@ def test_importtime_summary(ab):
     )
     s = ab.importtime_summary(stderr, ["torch", "transformers", "peft"])
     assert s["total_s"] == pytest.approx(0.00255)
-    assert s["modules"]["torch"] == {"cumulative_s": 0.0015, "depth": 1, "imported_by": "transformers"}
+    torch = s["modules"]["torch"]
+    assert torch["own_s"] == pytest.approx(0.0015)  # torch and torch._C's self times
+    assert torch["cumulative_s"] == pytest.approx(0.0015)
+    assert torch["depth"] == 1 and torch["imported_by"] == "transformers"
     assert s["modules"]["transformers"]["imported_by"] is None
+    assert s["modules"]["transformers"]["own_s"] == pytest.approx(0.0005)
     assert "peft" not in s["modules"] and s["count"] == 4
 
 
@@ -222,7 +226,9 @@ def test_score_comparisons():
     assert fs.max_diff(a, []) == float("inf")
     assert fs.max_diff(a, [{"p_refuse": 0.25}]) == float("inf")
     cat = [{"p_refuse": 0.5, "p_respond": 0.5, "p_cat": {"a": 0.1, "b": 0.4}}]
-    assert fs.max_diff(cat, [{"p_refuse": 0.5, "p_respond": 0.5, "p_cat": {"a": 0.1, "b": 0.3}}]) == pytest.approx(0.1)
+    assert fs.max_diff(
+        cat, [{"p_refuse": 0.5, "p_respond": 0.5, "p_cat": {"a": 0.1, "b": 0.3}}]
+    ) == pytest.approx(0.1)
 
     sc = load("bench_score")
     out = b'{"p_refuse": 0.1, "p_respond": 0.9}\n{"p_refuse": 0.2, "p_respond": 0.8, "p_cat": {"b": 0.1, "a": 0.1}}\n'
