@@ -7,10 +7,11 @@ skipped, said so, when it resolves to fp32 in both checkouts, as on a CPU withou
 Data: ``-n`` tagged CoCoNot rows made once by the new checkout's ``rt-tag`` (untimed): half
 coconot_eval prompts with rt-tag's short per-category refusals (``--label refuse``), half
 coconot_pref prompts with their ``chosen`` answers (``--label respond --response-field chosen``),
-seeded. Each run: ``rt-lora FILE --max-steps W+S --batch-size 8 --eval-fraction 0 --save-every
-<never> --dtype D`` (LoRA r=16 on all linear layers and the control-token rows, rt-lora's loss,
-backward, clipping, AdamW: the whole training step); both checkouts see the same batches in the same
-order. The per-step tokens/s of its train_log.jsonl (real tokens over the step's wall time) after
+seeded. Each run: ``rt-lora FILE --max-steps W+S --batch-size B --eval-fraction 0 --save-every
+<never> --dtype D`` (B = 4 by default, rt-lora's own default is 8: a step of 8 took ~26 CPU-seconds
+on this 2-core AVX2 machine; LoRA r=16 on all linear layers and the control-token rows, rt-lora's
+loss, backward, clipping, AdamW: the whole training step); both checkouts see the same batches in
+the same order. The per-step tokens/s of its train_log.jsonl (real tokens over the step's wall time) after
 ``--warmup`` steps are the figure: the median step of each run, then the median over the runs; the
 median of the per-step ratios new/baseline (the same batch, back to back) is printed beside it,
 with the command's wall time and rt-lora's own tokens_per_s (every step).
@@ -18,7 +19,7 @@ with the command's wall time and rt-lora's own tokens_per_s (every step).
 No bar is set by an issue for this bench (a faster step is welcome, a slower one is a regression):
 exit 1 when the new median tokens/s is below ``1 - --tolerance`` (0.05) of the baseline's.
 
-    python bench/bench_lora.py [--baseline REV] [-n 64] [--warmup 1] [--steps 4] [--repeats 3] [--out FILE]
+    python bench/bench_lora.py [--baseline REV] [-n 64] [--batch-size 4] [--warmup 1] [--steps 3] [--repeats 3] [--out FILE]
 
 The earlier comparison with a minimal peft loop (and bf16 against fp32) is bench/bench_lora_peft.py;
 ``--vs-peft`` and ``--dtypes`` here run that script with the other arguments.
@@ -86,8 +87,8 @@ def main() -> int:
     ap.add_argument("--coconot", default=os.path.join(abtest.ROOT, "..", "shared", "data", "coconot"))
     ap.add_argument("-n", type=int, default=64, help="tagged rows (half refusal, half respond)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps of each run")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps of each run")
+    ap.add_argument("--batch-size", type=int, default=4, help="rt-lora --batch-size (its default: 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-dtypes", default="fp32,auto", help="rt-lora --dtype values to run")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE)
@@ -113,11 +114,6 @@ def main() -> int:
             with open(data, "wb") as fh:
                 fh.write(tagged_rows(new, os.path.abspath(args.coconot), args.n, args.seed))
             total = args.warmup + args.steps
-            print(
-                f"{args.n} tagged CoCoNot rows, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} "
-                f"timed steps a run, {args.repeats} repeats, alternated",
-                flush=True,
-            )
 
             def run(label: str, d: str, k: object, steps: int) -> tuple[abtest.Run, dict, list[float], str]:
                 """One rt-lora run: its timing, summary, per-step tokens/s after the warm-up, and the
@@ -174,6 +170,11 @@ def main() -> int:
             print(abtest.format_machine(info), flush=True)
             if note:
                 print(note)
+            print(
+                f"{args.n} tagged CoCoNot rows, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} "
+                f"timed steps a run, {args.repeats} repeats, alternated",
+                flush=True,
+            )
 
             samples = {d: abtest.Samples() for d in dtypes}
             rate_med: dict[tuple[str, str], list[float]] = {(lab, d): [] for lab in cos for d in dtypes}
