@@ -455,6 +455,10 @@ def resolve_arguments(args: argparse.Namespace, ap: argparse.ArgumentParser) -> 
         ap.error("--threads must be >= 0")
     if args.baseline is None:
         args.baseline = default_baseline()
+    if _version("torch") == "not installed":
+        ap.error(
+            f"{PYTHON} has no torch: run the benches with the project's interpreter (/work/main/.venv/bin/python)"
+        )
 
 
 def threads_note(threads: int) -> str:

@@ -186,14 +186,16 @@ def main() -> int:
             f"\nwhere the new run's time goes: python -X importtime, {imports['count']} modules, "
             f"{imports['total_s']:.2f}s of imports in all (an untimed run; importtime adds its own cost):"
         )
+        print(
+            "  (own: the self time of the package's modules, whenever imported; first import: the line that "
+            "imported the package itself, with everything it pulled in, and the import it happened under)"
+        )
         for mod, d in imports["modules"].items():
-            by = f"imported by {d['imported_by']}" if d["imported_by"] else "imported at top level"
-            cum = (
-                f"{d['cumulative_s']:6.2f}s with what it imports, {by}"
-                if d["cumulative_s"] is not None
-                else ""
-            )
-            print(f"  {mod:14s} {d['own_s']:6.2f}s its own modules; {cum}")
+            line = f"  {mod:14s} own {d['own_s']:6.2f}s"
+            if d["cumulative_s"] is not None:
+                under = d["imported_by"] or "top level (e.g. from inside a function)"
+                line += f"   first import {d['cumulative_s']:6.2f}s, under {under}"
+            print(line)
     if breakdown:
         print("one run under cProfile (cumulative seconds; rows overlap, cProfile slows Python code):")
         for what, s in breakdown:
