@@ -250,3 +250,30 @@ def test_sample_prompts(tmp_path):
     assert len(many) == 8 and len({r["prompt"] for r in many}) == 8
     with pytest.raises(SystemExit):
         sc.sample_prompts(str(tmp_path), 10, 0)
+
+
+def test_profile_summary_lists_the_checkouts_functions(tmp_path):
+    fs = load("bench_first_score")
+    pkg = tmp_path / "rtools"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "work.py").write_text(
+        "import time\n"
+        "def load_everything():\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < 0.05:\n"
+        "        pass\n"
+    )
+    prof = tmp_path / "run.prof"
+    script = tmp_path / "main.py"
+    script.write_text("import rtools.work\nrtools.work.load_everything()\n")
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(prof), str(script)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    rows = dict(fs.profile_summary(str(prof), str(tmp_path)))
+    assert rows["total (under cProfile)"] > 0.04
+    assert rows["imports (importlib _find_and_load)"] >= 0
+    own = [k for k in rows if k.startswith("rtools/work.py:") and k.endswith("load_everything")]
+    assert own and rows[own[0]] >= 0.04
