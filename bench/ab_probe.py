@@ -75,9 +75,6 @@ def main() -> int:
         with open(args.profile) as fh:
             records = [json.loads(line) for line in fh if line.strip()][: args.profile_n]
         list(scorer.score([dict(r) for r in records[:8]]))  # warm-up
-        t0 = time.perf_counter()
-        list(scorer.score([dict(r) for r in records]))
-        plain = time.perf_counter() - t0
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             list(scorer.score([dict(r) for r in records]))
@@ -91,7 +88,6 @@ def main() -> int:
         out["profile"] = {
             "prompts": len(records),
             "wall_s": round(wall, 3),
-            "wall_unprofiled_s": round(plain, 3),
             "seconds": {k: round(v, 3) for k, v in share.items()},
             "outside_ops_s": round(max(0.0, wall - ops), 3),
             "top_ops": [[e.key, round(e.self_cpu_time_total / 1e6, 3), e.count, kind_of(e.key)] for e in top],

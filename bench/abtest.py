@@ -375,6 +375,56 @@ def timed(
     return Run(wall, cpu, proc.returncode, proc.stdout, proc.stderr)
 
 
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a running process so far (Linux /proc), None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def timed_marks(
+    argv: list[str], env: dict[str, str], pattern: str, cwd: str | None = None
+) -> tuple[Run, dict[int, tuple[float, float]]]:
+    """:func:`timed`, reading the child's stderr as it comes: at each line that matches ``pattern``
+    (group 1: a step number), the child's wall time and CPU time so far are noted (``{step: (wall,
+    cpu)}``). A step's CPU time is then the difference of two marks, on a busy machine much steadier
+    than its wall time. No mark is noted where /proc cannot be read."""
+    import threading
+
+    rx = re.compile(pattern)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    marks: dict[int, tuple[float, float]] = {}
+    err: list[bytes] = []
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            err.append(line)
+            m = rx.search(line.decode(errors="replace"))
+            if m:
+                cpu = process_cpu(proc.pid)
+                if cpu is not None:
+                    marks[int(m.group(1))] = (time.perf_counter() - t0, cpu)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.perf_counter() - t0
+    reader.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(wall, cpu, rc, b"".join(out), b"".join(err)), marks
+
+
 def check(run: Run, what: str) -> Run:
     if run.rc != 0:
         sys.stderr.write(run.stderr.decode(errors="replace")[-4000:])
@@ -473,6 +523,12 @@ def write_result(path: str | None, result: dict[str, Any]) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(result) + "\n")
     print(f"result appended to {path}")
+
+
+def compile_pyc(co: Checkout) -> None:
+    """Byte-compile the checkout's rtools package (a fresh worktree has no .pyc yet)."""
+    argv = [PYTHON, "-m", "compileall", "-q", os.path.join(co.path, "rtools")]
+    check(timed(argv, co.env(0), cwd=co.path), f"compileall of the {co.label} checkout")
 
 
 def probe(co: Checkout, model: str | None, env: dict[str, str], dtype: str = "auto", **extra: Any) -> dict:

@@ -25,7 +25,7 @@ through the public API (``rtools.Scorer``; bench/ab_probe.py) in each checkout: 
 time in matrix products (aten::linear/addmm/mm/bmm/matmul), attention, other ops and outside any
 op, side by side, so that a regression shows.
 
-    python bench/bench_score.py [--baseline REV] [-n 128] [--repeats 3] [--score-dtypes fp32,auto] [--judge auto] [--out FILE]
+    python bench/bench_score.py [--baseline REV] [-n 64] [--repeats 3] [--score-dtypes fp32,auto] [--judge auto] [--out FILE]
 
 The earlier in-process comparisons (rt-score's path against the paper's path and a naive loop, the
 token-budget sweep, bf16 against fp32, AUROC) are bench/bench_score_paths.py; ``--paths``,
@@ -101,8 +101,7 @@ def profile_lines(label: str, dtype: str, p: dict) -> list[str]:
     shares = ", ".join(f"{k} {v / total:5.1%}" for k, v in parts.items())
     top = "; ".join(f"{name.removeprefix('aten::')} {s:.2f}s" for name, s, _, _ in prof["top_ops"][:5])
     return [
-        f"  {label:8s} {dtype} ({p['resolved']}): {prof['prompts']} prompts in {prof['wall_s']:.2f}s profiled "
-        f"({prof['wall_unprofiled_s']:.2f}s without the profiler): {shares}",
+        f"  {label:8s} {dtype} ({p['resolved']}): {prof['prompts']} prompts in {prof['wall_s']:.2f}s: {shares}",
         f"           top ops by own time: {top}",
     ]
 
@@ -117,11 +116,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     abtest.add_arguments(ap, repeats=3)
     ap.add_argument("--coconot", default=os.path.join(abtest.ROOT, "..", "shared", "data", "coconot"))
-    ap.add_argument("-n", type=int, default=128, help="prompts of the long run (issue 23: 1024)")
+    ap.add_argument("-n", type=int, default=64, help="prompts of the long run (issue 23: 1024)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--score-dtypes", default="fp32,auto", help="rt-score --dtype values to run")
     ap.add_argument("--model", default=None, help="rt-score --model (default: none, the shipped scorer)")
-    ap.add_argument("--profile-n", type=int, default=32, help="prompts scored under torch.profiler (0: none)")
+    ap.add_argument("--profile-n", type=int, default=24, help="prompts scored under torch.profiler (0: none)")
     ap.add_argument("--min-auto", type=float, default=MIN_AUTO)
     ap.add_argument("--min-amx", type=float, default=MIN_AMX)
     ap.add_argument(
@@ -201,9 +200,10 @@ def main() -> int:
                     abtest.timed(argv, co.env(args.threads), cwd=co.path), f"{label} rt-score"
                 )
 
-            for d in dtypes:  # warm the caches: untimed
-                for label in cos:
-                    run(label, d, "1")
+            # the probes loaded each checkout's model (page cache, rtools' identity cache): compiling the
+            # checkouts' .pyc files completes the warm-up that an untimed run would give
+            for co in cos.values():
+                abtest.compile_pyc(co)
             samples = {(d, s): abtest.Samples() for d in dtypes for s in ("1", "n")}
             outputs: dict[tuple[str, str], bytes] = {}
             for r, (d, s), label in abtest.schedule(args.repeats, list(samples)):
@@ -303,9 +303,15 @@ def main() -> int:
         print(
             f"\nwhere the scoring time goes (torch.profiler, rtools.Scorer.score, {args.profile_n} prompts):"
         )
+        shown: list[int] = []
         for d in wanted:
             for label in (BASELINE, NEW):
-                print("\n".join(profile_lines(label, d, probes[label, d])))
+                p = probes[label, d]
+                if id(p) in shown:  # auto and fp32 were the same load
+                    print(f"  {label:8s} {d}: the same as fp32 (auto resolves to fp32)")
+                    continue
+                shown.append(id(p))
+                print("\n".join(profile_lines(label, d, p)))
     print()
     print("\n".join(lines))
     result.update(

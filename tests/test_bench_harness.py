@@ -277,3 +277,35 @@ def test_profile_summary_lists_the_checkouts_functions(tmp_path):
     assert rows["imports (importlib _find_and_load)"] >= 0
     own = [k for k in rows if k.startswith("rtools/work.py:") and k.endswith("load_everything")]
     assert own and rows[own[0]] >= 0.04
+
+
+def test_timed_marks_notes_cpu_at_each_progress_line(ab, tmp_path):
+    script = tmp_path / "steps.py"
+    script.write_text(
+        "import sys, time\n"
+        "print('starting', file=sys.stderr, flush=True)\n"
+        "for k in range(1, 4):\n"
+        "    t = time.process_time()\n"
+        "    while time.process_time() - t < 0.05 * k:\n"
+        "        pass\n"
+        "    print(f'rt-x: step {k}/3 (33%), loss 1.0', file=sys.stderr, flush=True)\n"
+        "print('{\"done\": true}')\n"
+    )
+    run, marks = ab.timed_marks([sys.executable, str(script)], ab.child_env(ROOT), r"\bstep (\d+)/\d+")
+    assert run.rc == 0 and run.stdout.strip() == b'{"done": true}' and b"starting" in run.stderr
+    assert sorted(marks) == [1, 2, 3]
+    step3 = marks[3][1] - marks[2][1]  # CPU seconds of the third step: 0.15 of busy work
+    assert 0.1 < step3 < 0.5
+    assert marks[1][0] < marks[2][0] < marks[3][0] <= run.wall
+
+
+def test_timed_steps():
+    lora = load("bench_lora")
+    marks = {1: (10.0, 5.0), 2: (12.0, 6.0), 3: (15.0, 8.0)}
+    st = lora.timed_steps([50.0, 100.0, 40.0], marks, warmup=1)
+    assert st.rates == [100.0, 40.0] and st.cpu == [1.0, 2.0]
+    assert st.tokens == [200.0, 120.0] and st.tokens_per_cpu_s == pytest.approx(320 / 3)
+    assert st.median_rate == 70.0
+    # a missing mark (or no warm-up step to start from): no CPU figures, the rates remain
+    assert lora.timed_steps([50.0, 100.0, 40.0], {1: (1.0, 1.0), 3: (2.0, 2.0)}, 1).cpu == []
+    assert lora.timed_steps([50.0, 100.0], {1: (1.0, 1.0), 2: (2.0, 2.0)}, 0).cpu == []
