@@ -188,16 +188,21 @@ def format_machine(info: dict[str, Any]) -> str:
     )
 
 
-def busy_note(info: dict[str, Any], cores: int | None = None) -> str:
-    """A warning when the machine was not idle: its figures are not comparable to an idle machine's."""
-    cores = cores or info["usable_cores"] or 1
-    worst = max(info["load_start"][0], info.get("load_end", [0.0])[0])
+def busy_note(info: dict[str, Any], own: float = 1.0) -> str:
+    """A warning when other jobs kept the machine busy: the figures are then not comparable to an idle
+    machine's. Busy: a 1-minute load average of half the cores or more, at the start, or at the end
+    less ``own`` (the bench's own runs, one thread each by default, count in the load at the end)."""
+    cores = info["usable_cores"] or 1
+    start = info["load_start"][0]
+    end = max(0.0, info.get("load_end", [0.0])[0] - own)
+    worst = max(start, end)
     if worst >= 0.5 * cores:
         return (
-            f"NOTE: load average up to {worst:.2f} on {cores} cores: the machine was busy; absolute times "
-            "are not comparable with an idle machine's (the ratios, measured side by side, still are)"
+            f"NOTE: load average of other jobs up to {worst:.2f} on {cores} cores: the machine was busy; "
+            "absolute times are not comparable with an idle machine's (the ratios, measured side by side, "
+            "still are)"
         )
-    return f"load average up to {worst:.2f} on {cores} cores: an idle machine"
+    return f"load average of other jobs up to {worst:.2f} on {cores} cores: an idle machine"
 
 
 # ----------------------------------------------------------------------------------------- checkouts

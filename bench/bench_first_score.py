@@ -171,7 +171,7 @@ def main() -> int:
     info["load_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(abtest.format_machine(info))
-    note = abtest.busy_note(info)
+    note = abtest.busy_note(info, own=args.threads or info["usable_cores"])
     print(note)
     command = " ".join(["rt-score", *model_args])
     print(f"\ntime to first score, echo {args.prompt!r} | {command}, median of {args.repeats}:")

@@ -224,7 +224,7 @@ def main() -> int:
     info["load_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(abtest.format_machine(info))
-    print(abtest.busy_note(info))
+    print(abtest.busy_note(info, own=args.threads or info["usable_cores"]))
     if note:
         print(note)
     oks: list[bool] = []

@@ -121,9 +121,11 @@ def test_machine_info_and_busy_note(ab):
     text = ab.format_machine({**info, "load_end": [0.1, 0.2, 0.3], "auto_dtype": {"new": "fp32"}})
     assert "load average" in text and "at end" in text and "new: fp32" in text
     assert "avx512_bf16=" in text
-    idle = {**info, "usable_cores": 2, "load_start": [0.2, 0, 0], "load_end": [0.4, 0, 0]}
-    assert ab.busy_note(idle).endswith("an idle machine")
+    idle = {**info, "usable_cores": 2, "load_start": [0.2, 0, 0], "load_end": [1.4, 0, 0]}
+    assert ab.busy_note(idle).endswith("an idle machine")  # 1.4 at the end: 1 of it the bench's own run
     assert ab.busy_note({**idle, "load_end": [3.0, 0, 0]}).startswith("NOTE")
+    assert ab.busy_note(idle, own=0).startswith("NOTE")
+    assert ab.busy_note({**idle, "load_start": [1.2, 0, 0]}).startswith("NOTE")
 
 
 def test_auto_rule(ab):
