@@ -19,8 +19,8 @@ ratio new/baseline; the largest score difference between the checkouts; then the
 
 The bars use the children's CPU time with ``--threads 1`` (the default: a one-thread process's CPU
 time is its wall time without the waiting for a core that other jobs add; on this shared machine the
-wall time of one command moved by up to 40% between repeats) and wall time otherwise (``--judge``);
-both are printed. Exit status 1 when a bar is missed. ``--profile-n`` prompts are also scored under torch.profiler
+two runs of a back-to-back pair agreed to ~2.5% in CPU time, ~17% in wall time) and wall time
+otherwise (``--judge``); both are printed. Exit status 1 when a bar is missed. ``--profile-n`` prompts are also scored under torch.profiler
 through the public API (``rtools.Scorer``; bench/ab_probe.py) in each checkout: the share of the
 time in matrix products (aten::linear/addmm/mm/bmm/matmul), attention, other ops and outside any
 op, side by side, so that a regression shows.
