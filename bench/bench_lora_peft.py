@@ -87,11 +87,11 @@ def worker(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     import torch
 
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import add_control_tokens, load_base, load_tokenizer, model_directory
     from rtools.model.adapter import make_peft_model, param_groups
     from rtools.model.batching import right_pad
+    from rtools.model.chat import ChatEncoder
     from rtools.model.examples import apply_balance, build_examples, epoch_batches
+    from rtools.model.loading import add_control_tokens, load_base, load_tokenizer, model_directory
     from rtools.model.objective import batch_loss
     from rtools.model.training import TrainConfig
     from rtools.tokens import TokenMap
