@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from rtools.metrics import auroc
+from rtools.model.rows import LEAK, fit_probe_rows
 
 pytest_plugins = ["model_fixtures"]
-from rtools.model.rows import LEAK, fit_probe_rows
 
 
 def synthetic(n: int = 240, dim: int = 16, seed: int = 0):
@@ -71,6 +72,7 @@ def _train(tmp_path, tiny_base, *extra):
     from model_data import FAST, prompts_only, raw_rows, run_lora, tag_single, write_jsonl
 
     rows = raw_rows(2)
+    os.makedirs(tmp_path, exist_ok=True)
     data = write_jsonl(tmp_path / "tagged.jsonl", tag_single(rows))
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompts_only(rows))
     out = str(tmp_path / "adapter")
@@ -119,3 +121,23 @@ def test_lora_layers_puts_lora_on_the_top_layers_only(tmp_path, tiny_base):
         lora = [k for k in fh.keys() if "lora_" in k]  # noqa: SIM118
     assert lora and all(".layers.1." in k for k in lora)  # the tiny model has layers 0 and 1
     assert auroc(y, p) >= 0.95
+
+
+def test_features_are_kept_and_reused(tmp_path, tiny_base, monkeypatch):
+    """A second run on the same base and prompts reads the base's features from the cache (no
+    forward pass), and gets the same rows."""
+    import orjson
+
+    from rtools.model import rows
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, *_ = _train(tmp_path / "a", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    calls = []
+    real = rows.decoder_and_head
+    monkeypatch.setattr(rows, "decoder_and_head", lambda m: calls.append(1) or real(m))
+    second, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    a = orjson.loads(open(f"{first}/rtools_config.json", "rb").read())["summary"]["init_rows"]
+    b = orjson.loads(open(f"{second}/rtools_config.json", "rb").read())["summary"]["init_rows"]
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    # the second run ran no prompt through the base for its features
+    assert calls == [] and os.listdir(tmp_path / "cache" / "rtools" / "features")

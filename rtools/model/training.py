@@ -505,14 +505,15 @@ def _init_rows(run: Run, base: Base, model: Any, data: Data, say: Callable[[str]
     Deterministic for the data, the base and the seed, so a resumed run recomputes the same."""
     import torch
 
-    from .rows import fit_probe_rows, prompt_features, set_control_rows
+    from .rows import FeatureStore, fit_probe_rows, prompt_features, set_control_rows
 
     started = time.perf_counter()
     examples = data.train
-    say(
-        f"init_rows probe: the base's hidden state at {len(examples)} training prompts (one forward pass each)"
-    )
-    h, log_z = prompt_features(model, [e.ids[: e.labels_from] for e in examples], run.device, _pad(base))
+    say(f"init_rows probe: the base's hidden state at {len(examples)} training prompts")
+    # prompts an earlier run on this base (same identity, dtype and device) saw are read from the cache
+    store = FeatureStore(f"{fingerprint_of(base.identity)}:{run.settings.dtype}:{run.device}")
+    prompts = [e.ids[: e.labels_from] for e in examples]
+    h, log_z = prompt_features(model, prompts, run.device, _pad(base), base.control_ids, store)
     fit = fit_probe_rows(
         h,
         log_z,
