@@ -143,8 +143,18 @@ def test_a_category_without_refusals_is_left_as_it_is_and_said(method, tmp_path,
     # a small dev split without one category's refusals: the other fields are calibrated, that
     # category gets an identity map (saved, so -T still knows the slug) and a warning on stderr
     recs = [
-        {"label": "refuse", "category": "safety", "p_refuse": 0.9, "p_cat": {"safety": 0.8, "incomplete": 0.1}},
-        {"label": "refuse", "category": "safety", "p_refuse": 0.4, "p_cat": {"safety": 0.3, "incomplete": 0.1}},
+        {
+            "label": "refuse",
+            "category": "safety",
+            "p_refuse": 0.9,
+            "p_cat": {"safety": 0.8, "incomplete": 0.1},
+        },
+        {
+            "label": "refuse",
+            "category": "safety",
+            "p_refuse": 0.4,
+            "p_cat": {"safety": 0.3, "incomplete": 0.1},
+        },
         {"label": "respond", "p_refuse": 0.6, "p_cat": {"safety": 0.5, "incomplete": 0.1}},
         {"label": "respond", "p_refuse": 0.2, "p_cat": {"safety": 0.1, "incomplete": 0.1}},
         {"label": "respond", "p_refuse": 0.3, "p_cat": {"safety": 0.1, "incomplete": 0.2}},
