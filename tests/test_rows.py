@@ -161,4 +161,6 @@ def test_max_steps_0_needs_probe_rows(tmp_path):
     from conftest import invoke_command
 
     r = invoke_command("rt-lora", ["-", "--out", str(tmp_path / "o"), "--max-steps", "0"], input="")
-    assert r.exit_code == 2 and "init_rows='probe'" in r.stderr.replace("--init-rows probe", "init_rows='probe'")
+    assert r.exit_code == 2 and "init_rows='probe'" in r.stderr.replace(
+        "--init-rows probe", "init_rows='probe'"
+    )
