@@ -135,7 +135,9 @@ def test_features_are_kept_and_reused(tmp_path, tiny_base, monkeypatch):
     calls = []
     real = rows.decoder_and_head
     monkeypatch.setattr(rows, "decoder_and_head", lambda m: calls.append(1) or real(m))
-    second, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    second, result, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    assert " prompts from the feature cache, 0 to run" in result.stderr  # said, not silent
+    assert "--init-rows probe: fitting the probe" in result.stderr
     a = orjson.loads(open(f"{first}/rtools_config.json", "rb").read())["summary"]["init_rows"]
     b = orjson.loads(open(f"{second}/rtools_config.json", "rb").read())["summary"]["init_rows"]
     assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
