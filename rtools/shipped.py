@@ -38,7 +38,9 @@ def read_sums(directory: str) -> dict[str, str]:
                 or os.path.basename(parts[1]) != parts[1]
                 or parts[1] in listed
             ):
-                raise ValueError(f"{path}:{n}: not a line of sha256sum's output (digest, two spaces, file name)")
+                raise ValueError(
+                    f"{path}:{n}: not a line of sha256sum's output (digest, two spaces, file name)"
+                )
             listed[parts[1]] = parts[0].lower()
     return listed
 
