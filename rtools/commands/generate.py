@@ -15,6 +15,7 @@ from ..cli import (
     load_model,
     make_config,
     model_options,
+    prog,
     rule_options,
     unbuffered_option,
     write_windows,
@@ -186,6 +187,13 @@ def command(
             raise config_usage_error(e, ["logit_bias", "plain"]) from None
         except ModelError as e:
             raise fail(in_flags(str(e), e.fields)) from None
+        if answerer.reader and not plain and not quiet:
+            click.echo(
+                f"{prog()}: {lm.spec}: its body is the base's, untrained (rt-lora --max-steps 0): answers "
+                "are the base's own, with no control token in the context, and refusals rt-tag's refusal "
+                "text of the chosen category",
+                err=True,
+            )
         windows = answerer.answer_windows(iter_records(fh, name), name)
         write_windows(windows, writer, quiet, "answer", answerer, truncate)
 

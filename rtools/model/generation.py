@@ -27,13 +27,17 @@ the functions that need it.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from ..config import ConfigError
 from ..records import RecordError, check_finite
 from ..refusal_detector import RefusalDetector
+from ..tagging import DEFAULT_REFUSAL_TEXTS, GENERIC_REFUSAL_TEXT
 from ..thresholds import Thresholds
 from ..tokens import CATEGORY
 from .batching import (
@@ -519,6 +523,10 @@ class Answerer:
     detector: Callable[[str], bool]
     limit: int | None = None
     what: str | None = None
+    #: the model's body is the base's, untrained (rt-lora --max-steps 0: a probe reader): it never
+    #: learned to write after a control token, so answers are the base's own (the control token kept
+    #: out of the context) and refusals rt-tag's refusal text of the chosen category
+    reader: bool = False
     truncated: int = field(default=0, init=False)
 
     @classmethod
@@ -574,7 +582,7 @@ class Answerer:
             detector: Callable[[str], bool] = RefusalDetector()
         else:
             detector = config.detector
-        return cls(generator, chooser, config, detector, limit, what)
+        return cls(generator, chooser, config, detector, limit, what, untrained_body(lm.directory))
 
     def answer(self, records: Iterable[Any], name: str | None = None) -> Iterator[dict[str, Any]]:
         """Each record with its answer, in input order (updated in place and yielded). ``records``:
@@ -617,9 +625,15 @@ class Answerer:
                 fields[j], choices[j] = f, c
                 return c.index
 
-            gens = self.generator.generate(
-                [p.ids for p in win], None if cfg.plain else choose, sampling, seeds=[p.ordinal for p in win]
-            )
+            if self.reader and not cfg.plain:
+                gens = self._read_then_answer(win, choose, choices, sampling)
+            else:
+                gens = self.generator.generate(
+                    [p.ids for p in win],
+                    None if cfg.plain else choose,
+                    sampling,
+                    seeds=[p.ordinal for p in win],
+                )
             if cfg.plain:
                 for p, g in zip(win, gens, strict=True):
                     p.record[cfg.output_field] = g.text
@@ -640,7 +654,41 @@ class Answerer:
         self.truncated = prompts.truncated
         prompts.raise_error()
 
+    def _read_then_answer(
+        self, win: list[Any], choose: Callable[..., int], choices: dict[int, Choice], sampling: Sampling
+    ) -> list[Generation]:
+        """For a probe reader: score and choose (a prefill, nothing decoded), then the base's own
+        answer to the prompts answered and the refusal text of the category to those refused."""
+        gens = self.generator.generate(
+            [p.ids for p in win], choose, replace(sampling, max_new_tokens=0), seeds=[p.ordinal for p in win]
+        )
+        answered = [j for j in range(len(win)) if choices[j].decision != "refuse"]
+        plain = self.generator.generate(
+            [win[j].ids for j in answered], None, sampling, seeds=[win[j].ordinal for j in answered]
+        )
+        texts = {j: g.text for j, g in zip(answered, plain, strict=True)}
+        for j, g in enumerate(gens):
+            slug = choices[j].decision_cat
+            g.text = texts.get(
+                j, DEFAULT_REFUSAL_TEXTS.get(slug, GENERIC_REFUSAL_TEXT) if slug else GENERIC_REFUSAL_TEXT
+            )
+        return gens
+
     @property
     def prompt_limit(self) -> int | None:
         """The most tokens a prompt may have (the context less the answer and the control token)."""
         return self.limit
+
+
+def untrained_body(directory: str | None) -> bool:
+    """Whether the rt-lora output in ``directory`` took no training step (--max-steps 0: the base's
+    body read by a probe's control rows), from its rtools_config.json; False when it says otherwise
+    or has none."""
+    if not directory:
+        return False
+    try:
+        with open(os.path.join(directory, "rtools_config.json"), "rb") as fh:
+            summary = orjson.loads(fh.read()).get("summary")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(summary, dict) and summary.get("steps") == 0 and summary.get("steps").__class__ is int
