@@ -35,7 +35,15 @@ WHAT_FIELDS = ("truncate", "max_new_tokens")
 def record_messages(
     record: dict[str, Any], name: str | None = None, line: int | None = None
 ) -> list[dict[str, str]]:
-    """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``."""
+    """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``; a record
+    with both is an error (which one is decided on must not be a guess)."""
+    if record.get("prompt") is not None and record.get("messages") is not None:
+        raise RecordError(
+            "the record has both 'prompt' and 'messages': which one to decide on is ambiguous",
+            path=name,
+            line=line,
+            hint="keep one of them; a tagged training record's 'messages' end with its answer: score its 'prompt'",
+        )
     msgs = conversation(record, name, line, hint="drop the answer, or score the prompt field")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
