@@ -215,3 +215,51 @@ def test_decoy_adapter_weights_name_the_missing_tensor(invoke, tmp_path, trained
 
 
 pytest_plugins = ["model_fixtures"]
+
+
+@pytest.fixture
+def no_long_rendering(monkeypatch):
+    """Fails the test if a chat template renders (and so a tokenizer would encode) content of over 1 MB."""
+    from rtools.model.chat import ChatEncoder
+
+    render = ChatEncoder.render_with_spans
+
+    def bounded(self, messages):
+        assert all(len(m["content"]) < 1 << 20 for m in messages), "a megabyte prompt was rendered"
+        return render(self, messages)
+
+    monkeypatch.setattr(ChatEncoder, "render_with_spans", bounded)
+
+
+@pytest.mark.parametrize("prog", ["rt-score", "rt-generate"])
+def test_a_12mb_prompt_is_refused_before_it_is_tokenized(invoke, single, prog, no_long_rendering):
+    """A 12 MB prompt took 3 GB and 16 s (80 s here) to tokenize before the context error: the
+    work is now bounded by the context first (its characters against the longest token)."""
+    huge = "word " * 2_400_000
+    r = run(invoke, prog, single, [{"prompt": "hi"}, {"prompt": huge}])
+    assert r.exit_code == 1, r.stderr
+    assert r.stderr.startswith(f"{prog}: <stdin>:2: the prompt is at least "), r.stderr
+    assert f"tokens ({len(huge)} characters), past the model's limit of " in r.stderr
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_truncate_drops_a_12mb_turn_without_tokenizing_it(invoke, single, no_long_rendering):
+    huge = "word " * 2_400_000
+    turns = [{"role": "user", "content": huge}, {"role": "assistant", "content": "ok"}]
+    ask = {"role": "user", "content": "hi"}
+    r = invoke(
+        "rt-score",
+        ["--device", "cpu", "--model", single, "--truncate", "left"],
+        input=jsonl([{"messages": [*turns, ask]}]),
+    )
+    (o,) = records_of(r)
+    alone = records_of(run(invoke, "rt-score", single, [{"prompt": "hi"}]))[0]
+    assert o["p_refuse"] == pytest.approx(alone["p_refuse"], abs=1e-6)
+    assert "dropped earlier turns from 1 prompt(s)" in r.stderr
+    # the last user turn is never cut: alone too long, an error that says so, still unrendered
+    r = invoke(
+        "rt-score",
+        ["-q", "--device", "cpu", "--model", single, "--truncate", "left"],
+        input=jsonl([{"messages": [*turns, {"role": "user", "content": huge}]}]),
+    )
+    assert r.exit_code == 1 and "the last user turn alone is at least" in r.stderr, r.stderr
