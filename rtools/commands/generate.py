@@ -119,6 +119,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     default=None,
     help=TRUNCATE_HELP + " The limit leaves room for --max-new-tokens and the control token.",
 )
+@click.option("--use-decision", is_flag=True, help=OPTION_HELP["use-decision"])
 @click.option("--plain", is_flag=True, help=OPTION_HELP["plain"])
 @model_options
 @unbuffered_option
@@ -140,6 +141,7 @@ def command(
     batch_size,
     window,
     truncate,
+    use_decision,
     plain,
     base,
     device,
@@ -169,6 +171,7 @@ def command(
         window=window,
         truncate=truncate,
         plain=plain,
+        use_decision=use_decision,
         base=base,
         device=device,
         dtype=dtype,
@@ -195,7 +198,7 @@ def command(
                 err=True,
             )
         windows = answerer.answer_windows(iter_records(fh, name), name)
-        write_windows(windows, writer, quiet, "answer", answerer, truncate)
+        write_windows(windows, writer, quiet, "answer", answerer, truncate, name)
 
 
 main = entry_point(command, "rt-generate")

@@ -15,7 +15,12 @@ MAN = {
         "p_refuse: total probability of the refusal token(s). "
         "p_respond: probability of the respond token. "
         "p_cat: {category: probability of its refusal token} (category-token models only). "
-        "An existing field of the same name is replaced in place."
+        "An existing field of the same name is replaced in place. rt-score owns every field computed from "
+        "scores, so that none a user wrote can steer a decision downstream: an input record's p_refuse, "
+        "p_respond and p_cat are replaced, and its p_cat (from a single-token model), p_refuse_raw, "
+        "p_cat_raw, decision, decision_cat (rt-threshold's), control, forced and consistent "
+        "(rt-generate's) are removed; a warning on stderr names them and the first such record, once "
+        "(also under -q)."
     ),
     "DEFAULT SCORER": (
         "Without --model or RT_MODEL, rt-score loads the scorer that ships with rtools "

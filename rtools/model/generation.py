@@ -52,7 +52,7 @@ from .batching import (
 from .chat import ChatEncoder, context_limit
 from .choice import Choice, ControlChooser, record_decision
 from .loading import ModelError, load_for_inference
-from .scoring import LoadConfig, PromptStream, check_truncate, positive, windows
+from .scoring import LoadConfig, PromptStream, StaleFields, check_truncate, disown, positive, windows
 
 # ---------------------------------------------------------------------------
 # Generation (torch).
@@ -439,14 +439,20 @@ WRITTEN_FIELDS = (
 )
 
 
+#: A record's own decision: followed with ``use_decision`` (``--use-decision``), else decided anew.
+DECISION_FIELDS = ("decision", "decision_cat")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig(LoadConfig):
     """How to load (:class:`~rtools.model.scoring.LoadConfig`), choose and generate, validated when
     made (:class:`ConfigError`).
 
-    Choosing (see :class:`ControlChooser`): ``rule`` (a rtools.thresholds.Thresholds) or
-    ``logit_bias`` ({control token: B}), not both; neither: the record's own ``decision``, else the
-    model's own choice. Decoding: ``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``,
+    Choosing (see :class:`ControlChooser`): ``rule`` (a rtools.thresholds.Thresholds),
+    ``logit_bias`` ({control token: B}) or ``use_decision`` (the record's own ``decision`` and
+    ``decision_cat``, e.g. from rt-threshold; a record without one gets the model's own choice), one
+    of them at most; none: the model's own choice. Without ``use_decision`` a record's ``decision``
+    is never read: it is decided anew and replaced. Decoding: ``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``,
     ``seed``, ``stop`` strings. Records: the answer goes to ``output_field``; ``detector``
     (text -> bool, default rtools.refusal_detector.RefusalDetector()) fills ``refusal``;
     ``batch_size`` prompts are generated together, ``window`` records read at a time;
@@ -468,10 +474,19 @@ class GenerateConfig(LoadConfig):
     window: int = 256
     truncate: str | None = None
     plain: bool = False
+    use_decision: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "batch_size", "window")
+        if self.use_decision and (
+            (self.rule is not None and self.rule.mode != "own") or self.logit_bias or self.plain
+        ):
+            given = "plain=True" if self.plain else "rule" if not self.logit_bias else "logit_bias"
+            raise ConfigError(
+                f"use_decision follows the record's own decision: it cannot be combined with {given}",
+                "use_decision",
+            )
         if self.plain and ((self.rule is not None and self.rule.mode != "own") or self.logit_bias):
             raise ConfigError(
                 "plain=True forces no control token: a threshold rule or logit_bias does not apply",
@@ -480,6 +495,12 @@ class GenerateConfig(LoadConfig):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}", "max_new_tokens")
         check_truncate(self.truncate)
+        for stop in self.stop:
+            if not isinstance(stop, str) or not stop:
+                raise ConfigError(
+                    f"stop={stop!r}: a stop string must be non-empty text (an empty one would end every answer at once)",
+                    "stop",
+                )
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
             raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}", "temperature")
         if not 0 < self.top_p <= 1:
@@ -528,6 +549,7 @@ class Answerer:
     #: out of the context) and refusals rt-tag's refusal text of the chosen category
     reader: bool = False
     truncated: int = field(default=0, init=False)
+    stale: StaleFields | None = field(default=None, init=False)
 
     @classmethod
     def load(
@@ -603,9 +625,12 @@ class Answerer:
             cfg.truncate,
             self.what,
             name,
-            check=lambda rec, line: record_decision(rec, token_map, name, line),
+            check=(lambda rec, line: record_decision(rec, token_map, name, line))
+            if cfg.use_decision
+            else None,
         )
         sampling = cfg.sampling()
+        self.stale = None
         for win in windows(prompts.read(records), cfg.window):
             self.truncated = prompts.truncated
             choices: dict[int, Choice] = {}
@@ -642,6 +667,13 @@ class Answerer:
             for j, (p, g) in enumerate(zip(win, gens, strict=True)):
                 c, rec = choices[j], p.record
                 refusal = self.detector(g.text)
+                ignored = (
+                    () if cfg.use_decision else tuple(k for k in DECISION_FIELDS if rec.get(k) is not None)
+                )
+                written = {**dict.fromkeys(k for k in WRITTEN_FIELDS if not k.startswith("p_")), **fields[j]}
+                _, removed = disown(rec, written)
+                if (ignored or removed) and self.stale is None:
+                    self.stale = StaleFields(p.line, removed=removed, ignored=ignored)
                 rec.update(fields[j])
                 rec["decision"] = c.decision
                 rec["decision_cat"] = c.decision_cat

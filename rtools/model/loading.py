@@ -604,7 +604,14 @@ def load_adapter(model: Any, directory: str) -> Any:
     except Exception as e:  # SafetensorError: truncated or not a safetensors file
         raise ModelError(f"{path}: not a valid safetensors file ({e})") from None
     model = get_peft_model(model, config)
-    result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    try:
+        result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    except KeyError as e:  # peft looks the token rows up by name: a decoy file lacks them
+        raise ModelError(
+            f"{path}: not the weights of this adapter: the tensor {e.args[0] if e.args else e} is missing"
+        ) from None
+    except (RuntimeError, ValueError) as e:  # a tensor of another shape
+        raise ModelError(f"{path}: not the weights of this adapter: {' '.join(str(e).split())}") from None
     missing = [k for k in result.missing_keys if "lora_" in k]  # as peft: base weights are not in it
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if missing or unexpected:

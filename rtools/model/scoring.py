@@ -14,7 +14,7 @@ The library entry point (what rt-score iterates)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,65 @@ def score_fields(token_map: TokenMap, probs: Sequence[float]) -> dict[str, Any]:
     return d
 
 
+#: The fields computed from a model's scores: rt-score's and rt-generate's scores, rt-threshold's
+#: decision and raw (uncalibrated) scores, rt-generate's decision fields. rt-score owns them all: an
+#: input record's own are never trusted, but replaced by this model's or removed (:func:`disown`),
+#: so that no field a user wrote can steer a decision downstream.
+SCORE_FIELDS = (
+    "p_refuse",
+    "p_respond",
+    "p_cat",
+    "p_refuse_raw",
+    "p_cat_raw",
+    "decision",
+    "decision_cat",
+    "control",
+    "forced",
+    "consistent",
+)
+
+
+@dataclass(frozen=True)
+class StaleFields:
+    """What a command did with the fields of an input record that it owns (the first such record of
+    a run): ``replaced`` by its own values, ``removed`` (stale: computed from other scores, or a
+    field this model does not write), ``ignored`` (read, but not used: rt-generate's ``decision``)."""
+
+    line: int
+    replaced: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def message(self, name: str | None, command: str) -> str:
+        """The one warning a command gives, naming the fields and the first record that had them."""
+        parts = [
+            f"{', '.join(fields)} {verb}"
+            for fields, verb in (
+                (self.replaced, "replaced"),
+                (self.ignored, "ignored (decided anew)"),
+                (self.removed, "removed"),
+            )
+            if fields
+        ]
+        where = f"{name}:{self.line}" if name is not None else f"record {self.line}"
+        return (
+            f"{where}: the input has fields {command} owns, never trusted: {'; '.join(parts)} "
+            "(said once, for the first such record)"
+        )
+
+
+def disown(
+    record: dict[str, Any], written: Mapping[str, Any], owned: Sequence[str] = SCORE_FIELDS
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Remove from ``record`` the ``owned`` fields that ``written`` (the fields about to be written,
+    replacing theirs in place) does not hold. Returns the owned fields the record had: (replaced, removed)."""
+    replaced = tuple(k for k in owned if k in record and k in written)
+    removed = tuple(k for k in owned if k in record and k not in written)
+    for k in removed:
+        del record[k]
+    return replaced, removed
+
+
 DTYPES = (None, "auto", "fp32", "bf16", "fp16")
 
 
@@ -227,6 +286,7 @@ class Scorer:
     truncate: str | None = None
     limit: tuple[int, str] | None = None
     truncated: int = field(default=0, init=False)
+    stale: StaleFields | None = field(default=None, init=False)
 
     @classmethod
     def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
@@ -255,7 +315,9 @@ class Scorer:
 
     def score(self, records: Iterable[Any], name: str | None = None) -> Iterator[dict[str, Any]]:
         """Each record with ``p_refuse``, ``p_respond`` (and ``p_cat``) set, in input order, streaming
-        window by window (a record is updated in place and yielded).
+        window by window (a record is updated in place and yielded). The record's own fields of
+        :data:`SCORE_FIELDS` are replaced or removed (:func:`disown`); ``stale`` says so for the first
+        record of the run that had any.
 
         ``records``: dicts, or ``(line, dict)`` pairs (rtools.records.iter_records) so that an error
         names the line; ``name`` is the source shown in errors. A bad record (no prompt, a prompt past
@@ -271,6 +333,7 @@ class Scorer:
         """:meth:`score`, one window (a list of at most ``window`` records) at a time."""
         limit, source = self.limit or (None, "")
         prompts = PromptStream(self.encoder, limit, self.truncate, f"{limit} ({source})", name)
+        self.stale = None
         for win in windows(prompts.read(records), self.window):
             self.truncated = prompts.truncated
             probs = self.probabilities([p.ids for p in win])
@@ -278,6 +341,9 @@ class Scorer:
                 fields = self.fields(probs_)
                 for k in ("p_refuse", "p_respond"):
                     check_finite(fields[k], k, name, p.line)
+                replaced, removed = disown(p.record, fields)
+                if (replaced or removed) and self.stale is None:
+                    self.stale = StaleFields(p.line, replaced, removed)
                 p.record.update(fields)
             yield [p.record for p in win]
         self.truncated = prompts.truncated
