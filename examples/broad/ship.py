@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("adapter", help="an rt-lora output directory")
     ap.add_argument("target", help="where to ship it (rtools/scorers/default)")
     ap.add_argument("--metrics", help="its rt-metrics JSON, copied as metrics.json")
-    ap.add_argument("--thresholds", help="its rt-threshold --save file, copied as thresholds.json (-T default)")
+    ap.add_argument(
+        "--thresholds", help="its rt-threshold --save file, copied as thresholds.json (-T default)"
+    )
     args = ap.parse_args(argv)
 
     import torch
