@@ -126,6 +126,7 @@ def test_a_changed_cache_entry_is_rebuilt(trained_tied, tmp_path, monkeypatch, c
     again, model = load_scores(trained_tied.out)
     assert "rebuilding the cached merged model" in capsys.readouterr().err
     assert type(model).__name__ == "FastLlama" and close(again, reference)
+    assert model.kept_prefix is not None and len(model.kept_prefix[0]) >= 2  # the template's opening
     third, _ = load_scores(trained_tied.out)
     assert capsys.readouterr().err == "" and close(third, reference)
 

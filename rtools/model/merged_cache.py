@@ -41,11 +41,13 @@ from .. import __version__
 from ..files import atomic_directory
 from .cache import cache_dir, cache_lock
 
-VERSION = 2
+VERSION = 3
 RECORD = "rtools_merged.json"
 WEIGHTS = "model.safetensors"
 #: the adapter's tokenizer recorded for rtools.model.fasttok (written when it encodes as transformers')
 TOKENIZER = "rtools_fast_tokenizer.json"
+#: the keys and values of the chat template's opening tokens, for the fast forward pass
+PREFIX = "rtools_prefix_kv.safetensors"
 #: the dtype the cached merge is made and stored in (CPU fp32 runs, and CPU bf16 that merges in fp32)
 DTYPE = "fp32"
 
@@ -239,6 +241,57 @@ def load_fast_tokenizer(directory: str) -> Any:
     return FastTokenizer(record["backend"], record["state"])
 
 
+def template_prefix(adapter_dir: str) -> list[int]:
+    """The token ids every prompt's encoding starts with (the chat template's opening, e.g. its
+    default system turn), from the encodings of a few single-turn prompts."""
+    from ..tokens import TokenMap
+    from .batching import shared_prefix
+    from .chat import ChatEncoder
+    from .loading import load_tokenizer
+
+    enc = ChatEncoder(load_tokenizer(adapter_dir), TokenMap.load(adapter_dir).tokens())
+    seqs = [enc.encode_prompt([{"role": "user", "content": c}]) for c in ("hi", "Why?", "x 1", "Über")]
+    return seqs[0][: shared_prefix(seqs)]
+
+
+def _write_prefix_kv(adapter_dir: str, directory: str) -> None:
+    """The keys and values of the template's opening tokens (:func:`template_prefix`), computed
+    once by the fast forward pass, so that a prompt that starts with those tokens (checked token by
+    token when it is scored) runs only its own tokens. Nothing is written where the fast path does
+    not apply or prompts share no opening token."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .fastllama import load_fast
+
+    model = load_fast(directory, "cpu", torch.float32)
+    if model is None:
+        return
+    ids = template_prefix(adapter_dir)
+    if not ids:
+        return
+    with torch.inference_mode():
+        kv = model.prefix_kv(ids)
+    tensors = {f"{x}.{i}": t.contiguous() for i, (k, v) in enumerate(kv) for x, t in (("k", k), ("v", v))}
+    save_file(tensors, os.path.join(directory, PREFIX), metadata={"ids": orjson.dumps(ids).decode()})
+
+
+def load_prefix_kv(directory: str, model: Any) -> None:
+    """Give ``model`` (a FastLlama) the kept prefix of a checked entry, when it has one."""
+    path = os.path.join(directory, PREFIX)
+    if not os.path.isfile(path):
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        ids = orjson.loads(fh.metadata()["ids"])
+        layers = model.spec.layers
+        kv = [(fh.get_tensor(f"k.{i}"), fh.get_tensor(f"v.{i}")) for i in range(layers)]
+    shape = (model.spec.kv_heads, len(ids), model.spec.head_dim)
+    if all(tuple(k.shape) == shape and tuple(v.shape) == shape for k, v in kv):
+        model.kept_prefix = (ids, kv)
+
+
 def build_entry(adapter_dir: str, base: str | None, target: str, key: str, quiet: bool = True) -> None:
     """Merge the adapter into its base (fp32) and write the entry at ``target`` atomically."""
     from .merging import write_merged
@@ -249,6 +302,7 @@ def build_entry(adapter_dir: str, base: str | None, target: str, key: str, quiet
         if fast_tok is not None:
             with open(os.path.join(tmp, TOKENIZER), "wb") as fh:
                 fh.write(fast_tok)
+        _write_prefix_kv(adapter_dir, tmp)
         record = _record(tmp, key, adapter_dir)
         with open(os.path.join(tmp, RECORD), "wb") as fh:
             fh.write(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -325,6 +379,7 @@ def load_merged(
         model = load_fast(entry, device, dtype)
         if model is not None:
             tok = load_fast_tokenizer(entry)
+            load_prefix_kv(entry, model)
     if model is None:
         model = load_base(entry, device, dtype, mix=False)
     return tok, model
