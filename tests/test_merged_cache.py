@@ -170,3 +170,14 @@ def test_the_peft_path_is_kept_without_the_cache(trained_tied, tmp_path, monkeyp
     load_for_inference(trained_tied.out, device="cpu", dtype="fp32")
     Scorer.load(trained_tied.out, ScoreConfig(device="cpu", dtype="fp16"))
     assert not os.path.exists(tmp_path / "cache" / "rtools" / "merged")
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_merging_in_memory(
+    trained_tied, tmp_path, monkeypatch, capsys
+):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    scores, model = load_scores(trained_tied.out)
+    assert type(model).__name__ != "FastLlama" and close(scores, peft_scores(trained_tied.out))
+    assert "cannot keep the merged model in the cache" in capsys.readouterr().err
