@@ -159,7 +159,15 @@ class TrainConfig:
                 "keep_weight keeps the decision the probe's rows start with: it needs init_rows='probe'",
                 "keep_weight",
             )
-        for name in ("max_steps", "max_answer_tokens", "lora_layers"):
+        if self.max_steps == 0 and self.init_rows != "probe":
+            raise ConfigError(
+                "max_steps 0 trains nothing: it writes the rows as initialised, which only "
+                "init_rows='probe' makes a scorer of (the frozen base read by a probe)",
+                "max_steps",
+            )
+        if self.max_steps is not None and not self.max_steps >= 0:
+            raise ConfigError(f"max_steps must be >= 0 (or None), got {self.max_steps!r}", "max_steps")
+        for name in ("max_answer_tokens", "lora_layers"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive (or None), got {v!r}", name)
@@ -513,7 +521,16 @@ def _init_rows(run: Run, base: Base, model: Any, data: Data, say: Callable[[str]
     # prompts an earlier run on this base (same identity, dtype and device) saw are read from the cache
     store = FeatureStore(f"{fingerprint_of(base.identity)}:{run.settings.dtype}:{run.device}")
     prompts = [e.ids[: e.labels_from] for e in examples]
-    h, log_z = prompt_features(model, prompts, run.device, _pad(base), base.control_ids, store)
+    h, log_z = prompt_features(
+        model,
+        prompts,
+        run.device,
+        _pad(base),
+        base.control_ids,
+        store,
+        report=lambda m: say(f"init_rows probe: {m}"),
+    )
+    say("init_rows probe: fitting the probe (its L2 chosen by cross-validated AUROC)")
     fit = fit_probe_rows(
         h,
         log_z,
