@@ -27,9 +27,13 @@ MAN = {
         "(rtools/scorers/default): a refusal-token adapter on the embedded SmolLM2-135M-Instruct. It is a "
         "small demonstration and baseline, not a production safety classifier; its model card "
         "(MODEL_CARD.md in that directory) says how it was trained and what it scores. Train your own "
-        "with rt-lora."
+        "with rt-lora. Its first run merges it into its base model once (a line on stderr says so) and "
+        "keeps the merge in the cache; later runs load it from there."
     ),
     "ENVIRONMENT": MODEL_ENVIRONMENT
+    + " rt-score also keeps an adapter it scores on CPU in fp32 merged into its base there "
+    "(~/.cache/rtools/merged), keyed by the adapter's files and the base's identity, checked on every "
+    "load and rebuilt when changed; removing that directory is always safe."
     + " RAY_ADDRESS: the Ray cluster --engine ray joins when --ray-address is not given (ignored by the "
     "other engines).",
     "EXAMPLES": (

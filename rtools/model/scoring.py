@@ -21,7 +21,15 @@ from typing import Any
 from ..config import ConfigError
 from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
-from .batching import cache_kwarg, control_logprobs, decoder_and_head, output_cache, plan_batches, right_pad
+from .batching import (
+    cache_kwarg,
+    control_logprobs,
+    decoder_and_head,
+    output_cache,
+    plan_batches,
+    right_pad,
+    shared_prefix,
+)
 from .chat import ChatEncoder, context_limit, record_messages
 from .loading import load_for_inference
 
@@ -30,20 +38,6 @@ MIN_SHARED_PREFIX = 4
 #: caches measured 1.3-1.8x faster per prompt than batches of 8192 tokens (bench/bench_score.py --sweep).
 CPU_BATCH_TOKENS = 1024  # the default budget on CPU (measured fastest here: bench/README.md)
 GPU_BATCH_TOKENS = 8192
-
-
-def shared_prefix(sequences: list[list[int]]) -> int:
-    """Length of the token prefix every sequence starts with, leaving each at least one token of its own."""
-    first = sequences[0]
-    n = min(len(s) for s in sequences) - 1
-    for s in sequences[1:]:
-        if n <= 0:
-            return 0
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(0, n)
 
 
 def _prefix_cache(decoder: Any, prefix: list[int], device: str) -> Any:
@@ -293,7 +287,13 @@ class Scorer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer) as
         ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
         config = config or ScoreConfig()
-        return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
+        import functools
+
+        from .merged_cache import load_merged
+
+        merged = functools.partial(load_merged, fast=True)
+        lm = load_for_inference(model, quiet=quiet, cached_merge=merged, **config.load_options())
+        return cls.from_loaded(lm, config)
 
     @classmethod
     def from_loaded(cls, lm: Any, config: ScoreConfig | None = None) -> Scorer:
@@ -356,6 +356,18 @@ class Scorer:
 
     def probabilities(self, sequences: list[list[int]]) -> list[list[float]]:
         """For each token sequence: the probability of each control token (token_map order)."""
+        if getattr(getattr(self.model, "config", None), "fast_path", False):
+            from .fastllama import control_probabilities as fast_probabilities
+
+            return fast_probabilities(
+                self.model,
+                sequences,
+                self.encoder.control_ids,
+                self.batch_tokens or CPU_BATCH_TOKENS,
+                self.batch_size,
+                self.max_batch,
+                self.temperature,
+            )
         return control_probabilities(
             self.model,
             sequences,
