@@ -43,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--thresholds", help="its rt-threshold --save file, copied as thresholds.json (-T default)"
     )
+    ap.add_argument(
+        "--thresholds-only",
+        action="store_true",
+        help="ADAPTER is a thresholds file: add it to the shipped TARGET as thresholds.json (make "
+        "default-thresholds), the other files kept (checked against their SHA256SUMS first)",
+    )
     args = ap.parse_args(argv)
+    if args.thresholds_only:
+        return add_thresholds(args.adapter, args.target)
 
     import torch
     from safetensors.torch import load_file, save_file
@@ -79,6 +87,31 @@ def main(argv: list[str] | None = None) -> int:
             fh.writelines(f"{sha256(os.path.join(tmp, f))}  {f}\n" for f in names)
     size = sum(os.path.getsize(os.path.join(args.target, f)) for f in os.listdir(args.target))
     print(f"ship.py: {args.target}: {len(names) + 1} files, {size / 1e6:.1f} MB", file=sys.stderr)
+    return 0
+
+
+def add_thresholds(thresholds: str, target: str) -> int:
+    """Put ``thresholds`` (an rt-threshold --save file) into the shipped scorer ``target`` as
+    thresholds.json and list it in SHA256SUMS; the files already there must match their sums."""
+    from rtools.shipped import THRESHOLDS_FILE, check_sums
+    from rtools.thresholds import Thresholds
+
+    Thresholds.load(thresholds)  # a file rt-threshold -T reads, or an error naming it
+    old = [f for f in os.listdir(target) if f not in ("SHA256SUMS", THRESHOLDS_FILE)]
+    try:
+        # the card is written by hand (KEEP): edited before this runs, it is listed anew
+        check_sums(target, required=True, only=tuple(f for f in old if f not in KEEP))
+    except ValueError as e:
+        print(f"ship.py: {e}", file=sys.stderr)
+        return 1
+    with atomic_directory(target, overwrite=True) as tmp:
+        for f in old:
+            shutil.copyfile(os.path.join(target, f), os.path.join(tmp, f))
+        shutil.copyfile(thresholds, os.path.join(tmp, THRESHOLDS_FILE))
+        names = sorted(f for f in os.listdir(tmp) if f != "SHA256SUMS")
+        with open(os.path.join(tmp, "SHA256SUMS"), "w") as fh:
+            fh.writelines(f"{sha256(os.path.join(tmp, f))}  {f}\n" for f in names)
+    print(f"ship.py: {target}: {THRESHOLDS_FILE} added ({thresholds})", file=sys.stderr)
     return 0
 
 
