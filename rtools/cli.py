@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from .config import ConfigError
+from .config import BadValue, ConfigError
 from .files import describe_os_error, naming
 from .records import STDIN_NAMES, STDOUT_NAME, RecordError
 
@@ -164,9 +164,12 @@ def usage_errors() -> Iterator[None]:
     """A :class:`~rtools.config.ConfigError` from the library becomes a usage error (exit 2), naming its option."""
     try:
         yield
+    except BadValue as e:
+        field = e.fields[0]
+        raise click.BadParameter(
+            e.message, param_hint=f"'{command_flags().get(field) or _default_flag(field)}'"
+        ) from None
     except ConfigError as e:
-        if e.option is not None:
-            raise click.BadParameter(e.message, param_hint=f"'{e.option}'") from None
         raise click.UsageError(e.message) from None
 
 
@@ -442,7 +445,7 @@ def config_usage_error(error: Exception, names: Iterable[str]) -> click.UsageErr
 
     flags = command_flags()
     spelled = {n: flags.get(n) or _default_flag(n) for n in names}
-    message, field = str(error), getattr(error, "option", None)
+    message, field = str(error), (getattr(error, "fields", None) or (None,))[0]
     if field in spelled:  # the setting to blame, with its value: field=V as the option and V
         message = re.sub(r"\b" + re.escape(field) + r"=([^\s:;,)]+)", spelled[field] + r" \1", message)
     return click.UsageError(option_words(message, spelled))

@@ -471,7 +471,7 @@ class GenerateConfig(LoadConfig):
         if self.plain and ((self.rule is not None and self.rule.mode != "own") or self.logit_bias):
             raise ConfigError(
                 "plain=True forces no control token: a threshold rule or logit_bias does not apply",
-                "plain",
+                ("plain", "rule", "logit_bias"),
             )
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}", "max_new_tokens")
@@ -481,7 +481,7 @@ class GenerateConfig(LoadConfig):
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
         if self.logit_bias and self.rule is not None and self.rule.mode != "own":
-            raise ConfigError("logit_bias cannot be combined with a threshold rule", "logit_bias")
+            raise ConfigError("logit_bias cannot be combined with a threshold rule", ("logit_bias", "rule"))
         for token, b in self.logit_bias.items():
             if not math.isfinite(b):
                 raise ConfigError(f"logit_bias for {token!r} must be finite, got {b!r}", "logit_bias")
