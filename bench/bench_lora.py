@@ -1,372 +1,328 @@
-"""Training throughput and peak memory of rt-lora's step against a minimal peft loop (CPU).
+"""rt-lora's training step, baseline against new: tokens/s of forward + backward on LoRA and token rows.
 
-Model: the embedded default, SmolLM2-135M-Instruct, fp32, no gradient checkpointing (rt-lora's CPU
-settings). Data: tagged CoCoNot rows, half refusal rows (coconot_eval prompts with rt-lora's short
-per-category refusal answers, as bench/recipe.py builds them) and half respond rows (coconot_pref
-prompts with their `chosen` answers), encoded by rt-lora's own ``build_examples`` (answers cut to
-128 tokens) and grouped by its ``epoch_batches`` (batch 8). Both loops see the same batches in
-the same order: ``--warmup`` untimed steps, then ``--steps`` timed steps.
+The same ``rt-lora`` command from both checkouts (bench/abtest.py: ``--baseline REV``, a temporary
+worktree; alternated; median of ``--repeats``), for each of ``--train-dtypes`` (fp32, auto; auto is
+skipped, said so, when it resolves to fp32 in both checkouts, as on a CPU without bf16 units).
 
-* ``rt-lora``: ``make_peft_model`` (LoRA r=16 on all linear layers plus the control-token rows),
-  ``param_groups``, then per step exactly what ``train()`` does: ``batch_loss`` (the vocabulary
-  head only on the assistant span, the decision-weighted loss), backward, gradient clipping,
-  AdamW step.
-* ``peft``: ``get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-  trainable_token_indices=<control ids>))``, a right-padded batch, labels = ids with -100 on the
-  prompt and the padding, ``model(input_ids, attention_mask, labels=labels).loss``, backward,
-  AdamW step.
+Data: ``-n`` tagged CoCoNot rows made once by the new checkout's ``rt-tag`` (untimed): half
+coconot_eval prompts with rt-tag's short per-category refusals (``--label refuse``), half
+coconot_pref prompts with their ``chosen`` answers (``--label respond --response-field chosen``),
+seeded. Each run: ``rt-lora FILE --max-steps W+S --batch-size B --eval-fraction 0 --save-every
+<never> --dtype D`` (B = 4 by default, rt-lora's own default is 8: a step of 8 took ~26 CPU-seconds
+on this 2-core AVX2 machine; LoRA r=16 on all linear layers and the control-token rows, rt-lora's
+loss, backward, clipping, AdamW: the whole training step); both checkouts see the same batches in
+the same order. Figures, after ``--warmup`` steps (1): the per-step tokens/s of its train_log.jsonl
+(real tokens over the step's wall time; the median step of each run, then the median over the runs,
+with the per-step ratios new/baseline: the same batch, back to back), and the timed steps' CPU
+seconds: rt-lora prints a progress line after each step (runs of up to 10 steps, on a pipe), and the
+child's CPU time is read from /proc at each line, so each step's CPU time is a difference of two marks
+(median over the runs of their sum; the per-step speed-ups; tokens per CPU-second, approximate). Also
+rt-lora's own tokens_per_s (every step) and the whole command's time.
 
-Each runs in its own subprocess (``--repeat`` rounds, alternating which goes first), so that its
-peak memory is its own: ``ru_maxrss`` after loading and wrapping the model, and at the end. Tokens
-are the real (non-pad) tokens of each batch. Prints tokens/s (total over the timed steps, best
-run of each; the bar), and two views that shrug off a noisy neighbour: the median of the per-step
-time ratios (the same batch in both loops) and tokens per CPU-second of the process; peak RSS and
-the training increase of RSS; and the ratios. Exits 1 when rt-lora's tokens/s is below the baseline's or its
-peak memory above 1.1x the baseline's.
+No bar is set by an issue for this bench (a faster step is welcome, a slower one is a regression):
+exit 1 when the new step is slower than ``1 - --tolerance`` (0.05) of the baseline's, judged on the
+steps' CPU time with ``--threads 1`` (the default; on this shared machine the steps' wall-clock
+tokens/s moved by up to 2x between runs of the same code) and on wall-clock tokens/s otherwise or
+where the progress lines did not mark every step (``--judge``).
 
-    python bench/bench_lora.py [--coconot DIR] [-n 64] [--warmup 2] [--steps 6] [--repeat 1] [--threads 1]
+    python bench/bench_lora.py [--baseline REV] [-n 64] [--batch-size 4] [--warmup 1] [--steps 3] [--repeats 3] [--judge auto] [--out FILE]
+
+The earlier comparison with a minimal peft loop (and bf16 against fp32) is bench/bench_lora_peft.py;
+``--vs-peft`` and ``--dtypes`` here run that script with the other arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
+import shutil
 import statistics
-import subprocess
 import sys
-import time
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
-MIN_SPEED = 1.0
-MAX_MEMORY = 1.1
+import abtest  # noqa: E402
+from abtest import BASELINE, NEW  # noqa: E402
+
+TOLERANCE = 0.05
+NEVER = 10**9
+LEGACY = ("--vs-peft", "--dtypes")
 
 
-def tagged_rows(coconot_dir: str, n: int, seed: int) -> list[tuple[int, dict]]:
-    from rtools.datasets import coconot
-    from rtools.tokens import COCONOT_CATEGORIES, TokenMap
+#: rt-lora's progress line on a pipe: "rt-lora: step 3/4 (75%), ..." (one a step for runs of <= 10 steps)
+PROGRESS = r"\bstep (\d+)/\d+"
 
-    tm = TokenMap.single()
-    ev = coconot.read_jsonl(os.path.join(coconot_dir, "coconot_eval.jsonl"))
-    pref = coconot.read_jsonl(os.path.join(coconot_dir, "coconot_pref.jsonl"))
-    rng = random.Random(seed)
-    rng.shuffle(ev)
-    rng.shuffle(pref)
-    rows = []
-    for r in ev[: n // 2]:
-        slug = COCONOT_CATEGORIES[r["category"]]
-        answer = tm.token_for("refuse", slug) + coconot.REFUSAL_TEXT[slug]
-        rows.append(
-            {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer}]}
-        )
-    for r in pref[: n - n // 2]:
-        answer = tm.token_for("respond") + r["chosen"]
-        rows.append(
-            {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer}]}
-        )
+
+@dataclasses.dataclass
+class Steps:
+    """The timed steps of one run: tokens/s of each (train_log.jsonl: real tokens over the step's wall
+    time), and, where the progress lines marked every step, each step's CPU seconds and tokens."""
+
+    rates: list[float]
+    cpu: list[float]
+    tokens: list[float]
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return sum(self.tokens) / sum(self.cpu) if self.cpu and sum(self.cpu) > 0 else float("nan")
+
+
+def timed_steps(rates: list[float], marks: dict[int, tuple[float, float]], warmup: int) -> Steps:
+    """Steps ``warmup+1 ..`` of a run. A step's CPU (and wall) time is the difference of the marks
+    at its end and at the previous step's end, so the CPU figures need a mark at every step from
+    ``warmup`` on (and ``warmup`` >= 1); its tokens are its train_log rate times its marked wall time."""
+    timed = rates[warmup:]
+    steps = range(warmup, len(rates) + 1)
+    if warmup < 1 or not all(k in marks for k in steps):
+        return Steps(timed, [], [])
+    cpu = [marks[k][1] - marks[k - 1][1] for k in steps[1:]]
+    wall = [marks[k][0] - marks[k - 1][0] for k in steps[1:]]
+    return Steps(timed, cpu, [r * w for r, w in zip(timed, wall, strict=True)])
+
+
+def sample(path: str, n: int, rng: random.Random) -> list[dict]:
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
     rng.shuffle(rows)
-    return [(i + 1, r) for i, r in enumerate(rows)]
+    if n > len(rows):
+        raise SystemExit(f"-n: {path} has only {len(rows)} rows")
+    return rows[:n]
 
 
-def rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def worker(args: argparse.Namespace) -> dict:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    from rtools.model.adapter import make_peft_model, param_groups
-    from rtools.model.batching import right_pad
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.examples import apply_balance, build_examples, epoch_batches
-    from rtools.model.loading import add_control_tokens, load_base, load_tokenizer, model_directory
-    from rtools.model.objective import batch_loss
-    from rtools.model.training import TrainConfig
-    from rtools.tokens import TokenMap
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    directory = model_directory("embedded:SmolLM2-135M-Instruct")
-    tok = load_tokenizer(directory)
-    tm = TokenMap.single()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model = load_base(directory, "cpu", dtype)  # bf16 on CPU: mixed precision (rtools.model.precision)
-    control_ids = add_control_tokens(model, tok, tm)
-    enc = ChatEncoder(tok, tm.tokens())
-    cfg = TrainConfig(out="-", batch_size=8, device="cpu", load_4bit=False, gradient_checkpointing=False)
-    rcfg = cfg.resolved("cpu")
-    examples, _ = build_examples(
-        tagged_rows(args.coconot, args.n, args.seed), enc, tm, "bench", cfg.max_answer_tokens, cfg.max_length
-    )
-    apply_balance(examples)
-    batches = epoch_batches(examples, cfg.batch_size, cfg.seed, 0)
-    need = args.warmup + args.steps
-    while len(batches) < need:
-        batches += epoch_batches(examples, cfg.batch_size, cfg.seed, len(batches))
-    batches = batches[:need]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-
-    if args.worker == "rt-lora":
-        model = make_peft_model(model, control_ids, rcfg)
-        opt = torch.optim.AdamW(
-            param_groups(model, cfg.lr, cfg.token_lr, cfg.weight_decay), betas=(0.9, 0.999)
-        )
-        ctrl_t = torch.tensor(control_ids)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-
-        def step(b: list[int]) -> int:
-            loss, parts, nt = batch_loss(model, examples, b, ctrl_t, rcfg, pad, "cpu")
-            loss.backward()
-            float(loss)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return nt
-
-    else:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=16,
-                lora_alpha=32,
-                lora_dropout=0.0,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-                trainable_token_indices=list(control_ids),
-            ),
-        )
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-
-        def step(b: list[int]) -> int:
-            exs = [examples[i] for i in b]
-            ids, mask = right_pad([e.ids for e in exs], pad)
-            labels = ids.clone()
-            labels[mask == 0] = -100
-            for k, e in enumerate(exs):
-                labels[k, : e.labels_from] = -100  # the prompt
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return int(mask.sum())
-
-    model.train()
-    trainable_n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rss_before = rss_mib()
-    times, cpu_times, toks = [], [], []
-    for i, b in enumerate(batches):
-        t0, c0 = time.perf_counter(), time.process_time()
-        nt = step(b)
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        if i >= args.warmup:
-            times.append(dt)
-            cpu_times.append(dc)
-            toks.append(nt)
-    return {
-        "worker": args.worker,
-        "threads": torch.get_num_threads(),
-        "examples": len(examples),
-        "trainable_params": trainable_n,
-        "step_times": times,
-        "step_cpu_times": cpu_times,
-        "step_tokens": toks,
-        "tokens_per_s": sum(toks) / sum(times),
-        "tokens_per_cpu_s": sum(toks) / sum(cpu_times),
-        "rss_before_mib": rss_before,
-        "rss_peak_mib": rss_mib(),
-    }
-
-
-def run_worker(name: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        name,
-        "--coconot",
-        args.coconot,
-        "-n",
-        str(args.n),
-        "--warmup",
-        str(args.warmup),
-        "--steps",
-        str(args.steps),
-        "--seed",
-        str(args.seed),
+def tagged_rows(co: abtest.Checkout, coconot: str, n: int, seed: int) -> bytes:
+    """``n`` tagged rows (JSONL), half refusal and half respond, by ``co``'s rt-tag, in a seeded order."""
+    rng = random.Random(seed)
+    groups = [
+        (sample(os.path.join(coconot, "coconot_eval.jsonl"), n // 2, rng), ["--label", "refuse"]),
+        (
+            sample(os.path.join(coconot, "coconot_pref.jsonl"), n - n // 2, rng),
+            ["--label", "respond", "--response-field", "chosen"],
+        ),
     ]
-    cmd += ["--threads", str(args.threads), "--dtype", getattr(args, "worker_dtype", "fp32")]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"the {name} worker failed (exit {proc.returncode})")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["wall_s"] = time.perf_counter() - t0
-    return res
+    lines: list[bytes] = []
+    for rows, flags in groups:
+        stdin = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        run = abtest.timed(co.command("rt-tag", "-q", *flags), co.env(0), stdin, cwd=co.path)
+        lines += abtest.check(run, "rt-tag").stdout.splitlines(keepends=True)
+    rng.shuffle(lines)
+    return b"".join(lines)
 
 
 def main() -> int:
+    if any(a.split("=")[0] in LEGACY for a in sys.argv[1:]):
+        import bench_lora_peft
+
+        sys.argv = [bench_lora_peft.__file__] + [a for a in sys.argv[1:] if a != "--vs-peft"]
+        return bench_lora_peft.main()
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--coconot", default=os.path.join(ROOT, "..", "shared", "data", "coconot"))
-    ap.add_argument("-n", type=int, default=64, help="tagged examples (half refusal, half respond)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=2, help="rounds of both workers (alternating order)")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads in both workers; 0: torch's default. One by default: on a busy shared "
-        "machine two OpenMP threads stall each other whenever a neighbour holds a core",
-    )
+    abtest.add_arguments(ap, repeats=3)
+    ap.add_argument("--coconot", default=os.path.join(abtest.ROOT, "..", "shared", "data", "coconot"))
+    ap.add_argument("-n", type=int, default=64, help="tagged rows (half refusal, half respond)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps of each run")
+    ap.add_argument("--batch-size", type=int, default=4, help="rt-lora --batch-size (its default: 8)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--worker", choices=["rt-lora", "peft"], help=argparse.SUPPRESS)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--train-dtypes", default="fp32,auto", help="rt-lora --dtype values to run")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE)
     ap.add_argument(
-        "--dtypes",
-        action="store_true",
-        help="instead: rt-lora's step in bf16 (mixed precision: bf16 frozen base, fp32 LoRA, token rows "
-        "and loss) against fp32 (bars: tokens/s >= 2x, peak RSS <= 1.0x)",
+        "--judge",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="what the bar uses: the steps' wall-clock tokens/s, or their CPU time (per-step marks from "
+        "rt-lora's progress lines and /proc). auto: CPU time with --threads 1 when every run has the marks",
     )
-    ap.add_argument("--out", default=None, help="with --dtypes: append the result as a JSON line")
+    ap.add_argument("--vs-peft", action="store_true", help="run bench_lora_peft.py instead (see above)")
     args = ap.parse_args()
-    args.coconot = os.path.abspath(args.coconot)
+    abtest.resolve_arguments(args, ap)
+    wanted = [d.strip() for d in args.train_dtypes.split(",") if d.strip()]
+    if not wanted or any(d not in ("fp32", "auto", "bf16") for d in wanted):
+        ap.error(f"--train-dtypes {args.train_dtypes!r}: a list of fp32, auto, bf16")
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
+    judge = args.judge if args.judge != "auto" else ("cpu" if args.threads == 1 else "wall")
 
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return 0
-    if args.dtypes:
-        return compare_dtypes(args)
+    info = abtest.machine_info()
+    info["threads_note"] = abtest.threads_note(args.threads)
+    tmp = tempfile.mkdtemp(prefix="rtools-bench-lora-")
+    result: dict = {"bench": "bench_lora", "n": args.n, "warmup": args.warmup, "steps": args.steps}
+    per_step: dict[tuple[str, str], list[Steps]] = {}
+    try:
+        with abtest.checkouts(args.baseline, args.new) as (base, new):
+            cos = {BASELINE: base, NEW: new}
+            print(f"baseline: {base.path} at {base.rev}\nnew:      {new.path} at {new.rev}", flush=True)
+            data = os.path.join(tmp, "tagged.jsonl")
+            with open(data, "wb") as fh:
+                fh.write(tagged_rows(new, os.path.abspath(args.coconot), args.n, args.seed))
+            total = args.warmup + args.steps
 
-    runs: dict[str, list[dict]] = {"peft": [], "rt-lora": []}
-    for r in range(args.repeat):
-        for name in ("peft", "rt-lora") if r % 2 == 0 else ("rt-lora", "peft"):
-            res = run_worker(name, args)
-            runs[name].append(res)
+            def run(label: str, d: str, k: object, steps: int) -> tuple[abtest.Run, dict, Steps, str]:
+                """One rt-lora run: its timing, summary, the timed steps, and the dtype it trained in
+                (rtools_config.json: what auto resolved to)."""
+                co = cos[label]
+                out = os.path.join(tmp, f"adapter-{label}-{d}-{k}")
+                argv = co.command(
+                    "rt-lora",
+                    data,
+                    "--out",
+                    out,
+                    "--max-steps",
+                    str(steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--eval-fraction",
+                    "0",
+                    "--save-every",
+                    str(NEVER),
+                    "--seed",
+                    str(args.seed),
+                    "--dtype",
+                    d,
+                )  # not -q: its progress lines (one a step here) mark each step's CPU time
+                res, marks = abtest.timed_marks(argv, co.env(args.threads), PROGRESS, cwd=co.path)
+                abtest.check(res, f"{label} rt-lora")
+                summary = json.loads(res.stdout.decode().strip().splitlines()[-1])
+                with open(os.path.join(out, "train_log.jsonl")) as fh:
+                    log = [json.loads(line) for line in fh if line.strip()]
+                with open(os.path.join(out, "rtools_config.json")) as fh:
+                    trained = json.load(fh).get("training", {}).get("dtype", "?")
+                rates = [e["tokens_per_s"] for e in log if "tokens_per_s" in e and "step" in e]
+                for path in (out, out + ".checkpoint"):
+                    shutil.rmtree(path, ignore_errors=True)
+                if len(rates) != steps:
+                    raise SystemExit(
+                        f"{label} rt-lora: {len(rates)} steps in train_log.jsonl, expected {steps}"
+                    )
+                return res, summary, timed_steps(rates, marks, args.warmup), trained
+
+            # warm the caches (untimed, one step), and learn what auto resolves to in each checkout
+            warm = "auto" if "auto" in wanted else wanted[0]
+            resolved = {label: run(label, warm, "warm", 1)[3] for label in cos}
+            dtypes = list(wanted)
+            note = ""
+            if warm == "auto":
+                info["auto_dtype"] = resolved
+                if "fp32" in wanted and all(v == "fp32" for v in resolved.values()):
+                    dtypes.remove("auto")
+                    note = (
+                        "--dtype auto resolves to fp32 in both checkouts here (rt-lora's rtools_config.json): "
+                        "its runs would repeat the fp32 runs; the fp32 figures stand for auto"
+                    )
+            print(abtest.format_machine(info), flush=True)
+            if note:
+                print(note)
             print(
-                f"round {r + 1} {name:8s}: {res['tokens_per_s']:7.1f} tokens/s ({res['tokens_per_cpu_s']:.1f} per CPU-s) "
-                f"over {len(res['step_times'])} steps "
-                f"({sum(res['step_tokens'])} tokens), peak RSS {res['rss_peak_mib']:.0f} MiB "
-                f"(+{res['rss_peak_mib'] - res['rss_before_mib']:.0f} MiB training), "
-                f"{res['wall_s']:.0f}s in all",
+                f"{args.n} tagged CoCoNot rows, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} "
+                f"timed steps a run, {args.repeats} repeats, alternated",
                 flush=True,
             )
-    best = {k: max(v, key=lambda x: x["tokens_per_s"]) for k, v in runs.items()}
-    peak = {k: max(x["rss_peak_mib"] for x in v) for k, v in runs.items()}
-    grow = {k: max(x["rss_peak_mib"] - x["rss_before_mib"] for x in v) for k, v in runs.items()}
-    # per-step ratios: the same batch in both loops, so each step's time ratio is a paired comparison
-    step_ratios = [
-        tb / tr
-        for pb, pr in zip(runs["peft"], runs["rt-lora"], strict=True)
-        for tb, tr in zip(pb["step_times"], pr["step_times"], strict=True)
-    ]
-    cpu_rate = {k: max(x["tokens_per_cpu_s"] for x in v) for k, v in runs.items()}
-    speed = best["rt-lora"]["tokens_per_s"] / best["peft"]["tokens_per_s"]
-    mem = peak["rt-lora"] / peak["peft"]
-    mem_grow = grow["rt-lora"] / max(grow["peft"], 1e-9)
-    b = best["rt-lora"]
-    print(
-        f"\n{b['examples']} examples, batch 8, {args.warmup} warm-up + {args.steps} timed steps, fp32, "
-        f"{b['threads']} threads; trainable parameters: rt-lora {b['trainable_params']:,}, "
-        f"peft {best['peft']['trainable_params']:,}"
-    )
-    for k in ("peft", "rt-lora"):
-        print(
-            f"{k:8s} {best[k]['tokens_per_s']:8.1f} tokens/s (best of {len(runs[k])})   peak RSS {peak[k]:6.0f} MiB"
-            f"   training adds {grow[k]:5.0f} MiB"
-        )
-    ok_speed = speed >= MIN_SPEED
-    ok_mem = mem <= MAX_MEMORY
-    print()
-    print(
-        f"tokens/s  rt-lora / peft   {speed:5.2f}x  (bar >= {MIN_SPEED}x)  {'ok' if ok_speed else 'MISSED'}"
-    )
-    print(
-        f"  median per-step time ratio (peft / rt-lora, same batches): {statistics.median(step_ratios):.2f}x"
-    )
-    print(
-        f"  per CPU-second (process time, blind to waiting for a busy core): rt-lora "
-        f"{cpu_rate['rt-lora']:.1f}, peft {cpu_rate['peft']:.1f} tokens/s: "
-        f"{cpu_rate['rt-lora'] / cpu_rate['peft']:.2f}x"
-    )
-    print(f"peak RSS  rt-lora / peft   {mem:5.2f}x  (bar <= {MAX_MEMORY}x)  {'ok' if ok_mem else 'MISSED'}")
-    print(f"  RSS added by training, rt-lora / peft: {mem_grow:.2f}x")
-    return 0 if ok_speed and ok_mem else 1
 
-
-MIN_BF16_SPEED = 2.0
-MAX_BF16_MEMORY = 1.0
-
-
-def compare_dtypes(args: argparse.Namespace) -> int:
-    """rt-lora's training step in bf16 against fp32: same batches, own subprocesses, alternating."""
-    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
-    for r in range(args.repeat):
-        for dt in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
-            args.worker_dtype = dt
-            res = run_worker("rt-lora", args)
-            runs[dt].append(res)
-            print(
-                f"round {r + 1} {dt}: {res['tokens_per_s']:7.1f} tokens/s ({res['tokens_per_cpu_s']:.1f} per CPU-s) "
-                f"over {len(res['step_times'])} steps ({sum(res['step_tokens'])} tokens), peak RSS "
-                f"{res['rss_peak_mib']:.0f} MiB, {res['wall_s']:.0f}s in all",
-                flush=True,
-            )
-    best = {k: max(x["tokens_per_s"] for x in v) for k, v in runs.items()}
-    cpu = {k: max(x["tokens_per_cpu_s"] for x in v) for k, v in runs.items()}
-    peak = {k: max(x["rss_peak_mib"] for x in v) for k, v in runs.items()}
-    step_ratios = sorted(
-        a / b
-        for pf, pb in zip(runs["fp32"], runs["bf16"], strict=True)
-        for a, b in zip(pf["step_times"], pb["step_times"], strict=True)
-    )
-    speed, mem = best["bf16"] / best["fp32"], peak["bf16"] / peak["fp32"]
-    ok_speed, ok_mem = speed >= MIN_BF16_SPEED, mem <= MAX_BF16_MEMORY
-    print(f"\n{args.threads} thread(s), {args.warmup} warm-up + {args.steps} timed steps, batch 8")
-    for k in runs:
-        print(
-            f"{k}: {best[k]:7.1f} tokens/s (best of {len(runs[k])}), {cpu[k]:.1f} per CPU-s, peak RSS {peak[k]:.0f} MiB"
-        )
-    print(
-        f"tokens/s  bf16 / fp32   {speed:5.2f}x  (bar >= {MIN_BF16_SPEED}x)  {'ok' if ok_speed else 'MISSED'}"
-    )
-    print(
-        f"  per-step time ratios fp32 / bf16 (same batches): median {statistics.median(step_ratios):.2f}x, "
-        f"range {step_ratios[0]:.2f}-{step_ratios[-1]:.2f}x; per CPU-second {cpu['bf16'] / cpu['fp32']:.2f}x"
-    )
-    print(f"peak RSS  bf16 / fp32   {mem:5.2f}x  (bar <= {MAX_BF16_MEMORY}x)  {'ok' if ok_mem else 'MISSED'}")
-    if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(
-                json.dumps(
-                    {
-                        "bench": "bench_lora --dtypes",
-                        "threads": args.threads,
-                        "tokens_per_s": best,
-                        "tokens_per_cpu_s": cpu,
-                        "peak_rss_mib": peak,
-                        "speed_ratio": round(speed, 3),
-                        "step_ratio_median": round(statistics.median(step_ratios), 3),
-                        "step_ratio_range": [round(step_ratios[0], 3), round(step_ratios[-1], 3)],
-                        "cpu_ratio": round(cpu["bf16"] / cpu["fp32"], 3),
-                        "memory_ratio": round(mem, 3),
-                    }
+            samples = {d: abtest.Samples() for d in dtypes}
+            summ: dict[tuple[str, str], list[float]] = {(lab, d): [] for lab in cos for d in dtypes}
+            for k, (r, d, label) in enumerate(abtest.schedule(args.repeats, dtypes)):
+                res, summary, st, _ = run(label, d, k, total)
+                samples[d].add(label, res)
+                per_step.setdefault((label, d), []).append(st)
+                summ[label, d].append(summary["tokens_per_s"])
+                cpu = (
+                    f"{sum(st.cpu):6.1f}s CPU ({st.tokens_per_cpu_s:.1f} tokens/CPU-s)"
+                    if st.cpu
+                    else "CPU n/a"
                 )
-                + "\n"
+                print(
+                    f"  repeat {r + 1} {d:4s} {label:8s} median step {st.median_rate:7.1f} tokens/s "
+                    f"(steps {', '.join(f'{x:.0f}' for x in st.rates)}), timed steps {cpu}; "
+                    f"command {res.wall:6.1f}s wall {res.cpu:6.1f}s CPU",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    info["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print(abtest.format_machine(info))
+    print(abtest.busy_note(info, own=args.threads or info["usable_cores"]))
+    if note:
+        print(note)
+    oks, lines = [], []
+    result["dtypes"] = {}
+    for d in dtypes:
+        runs = {lab: per_step[lab, d] for lab in (BASELINE, NEW)}
+        med = {lab: abtest.median([st.median_rate for st in v]) for lab, v in runs.items()}
+        pairs = sorted(
+            n / b
+            for rb, rn in zip(runs[BASELINE], runs[NEW], strict=True)
+            for b, n in zip(rb.rates, rn.rates, strict=True)
+        )
+        whole = {lab: abtest.median(summ[lab, d]) for lab in (BASELINE, NEW)}
+        has_cpu = all(st.cpu for v in runs.values() for st in v)
+        print(f"\n--dtype {d}, median of {args.repeats} runs:")
+        print(
+            f"  {'training step tokens/s (wall)':32s} baseline {med[BASELINE]:8.1f}  new {med[NEW]:8.1f}  "
+            f"{abtest.format_ratio(med[NEW], med[BASELINE], 'rate')}  "
+            f"[per-step ratios: median {statistics.median(pairs):.3f}, {pairs[0]:.2f}-{pairs[-1]:.2f}]"
+        )
+        entry: dict = {
+            "tokens_per_s_median": med,
+            "tokens_per_s_runs": {lab: [st.median_rate for st in v] for lab, v in runs.items()},
+            "step_ratio_median": round(statistics.median(pairs), 3),
+            "step_ratio_range": [round(pairs[0], 3), round(pairs[-1], 3)],
+            "summary_tokens_per_s": whole,
+            "command": samples[d].as_dict(),
+        }
+        speed = {"wall": med[NEW] / med[BASELINE]}
+        if has_cpu:
+            cpu = {lab: abtest.median([sum(st.cpu) for st in v]) for lab, v in runs.items()}
+            tpc = {lab: abtest.median([st.tokens_per_cpu_s for st in v]) for lab, v in runs.items()}
+            cpairs = sorted(
+                b / n
+                for rb, rn in zip(runs[BASELINE], runs[NEW], strict=True)
+                for b, n in zip(rb.cpu, rn.cpu, strict=True)
             )
-    return 0 if ok_speed and ok_mem else 1
+            speed["cpu"] = cpu[BASELINE] / cpu[NEW]
+            print(
+                f"  {'timed steps, CPU seconds':32s} baseline {cpu[BASELINE]:8.2f}  new {cpu[NEW]:8.2f}  "
+                f"{abtest.format_ratio(cpu[NEW], cpu[BASELINE])}  [per-step speed-ups: median "
+                f"{statistics.median(cpairs):.3f}, {cpairs[0]:.2f}-{cpairs[-1]:.2f}; ~{tpc[BASELINE]:.1f} / "
+                f"{tpc[NEW]:.1f} tokens/CPU-s]"
+            )
+            entry.update(
+                steps_cpu_s={lab: [round(sum(st.cpu), 3) for st in v] for lab, v in runs.items()},
+                tokens_per_cpu_s=tpc,
+                cpu_step_speedup_median=round(statistics.median(cpairs), 3),
+            )
+        else:
+            print("  timed steps, CPU seconds: n/a (no per-step progress lines from rt-lora, or no /proc)")
+        print(
+            f"  {'rt-lora tokens_per_s (all)':32s} baseline {whole[BASELINE]:8.1f}  new {whole[NEW]:8.1f}  "
+            f"{abtest.format_ratio(whole[NEW], whole[BASELINE], 'rate')}"
+        )
+        print("  " + abtest.figure_line("whole command (start, load)", samples[d]))
+        kind = judge if judge in speed else "wall"
+        line, ok = abtest.bar_line(
+            f"{d} training step speed-up ({kind})", speed[kind], round(1 - args.tolerance, 3)
+        )
+        lines.append(line + "  (no slower, within the tolerance)")
+        oks.append(ok)
+        entry["judged_on"] = kind
+        result["dtypes"][d] = entry
+    print()
+    print("\n".join(lines))
+    result.update(
+        machine=info, baseline=base.rev, new=new.rev, repeats=args.repeats, threads=args.threads, note=note
+    )
+    result["ok"] = all(oks)
+    abtest.write_result(args.out, result)
+    return 0 if all(oks) else 1
 
 
 if __name__ == "__main__":

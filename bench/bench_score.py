@@ -1,445 +1,332 @@
-"""Throughput of rt-score's scoring path against the paper's code path and a naive loop (CPU).
+"""rt-score end to end, baseline against new (issue 23): fixed cost, scoring, and where the time goes.
 
-Model: the embedded default, SmolLM2-135M-Instruct (fp32), loaded with untrained control tokens
-(``load_for_inference("embedded", allow_untrained=True)``): the weights' values do not change the speed.
-Prompts: CoCoNot (coconot_eval.jsonl), a fixed seeded sample of ``-n`` prompts, rendered with the
-chat template exactly as rt-score renders them.
+The same ``rt-score FILE --dtype D`` from both checkouts (bench/abtest.py: ``--baseline REV``, a
+temporary worktree; alternated; median of ``--repeats``), on ``-n`` CoCoNot prompts (a seeded
+sample of coconot_eval.jsonl; past its 1,001 rows, of coconot_eval + coconot_contrast_eval) and on
+1 prompt (the fixed cost: start, imports, loading), for each of ``--score-dtypes`` (fp32, auto).
+When ``--dtype auto`` resolves to fp32 in both checkouts (a CPU without bf16 units), the auto runs
+would repeat the fp32 ones: they are skipped and the fp32 figures stand for both (said so).
 
-Timed, in rounds (the methods' order rotates each round; the best time of each is kept):
+Prints, per dtype: the fixed cost, the end-to-end time, the time less the fixed cost, each with the
+ratio new/baseline; the largest score difference between the checkouts; then the bars:
 
-* ``rt-score``: ``rtools.model.scoring.Scorer.probabilities`` with its defaults (token budget
-  8192, capped at 1024 tokens a batch on CPU, at most 64 prompts a batch, right padding, the
-  shared template prefix run once, the vocabulary head at one position per prompt);
-* ``plain batched``: the ANCHORS row "length-sorted batches of 32, left padding,
-  logits_to_keep=1" (a plain ``model(...)`` call): the bar to keep, then beat;
-* ``naive``: one prompt at a time, batch 1, full logits at every position;
-* ``paper``: the paper's code path on the first ``--paper-n`` prompts: a full forward (all
-  logits) of a left-padded batch of 16, the full-vocabulary softmax at the last position, the
-  chosen control token appended, then the answer generated (128 new tokens, greedy).
+* ``--dtype auto``: scoring less the fixed cost >= 1.5x as fast as the baseline (``--min-auto``);
+* ``--dtype fp32``: no slower, end to end and less the fixed cost (new/baseline time <= 1 +
+  ``--tolerance``, 0.05: the noise floor measured here, bench/README.md);
+* on a CPU with AMX: auto >= 3x fp32 end to end on 1,024 prompts (new checkout; ``-n 1024``). On
+  a CPU without AMX the bar cannot be tested, and the script says so.
+* fp32 scores of the two checkouts equal to 1e-5.
 
-Every baseline runs under ``torch.inference_mode`` too, so the ratios measure the method, not
-autograd bookkeeping. Prints prompts/s of each and the ratios; checks that rt-score's scores equal
-the naive loop's (1e-4) and rt-score's own path without the shared prefix (1e-5). Exits 1 when a
-bar is missed: rt-score >= 12x the paper's path, >= 1.8x the naive loop.
+The bars use the children's CPU time with ``--threads 1`` (the default: a one-thread process's CPU
+time is its wall time without the waiting for a core that other jobs add; on this shared machine the
+two runs of a back-to-back pair agreed to ~2.5% in CPU time, ~17% in wall time) and wall time
+otherwise (``--judge``); both are printed. Exit status 1 when a bar is missed. ``--profile-n`` prompts are also scored under torch.profiler
+through the public API (``rtools.Scorer``; bench/ab_probe.py) in each checkout: the share of the
+time in matrix products (aten::linear/addmm/mm/bmm/matmul), attention, other ops and outside any
+op, side by side, so that a regression shows.
 
-    python bench/bench_score.py [--coconot DIR] [-n 128] [--paper-n 16] [--rounds 2] [--threads 1] [--sweep]
+    python bench/bench_score.py [--baseline REV] [-n 64] [--repeats 3] [--score-dtypes fp32,auto] [--judge auto] [--out FILE]
 
-``--sweep`` also times rt-score's path at token budgets from 256 to 8192 (CPU cap lifted), and
-without the shared prefix. On a shared machine the absolute numbers move a lot; compare only
-ratios from one run. One torch thread by default (``--threads 0`` for torch's default).
+The earlier in-process comparisons (rt-score's path against the paper's path and a naive loop, the
+token-budget sweep, bf16 against fp32, AUROC) are bench/bench_score_paths.py; ``--paths``,
+``--sweep``, ``--dtypes`` and ``--auroc`` here run that script with the other arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
-import time
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
-MIN_PAPER = 12.0
-MIN_NAIVE = 1.8
-MIN_BF16 = 3.0
-MAX_AUROC_DELTA = 0.005
+import abtest  # noqa: E402
+from abtest import BASELINE, NEW  # noqa: E402
+
+MIN_AUTO = 1.5
+MIN_AMX = 3.0
+TOLERANCE = 0.05
+MAX_FP32_DIFF = 1e-5
+LEGACY = ("--paths", "--sweep", "--dtypes", "--auroc")
 
 
-def load_prompts(coconot_dir: str, n: int, seed: int) -> list[str]:
-    from rtools.datasets import coconot
-
-    rows = coconot.read_jsonl(os.path.join(coconot_dir, "coconot_eval.jsonl"))
-    rng = random.Random(seed)
-    rng.shuffle(rows)
+def sample_prompts(coconot_dir: str, n: int, seed: int) -> list[dict]:
+    """A seeded sample of ``n`` CoCoNot prompt records (id, prompt): coconot_eval.jsonl, and past its
+    rows coconot_contrast_eval.jsonl too."""
+    rows = []
+    for name in ("coconot_eval.jsonl", "coconot_contrast_eval.jsonl"):
+        with open(os.path.join(coconot_dir, name)) as fh:
+            rows += [json.loads(line) for line in fh if line.strip()]
+        if len(rows) >= n:
+            break
     if n > len(rows):
-        raise SystemExit(f"-n {n}: coconot_eval.jsonl has only {len(rows)} rows")
-    return [r["prompt"] for r in rows[:n]]
+        raise SystemExit(f"-n {n}: CoCoNot's eval files have only {len(rows)} prompts")
+    random.Random(seed).shuffle(rows)
+    return [{"id": r.get("id", str(i)), "prompt": r["prompt"]} for i, r in enumerate(rows[:n])]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> str:
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+def probs(stdout: bytes) -> list[list[float]]:
+    """Each output record's probabilities, in order: p_refuse, p_respond, then p_cat's values."""
+    out = []
+    for line in stdout.decode().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            cats = [v for _, v in sorted((r.get("p_cat") or {}).items())]
+            out.append([r["p_refuse"], r["p_respond"], *cats])
+    return out
+
+
+def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+def profile_lines(label: str, dtype: str, p: dict) -> list[str]:
+    prof = p["profile"]
+    parts = dict(prof["seconds"])
+    parts["outside ops"] = prof["outside_ops_s"]
+    total = sum(parts.values()) or 1e-9
+    shares = ", ".join(f"{k} {v / total:5.1%}" for k, v in parts.items())
+    top = "; ".join(f"{name.removeprefix('aten::')} {s:.2f}s" for name, s, _, _ in prof["top_ops"][:5])
+    return [
+        f"  {label:8s} {dtype} ({p['resolved']}): {prof['prompts']} prompts in {prof['wall_s']:.2f}s: {shares}",
+        f"           top ops by own time: {top}",
+    ]
 
 
 def main() -> int:
+    if any(a.split("=")[0] in LEGACY for a in sys.argv[1:]):
+        import bench_score_paths
+
+        sys.argv = [bench_score_paths.__file__] + [a for a in sys.argv[1:] if a != "--paths"]
+        return bench_score_paths.main()
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--coconot", default=os.path.join(HERE, "..", "..", "shared", "data", "coconot"))
-    ap.add_argument("-n", type=int, default=128, help="prompts for rt-score, plain batched and naive")
-    ap.add_argument("--paper-n", type=int, default=16, help="prompts for the paper's path (batch 16)")
-    ap.add_argument("--new-tokens", type=int, default=128, help="answer tokens the paper's path generates")
-    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (best time kept)")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads; 0: torch's default (one per core). One by default: on a busy shared "
-        "machine two OpenMP threads stall each other whenever a neighbour holds a core",
-    )
-    ap.add_argument("--sweep", action="store_true", help="also time a few token budgets of rt-score")
+    abtest.add_arguments(ap, repeats=3)
+    ap.add_argument("--coconot", default=os.path.join(abtest.ROOT, "..", "shared", "data", "coconot"))
+    ap.add_argument("-n", type=int, default=64, help="prompts of the long run (issue 23: 1024)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-paper", type=float, default=MIN_PAPER)
-    ap.add_argument("--min-naive", type=float, default=MIN_NAIVE)
+    ap.add_argument("--score-dtypes", default="fp32,auto", help="rt-score --dtype values to run")
+    ap.add_argument("--model", default=None, help="rt-score --model (default: none, the shipped scorer)")
+    ap.add_argument("--profile-n", type=int, default=24, help="prompts scored under torch.profiler (0: none)")
+    ap.add_argument("--min-auto", type=float, default=MIN_AUTO)
+    ap.add_argument("--min-amx", type=float, default=MIN_AMX)
     ap.add_argument(
-        "--dtypes",
-        action="store_true",
-        help="instead: rt-score in bf16 (mixed precision) against fp32, same prompts, at 1 and 2 threads "
-        "(bar: bf16 >= --min-bf16 x fp32), max |dp_refuse|, bf16 batch-size spread, and the CPU's own "
-        "bf16/fp32 matmul ratio (the ceiling)",
-    )
-    ap.add_argument("--min-bf16", type=float, default=MIN_BF16)
-    ap.add_argument("--thread-counts", default="1,2", help="with --dtypes: torch thread counts to time")
-    ap.add_argument(
-        "--model", default=None, help="with --dtypes: a model or rt-lora adapter (default: embedded)"
+        "--tolerance", type=float, default=TOLERANCE, help="fp32 'no slower': time ratio <= 1+this"
     )
     ap.add_argument(
-        "--auroc",
-        metavar="ADAPTER",
-        help="instead: score bench/recipe.py's CoCoNot test split with ADAPTER in fp32 and in bf16, "
-        "print both AUROCs (bar: within 0.005) and append a JSON line to --out",
+        "--judge",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="the time the bars use: wall clock, or the children's CPU time (user + system). auto: CPU time "
+        "with --threads 1 (a one-thread process's CPU time is its wall time less the waiting for a core a "
+        "busy machine adds), wall time otherwise; both are printed",
     )
-    ap.add_argument("--out", default=None, help="with --auroc / --dtypes: append the result as a JSON line")
+    ap.add_argument("--paths", action="store_true", help="run bench_score_paths.py instead (see above)")
     args = ap.parse_args()
-    if args.dtypes:
-        return compare_dtypes(args)
-    if args.auroc:
-        return compare_auroc(args)
+    abtest.resolve_arguments(args, ap)
+    wanted = [d.strip() for d in args.score_dtypes.split(",") if d.strip()]
+    if not wanted or any(d not in ("fp32", "auto", "bf16", "fp16") for d in wanted):
+        ap.error(f"--score-dtypes {args.score_dtypes!r}: a list of fp32, auto, bf16, fp16")
+    judge = args.judge if args.judge != "auto" else ("cpu" if args.threads == 1 else "wall")
+    if args.n < 2:
+        ap.error("-n must be >= 2 (the 1-prompt run is the fixed cost)")
 
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import load_for_inference
-    from rtools.model.scoring import Scorer, control_probabilities, shared_prefix
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    lm = load_for_inference("embedded", allow_untrained=True)
-    load_s = time.perf_counter() - t0
-    model, tok = lm.model, lm.tokenizer
-    enc = ChatEncoder(tok, lm.token_map.tokens())
-    pad = tok.pad_token_id or 0
-    prompts = load_prompts(args.coconot, args.n, args.seed)
-    seqs = [enc.encode_prompt([{"role": "user", "content": p}]) for p in prompts]
-    lengths = [len(s) for s in seqs]
-    ctrl = enc.control_ids
-    refuse, respond = ctrl[0], ctrl[-1]
-    # untrained control tokens have tiny probabilities (~1e-8): the score check also covers a few
-    # ordinary tokens likely at the first assistant position, so that 1e-4 means something
-    common = [
-        i for w in ("I", "Sure", "The", "Here", "As") for i in tok.encode(w, add_special_tokens=False)[:1]
-    ]
-    check_ids = ctrl + common
-    sel = torch.tensor(check_ids)
-    scorer = Scorer(model, enc, lm.token_map, device="cpu", pad_id=pad)
-    print(
-        f"model {lm.spec} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, fp32) loaded in "
-        f"{load_s:.1f}s; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
-    )
-    print(
-        f"{len(seqs)} CoCoNot prompts: mean {sum(lengths) / len(lengths):.1f} tokens "
-        f"(min {min(lengths)}, max {max(lengths)}), shared template prefix {shared_prefix(seqs)} tokens"
-    )
-
-    def left_pad(batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        T = max(len(s) for s in batch)
-        ids = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for i, s in enumerate(batch):
-            ids[i, T - len(s) :] = torch.tensor(s)
-            mask[i, T - len(s) :] = 1
-        return ids, mask
-
-    def rt_score() -> list[list[float]]:
-        return scorer.probabilities(seqs)
-
-    @torch.inference_mode()
-    def plain_batched(bs: int = 32) -> list[list[float]]:
-        order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
-        out: list[list[float]] = [[] for _ in seqs]
-        for s in range(0, len(order), bs):
-            idx = order[s : s + bs]
-            ids, mask = left_pad([seqs[j] for j in idx])
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
-            p = torch.log_softmax(logits[:, -1].float(), -1).index_select(1, sel).exp().tolist()
-            for k, j in enumerate(idx):
-                out[j] = p[k]
-        return out
-
-    @torch.inference_mode()
-    def naive() -> list[list[float]]:
-        out = []
-        for s in seqs:
-            logits = model(input_ids=torch.tensor([s])).logits  # every position's logits
-            out.append(torch.log_softmax(logits[0, -1].float(), -1).index_select(0, sel).exp().tolist())
-        return out
-
-    paper_seqs = seqs[: args.paper_n]
-
-    @torch.inference_mode()
-    def paper(new_tokens: int = args.new_tokens, bs: int = 16) -> list[list[float]]:
-        out = []
-        for s in range(0, len(paper_seqs), bs):
-            ids, mask = left_pad(paper_seqs[s : s + bs])
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            p = logits[:, -1].float().softmax(-1)
-            choice = torch.where(p[:, refuse] >= 0.5, refuse, respond)
-            ids = torch.cat([ids, choice[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=None,
+    info = abtest.machine_info()
+    info["threads_note"] = abtest.threads_note(args.threads)
+    tmp = tempfile.mkdtemp(prefix="rtools-bench-score-")
+    rows = sample_prompts(args.coconot, args.n, args.seed)
+    files = {"1": write_jsonl(os.path.join(tmp, "one.jsonl"), rows[:1])}
+    files["n"] = write_jsonl(os.path.join(tmp, "n.jsonl"), rows)
+    model_args = ["--model", args.model] if args.model else []
+    result: dict = {"bench": "bench_score", "n": args.n, "model": args.model or "default", "seed": args.seed}
+    try:
+        with abtest.checkouts(args.baseline, args.new) as (base, new):
+            cos = {BASELINE: base, NEW: new}
+            print(f"baseline: {base.path} at {base.rev}\nnew:      {new.path} at {new.rev}", flush=True)
+            # what each dtype resolves to in each checkout, and the profile, through the public API
+            probes: dict[tuple[str, str], dict] = {}
+            for d in sorted(wanted, key=lambda d: d != "auto"):  # auto first
+                for label, co in cos.items():
+                    auto = probes.get((label, "auto"))
+                    if d == "fp32" and auto and auto["resolved"] == "fp32":
+                        probes[label, d] = auto  # the same model in the same dtype: not loaded twice
+                        continue
+                    probes[label, d] = abtest.probe(
+                        co,
+                        args.model,
+                        co.env(args.threads),
+                        dtype=d,
+                        profile=files["n"] if args.profile_n else None,
+                        profile_n=args.profile_n or None,
+                    )
+                if d == "auto":
+                    info["auto_dtype"] = {label: probes[label, d]["resolved"] for label in cos}
+            dtypes = list(wanted)
+            note = ""
+            if (
+                "auto" in dtypes
+                and "fp32" in dtypes
+                and all(v == "fp32" for v in info.get("auto_dtype", {}).values())
+            ):
+                dtypes.remove("auto")
+                note = "--dtype auto resolves to fp32 in both checkouts here: its runs would repeat the fp32 runs; the fp32 figures stand for auto"
+            print(abtest.format_machine(info), flush=True)
+            if note:
+                print(note)
+            lengths = [len(r["prompt"]) for r in rows]
+            print(
+                f"{args.n} CoCoNot prompts (seed {args.seed}; {sum(lengths) / len(lengths):.0f} characters on average), "
+                f"rt-score {' '.join(model_args) or '(the shipped scorer)'}; {args.repeats} repeats, alternated",
+                flush=True,
             )
-            out += p.index_select(1, sel).tolist()
-        return out
 
-    # warm-up (first-call allocations, lazy inits), then the scores to compare
-    t0 = time.perf_counter()
-    control_probabilities(model, seqs[:8], ctrl, pad_id=pad)
-    paper(new_tokens=2, bs=4)
-    print(f"warm-up {time.perf_counter() - t0:.1f}s")
+            def run(label: str, d: str, size: str) -> abtest.Run:
+                co = cos[label]
+                argv = co.command("rt-score", files[size], "--dtype", d, "-q", *model_args)
+                return abtest.check(
+                    abtest.timed(argv, co.env(args.threads), cwd=co.path), f"{label} rt-score"
+                )
 
-    methods = {
-        "rt-score": (rt_score, len(seqs)),
-        "plain batched": (plain_batched, len(seqs)),
-        "naive": (naive, len(seqs)),
-        "paper": (paper, len(paper_seqs)),
-    }
-    best = {k: float("inf") for k in methods}
-    scores: dict[str, list[list[float]]] = {}
-    names = list(methods)
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        line = []
-        for name in order:
-            fn, n = methods[name]
-            t0 = time.perf_counter()
-            scores[name] = fn()
-            dt = time.perf_counter() - t0
-            best[name] = min(best[name], dt)
-            line.append(f"{name} {n / dt:.2f}")
-        print(f"round {r + 1}: " + ", ".join(line) + " prompts/s", flush=True)
+            # the probes loaded each checkout's model (page cache, rtools' identity cache): compiling the
+            # checkouts' .pyc files completes the warm-up that an untimed run would give
+            for co in cos.values():
+                abtest.compile_pyc(co)
+            samples = {(d, s): abtest.Samples() for d in dtypes for s in ("1", "n")}
+            outputs: dict[tuple[str, str], bytes] = {}
+            for r, (d, s), label in abtest.schedule(args.repeats, list(samples)):
+                res = run(label, d, s)
+                samples[d, s].add(label, res)
+                if s == "n":
+                    outputs[label, d] = res.stdout
+                n = 1 if s == "1" else args.n
+                print(
+                    f"  repeat {r + 1} {d:4s} {n:5d} prompts {label:8s} {res.wall:7.2f}s wall {res.cpu:7.2f}s CPU",
+                    flush=True,
+                )
+    finally:
+        for f in files.values():
+            os.unlink(f)
+        os.rmdir(tmp)
 
-    rate = {k: methods[k][1] / best[k] for k in methods}
+    info["load_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
-    for k in names:
-        print(f"{k:14s} {rate[k]:8.2f} prompts/s  (best of {args.rounds}, {methods[k][1]} prompts)")
-
-    # scores: rt-score's path against the naive loop, the plain batched forward, the paper's path and
-    # its own path without the shared prefix, on the control tokens and a few common tokens
-    def maxdiff(a: list[list[float]], b: list[list[float]]) -> float:
-        return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
-
-    rt_check = control_probabilities(model, seqs, check_ids, pad_id=pad)
-    unshared = control_probabilities(model, seqs, check_ids, pad_id=pad, share_prefix=False)
-    same_ctrl = maxdiff(scores["rt-score"], [r[: len(ctrl)] for r in rt_check])
-    d_naive = maxdiff(rt_check, scores["naive"])
-    d_plain = maxdiff(rt_check, scores["plain batched"])
-    d_unshared = maxdiff(rt_check, unshared)
-    d_paper = maxdiff(rt_check[: len(paper_seqs)], scores["paper"])
-    p_max = max(max(r[len(ctrl) :]) for r in scores["naive"])
-    print(
-        f"\nscores of {len(ctrl)} control + {len(common)} common tokens (largest probability {p_max:.3f}): "
-        f"max |rt-score - naive| {d_naive:.2e}, - plain batched {d_plain:.2e}, - paper {d_paper:.2e}, "
-        f"- rt-score without the shared prefix {d_unshared:.2e}"
-    )
-
-    if args.sweep:
-        # token budgets, with the CPU cap lifted; the last row is rt-score before the shared prefix
-        # and the CPU cap (budget 8192, every prompt run whole)
-        import rtools.model.scoring as scoring
-
-        cap, scoring.CPU_BATCH_TOKENS = scoring.CPU_BATCH_TOKENS, None
-        configs = [(256, True), (512, True), (1024, True), (2048, True), (4096, True), (8192, True),
-                   (1024, False), (8192, False)]  # fmt: skip
-        sbest = {c: float("inf") for c in configs}
-        for r in range(args.rounds):
-            for c in configs if r % 2 == 0 else configs[::-1]:
-                t0 = time.perf_counter()
-                control_probabilities(model, seqs, ctrl, pad_id=pad, batch_tokens=c[0], share_prefix=c[1])
-                sbest[c] = min(sbest[c], time.perf_counter() - t0)
-        scoring.CPU_BATCH_TOKENS = cap
-        print(f"\nrt-score's path by token budget (at most 64 prompts a batch; best of {args.rounds}):")
-        for c in configs:
-            note = "" if c[1] else "  (no shared prefix)"
-            print(f"  budget {c[0]:5d}: {len(seqs) / sbest[c]:8.2f} prompts/s{note}")
-
-    r_paper = rate["rt-score"] / rate["paper"]
-    r_naive = rate["rt-score"] / rate["naive"]
-    r_plain = rate["rt-score"] / rate["plain batched"]
-    ok_paper = r_paper >= args.min_paper
-    ok_naive = r_naive >= args.min_naive
-    ok_scores = d_naive <= 1e-4 and d_unshared <= 1e-5 and same_ctrl == 0.0
-    print()
-    print(
-        f"rt-score / paper's path    {r_paper:7.2f}x  (bar >= {args.min_paper}x)  {'ok' if ok_paper else 'MISSED'}"
-    )
-    print(
-        f"rt-score / naive loop      {r_naive:7.2f}x  (bar >= {args.min_naive}x)  {'ok' if ok_naive else 'MISSED'}"
-    )
-    print(
-        f"rt-score / plain batched   {r_plain:7.2f}x  (plain batched / naive {rate['plain batched'] / rate['naive']:.2f}x,"
-        f" / paper {rate['plain batched'] / rate['paper']:.2f}x; ANCHORS: 1.96x, 13x)"
-    )
-    print(f"scores equal (naive 1e-4, unshared 1e-5)  {'ok' if ok_scores else 'MISSED'}")
-    return 0 if ok_paper and ok_naive and ok_scores else 1
-
-
-def matmul_ceiling(threads: int) -> tuple[float, float]:
-    """GFLOP/s of the default model's MLP product (1024 x 576 @ 576 x 1536) in fp32 and bf16."""
-    import torch
-
-    torch.set_num_threads(threads)
-    x, w = torch.randn(1024, 576), torch.randn(1536, 576)
-    out = []
-    for dt in (torch.float32, torch.bfloat16):
-        a, b = x.to(dt), w.to(dt)
-        torch.nn.functional.linear(a, b)
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.process_time()
-            for _ in range(5):
-                torch.nn.functional.linear(a, b)
-            best = min(best, (time.process_time() - t0) / 5)
-        out.append(2 * 1024 * 576 * 1536 / best / 1e9)
-    return out[0], out[1]
-
-
-def compare_dtypes(args) -> int:
-    """rt-score's path in bf16 (mixed precision) against fp32: same prompts, same process, alternating."""
-    import json
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import load_for_inference
-    from rtools.model.precision import cpu_has_native_bf16
-    from rtools.model.scoring import control_probabilities
-
-    prompts = load_prompts(args.coconot, args.n, args.seed)
-    lms = {}
-    for dt in ("fp32", "bf16"):
-        t0 = time.perf_counter()
-        lms[dt] = load_for_inference(args.model, device="cpu", dtype=dt, allow_untrained=True)
-        print(f"{dt}: loaded in {time.perf_counter() - t0:.1f}s", flush=True)
-    tok = lms["fp32"].tokenizer
-    enc = ChatEncoder(tok, lms["fp32"].token_map.tokens())
-    seqs = [enc.encode_prompt([{"role": "user", "content": p}]) for p in prompts]
-    n_ref = len(enc.control_ids) - 1
-    pad = tok.pad_token_id or 0
-    print(
-        f"{len(seqs)} CoCoNot prompts (mean {sum(map(len, seqs)) / len(seqs):.1f} tokens); model "
-        f"{lms['fp32'].spec}; CPU bf16 units: {cpu_has_native_bf16()}; torch {torch.__version__}"
-    )
-    result: dict = {"prompts": len(seqs), "model": lms["fp32"].spec, "threads": {}}
-    scores: dict = {}
-    for threads in [int(t) for t in args.thread_counts.split(",")]:
-        torch.set_num_threads(threads)
-        for lm in lms.values():
-            control_probabilities(lm.model, seqs[:16], enc.control_ids, pad_id=pad)  # warm-up
-        wall = {k: [] for k in lms}
-        cpu = {k: [] for k in lms}
-        for r in range(args.rounds):
-            for dt in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
-                t0, c0 = time.perf_counter(), time.process_time()
-                scores[dt] = control_probabilities(lms[dt].model, seqs, enc.control_ids, pad_id=pad)
-                wall[dt].append(time.perf_counter() - t0)
-                cpu[dt].append(time.process_time() - c0)
-        rate = {k: len(seqs) / min(v) for k, v in wall.items()}
-        ratios = sorted(f / b for f, b in zip(wall["fp32"], wall["bf16"], strict=True))
-        cpu_ratio = min(cpu["fp32"]) / min(cpu["bf16"])
-        f32, b16 = matmul_ceiling(threads)
+    print(abtest.format_machine(info))
+    print(abtest.busy_note(info, own=args.threads or info["usable_cores"]))
+    if note:
+        print(note)
+    oks: list[bool] = []
+    lines: list[str] = []
+    result["dtypes"] = {}
+    speed_less: dict[str, float] = {}
+    for d in dtypes:
+        one, n = samples[d, "1"], samples[d, "n"]
+        less: dict[str, dict[str, float]] = {}
+        for kind in ("wall", "cpu"):
+            less[kind] = {k: n.med(k, kind) - one.med(k, kind) for k in (BASELINE, NEW)}
+        diff = max_diff(probs(outputs[BASELINE, d]), probs(outputs[NEW, d]))
+        resolved = {k: probes[k, d]["resolved"] for k in (BASELINE, NEW)}
         print(
-            f"{threads} thread(s): fp32 {rate['fp32']:.2f}, bf16 {rate['bf16']:.2f} prompts/s (best of "
-            f"{args.rounds}): bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}x (per round {ratios[0]:.2f}-"
-            f"{ratios[-1]:.2f}x; CPU time {cpu_ratio:.2f}x); matmul ceiling {b16:.0f}/{f32:.0f} GFLOP/s = "
-            f"{b16 / f32:.2f}x",
-            flush=True,
+            f"\n--dtype {d} (baseline: {resolved[BASELINE]}, new: {resolved[NEW]}), median of {args.repeats}:"
         )
-        result["threads"][threads] = {
-            "fp32_prompts_per_s": round(rate["fp32"], 2),
-            "bf16_prompts_per_s": round(rate["bf16"], 2),
-            "ratio_best": round(rate["bf16"] / rate["fp32"], 3),
-            "ratio_per_round": [round(x, 3) for x in ratios],
-            "ratio_cpu_time": round(cpu_ratio, 3),
-            "matmul_gflops_fp32_bf16": [round(f32, 1), round(b16, 1)],
+        print("  " + abtest.figure_line("fixed cost (1 prompt)", one))
+        print("  " + abtest.figure_line(f"end to end ({args.n} prompts)", n))
+        for kind, unit in (("wall", "prompts/s"), ("cpu", "prompts/CPU-s")):
+            x = less[kind]
+            rate = {k: (args.n - 1) / x[k] if x[k] > 0 else float("inf") for k in x}
+            print(
+                f"  {'less the fixed cost, ' + kind:30s} baseline {x[BASELINE]:8.2f}s  new {x[NEW]:8.2f}s  "
+                f"{abtest.format_ratio(x[NEW], x[BASELINE])}  [{rate[BASELINE]:.2f} / {rate[NEW]:.2f} {unit}]"
+            )
+        print(f"  max |score baseline - new| over {args.n} prompts: {diff:.2e}")
+        x = less[judge]
+        speed_less[d] = abtest.speedup(x[NEW], x[BASELINE])
+        speed_total = abtest.speedup(n.med(NEW, judge), n.med(BASELINE, judge))
+        if d == "fp32":
+            floor = 1 / (1 + args.tolerance)
+            for what, v in (("end to end", speed_total), ("less the fixed cost", speed_less[d])):
+                line, ok = abtest.bar_line(f"fp32 {what}: speed-up ({judge})", v, round(floor, 3))
+                lines.append(line + "  (no slower, within the tolerance)")
+                oks.append(ok)
+            line, ok = abtest.bar_line("fp32 max |score baseline - new|", diff, MAX_FP32_DIFF, "<=", "")
+            lines.append(line)
+            oks.append(ok)
+        result["dtypes"][d] = {
+            "resolved": resolved,
+            "fixed": one.as_dict(),
+            "total": n.as_dict(),
+            "less_fixed_s": {kind: {k: round(v, 3) for k, v in x.items()} for kind, x in less.items()},
+            "speedup_less_fixed": round(speed_less[d], 3),
+            "speedup_total": round(speed_total, 3),
+            "max_score_diff": diff,
         }
-    torch.set_num_threads(1)
-    p32 = [sum(p[:n_ref]) for p in scores["fp32"]]
-    p16 = [sum(p[:n_ref]) for p in scores["bf16"]]
-    dp = max(abs(a - b) for a, b in zip(p32, p16, strict=True))
-    one = control_probabilities(lms["bf16"].model, seqs, enc.control_ids, pad_id=pad, batch_size=1)
-    db = max(abs(sum(a[:n_ref]) - sum(b[:n_ref])) for a, b in zip(one, scores["bf16"], strict=True))
-    print(
-        f"max |p_refuse bf16 - fp32| {dp:.2e} (p_refuse spans {min(p32):.2g}-{max(p32):.2g}); "
-        f"bf16 batch 1 vs rt-score's batches: {db:.2e}"
-    )
-    result.update(max_abs_dp_refuse=dp, bf16_batch_spread=db, p_refuse_range=[min(p32), max(p32)])
-    best = max(v["ratio_best"] for v in result["threads"].values())
-    ok = best >= args.min_bf16
-    print(f"rt-score bf16 / fp32  {best:.2f}x  (bar >= {args.min_bf16}x)  {'ok' if ok else 'MISSED'}")
-    if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps({"bench": "bench_score --dtypes", **result}) + "\n")
-    return 0 if ok else 1
-
-
-def compare_auroc(args) -> int:
-    """AUROC on bench/recipe.py's CoCoNot test split with one adapter, scored in fp32 and in bf16."""
-    import json
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    sys.path.insert(0, HERE)
-    from recipe import build
-
-    from rtools.model.chat import ChatEncoder
-    from rtools.model.loading import load_for_inference
-    from rtools.model.scoring import Scorer
-
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    # the split the recorded recipe runs trained on (recipe.py --select-on test): 880 test rows
-    test = build(args.coconot, args.seed, "single", None, "test")[2]["test"]
-    gold = [g for _, g in test]
-    convs = [[{"role": "user", "content": r["prompt"]}] for r, _ in test]
-    res: dict = {"adapter": os.path.abspath(args.auroc), "test_rows": len(test)}
-    p = {}
-    for dt in ("fp32", "bf16"):
-        lm = load_for_inference(args.auroc, device="cpu", dtype=dt)
-        sc = Scorer(
-            lm.model,
-            ChatEncoder(lm.tokenizer, lm.token_map.tokens()),
-            lm.token_map,
-            pad_id=lm.tokenizer.pad_token_id or 0,
+    auto_key = "auto" if "auto" in dtypes else ("fp32" if note else None)
+    if auto_key:
+        line, ok = abtest.bar_line(
+            f"auto less the fixed cost: speed-up ({judge})", speed_less[auto_key], args.min_auto
         )
-        t0 = time.perf_counter()
-        p[dt] = [x["p_refuse"] for x in sc.score_messages(convs)]
-        res[f"score_s_{dt}"] = round(time.perf_counter() - t0, 1)
-        res[f"auroc_{dt}"] = round(roc_auc_score(gold, p[dt]), 4)
+        lines.append(line + ("  (auto = fp32 here)" if auto_key != "auto" else ""))
+        oks.append(ok)
+    if info["amx"]:
+        if "auto" in dtypes and "fp32" in dtypes:
+            a = samples["auto", "n"].med(NEW, judge)
+            f = samples["fp32", "n"].med(NEW, judge)
+            line, ok = abtest.bar_line(
+                f"AMX: new fp32/auto {judge} time, {args.n} prompts", f / a, args.min_amx
+            )
+            if args.n != 1024:
+                line += f"  (the bar is for -n 1024; this is -n {args.n})"
+            lines.append(line)
+            oks.append(ok)
+        else:
+            lines.append(
+                "AMX CPU, but auto resolves to fp32 or a dtype was not run: the 3x bar was not measured"
+            )
+    else:
+        lines.append(
+            "AMX bar (auto >= 3x fp32 on 1,024 prompts): cannot be tested on this CPU (no amx_bf16/amx_tile)"
+        )
+
+    if args.profile_n:
         print(
-            f"{dt}: AUROC {res[f'auroc_{dt}']:.4f}, scored {len(test)} rows in {res[f'score_s_{dt}']}s",
-            flush=True,
+            f"\nwhere the scoring time goes (torch.profiler, rtools.Scorer.score, {args.profile_n} prompts):"
         )
-    res["max_abs_dp_refuse"] = round(max(abs(a - b) for a, b in zip(p["fp32"], p["bf16"], strict=True)), 5)
-    delta = abs(res["auroc_bf16"] - res["auroc_fp32"])
-    ok = delta <= MAX_AUROC_DELTA
-    print(
-        f"|AUROC bf16 - fp32| {delta:.4f} (bar <= {MAX_AUROC_DELTA})  {'ok' if ok else 'MISSED'}; "
-        f"max |dp_refuse| {res['max_abs_dp_refuse']}"
+        shown: list[int] = []
+        for d in wanted:
+            for label in (BASELINE, NEW):
+                p = probes[label, d]
+                if id(p) in shown:  # auto and fp32 were the same load
+                    print(f"  {label:8s} {d}: the same as fp32 (auto resolves to fp32)")
+                    continue
+                shown.append(id(p))
+                print("\n".join(profile_lines(label, d, p)))
+    print()
+    print("\n".join(lines))
+    result.update(
+        machine=info,
+        baseline=base.rev,
+        new=new.rev,
+        repeats=args.repeats,
+        threads=args.threads,
+        judge=judge,
+        note=note,
+        probes={f"{k[0]}/{k[1]}": v for k, v in probes.items()},
+        ok=all(oks),
     )
-    if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps(res) + "\n")
-    return 0 if ok else 1
+    abtest.write_result(args.out, result)
+    return 0 if all(oks) else 1
 
 
 if __name__ == "__main__":

@@ -138,6 +138,43 @@ def test_what_cannot_be_calibrated_is_an_error(pairs, method, message):
         fit_calibration(rows(pairs), method, fitted_on="dev.jsonl")
 
 
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
+def test_a_category_without_refusals_is_left_as_it_is_and_said(method, tmp_path, invoke):
+    # a small dev split without one category's refusals: the other fields are calibrated, that
+    # category gets an identity map (saved, so -T still knows the slug) and a warning on stderr
+    recs = [
+        {
+            "label": "refuse",
+            "category": "safety",
+            "p_refuse": 0.9,
+            "p_cat": {"safety": 0.8, "incomplete": 0.1},
+        },
+        {
+            "label": "refuse",
+            "category": "safety",
+            "p_refuse": 0.4,
+            "p_cat": {"safety": 0.3, "incomplete": 0.1},
+        },
+        {"label": "respond", "p_refuse": 0.6, "p_cat": {"safety": 0.5, "incomplete": 0.1}},
+        {"label": "respond", "p_refuse": 0.2, "p_cat": {"safety": 0.1, "incomplete": 0.1}},
+        {"label": "respond", "p_refuse": 0.3, "p_cat": {"safety": 0.1, "incomplete": 0.2}},
+    ]
+    cal = fit_calibration(list(enumerate(recs, 1)), method, fitted_on="dev.jsonl")
+    assert cal.notes == (
+        "p_cat.incomplete left uncalibrated (an identity map): no record is a refusal of category "
+        "incomplete in dev.jsonl; add records of both kinds to calibrate it",
+    )
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    for p in (0.0, 0.013, 0.5, 0.77, 1.0):
+        assert again.maps["p_cat.incomplete"](p) == pytest.approx(p, abs=1e-11)  # the logit clips at 1e-12
+    assert again.maps["p_cat.safety"](0.8) != pytest.approx(0.8)
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(jsonl([{**r, "p_respond": 1 - r["p_refuse"]} for r in recs]))
+    r = invoke("rt-threshold", ["--calibrate", method, "-q", "--save", str(tmp_path / "c.json"), str(dev)])
+    assert r.exit_code == 0, r.stderr
+    assert "rt-threshold: warning: p_cat.incomplete left uncalibrated" in r.stderr
+
+
 def test_records_without_a_label_are_an_error():
     with pytest.raises(RecordError, match=r"^dev.jsonl:2: missing label"):
         fit_calibration(

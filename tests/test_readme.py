@@ -472,7 +472,7 @@ def _jsonl(records) -> str:
 def test_records_md_examples_are_what_the_commands_write():
     ex = records_examples()
     inputs, tagged = ex["Input records"], ex["rt-tag → training records"]
-    (scored,), (decided,) = ex["rt-score → scores"], ex["rt-threshold → decisions"]
+    (scored,), (decided, calibrated) = ex["rt-score → scores"], ex["rt-threshold → decisions"]
     (summary,), (answer,) = ex["rt-metrics → one summary"], ex["rt-generate → answers"]
     r = invoke_command("rt-tag", ["-q", "--mode", "category"], input=_jsonl(inputs))
     assert r.exit_code == 0, r.stderr
@@ -484,11 +484,14 @@ def test_records_md_examples_are_what_the_commands_write():
     r = invoke_command("rt-threshold", ["--cat", "safety=0.3"], input=_jsonl([scored]))
     assert r.exit_code == 0, r.stderr
     assert orjson.loads(r.stdout) == decided and list(orjson.loads(r.stdout)) == list(decided)
-    # the summary: three records decided with -t 0.3, as the text says
+    # the calibrated record: the raw scores kept, as new fields before the decision
+    assert list(calibrated) == [*scored, "p_refuse_raw", "p_cat_raw", "decision", "decision_cat"]
+    assert calibrated["p_refuse_raw"] == scored["p_refuse"] and calibrated["p_cat_raw"] == scored["p_cat"]
+    # the summary: the text's three records (p_refuse 0.83, 0.45, 0.1) decided with -t 0.3
     three = [
         {"label": "refuse", "category": "safety", "p_refuse": 0.83, "p_respond": 0.16},
-        {"label": "respond", "p_refuse": 0.12, "p_respond": 0.87},
-        {"label": "respond", "p_refuse": 0.41, "p_respond": 0.58},
+        {"label": "respond", "p_refuse": 0.45, "p_respond": 0.54},
+        {"label": "respond", "p_refuse": 0.1, "p_respond": 0.89},
     ]
     r = invoke_command("rt-threshold", ["-t", "0.3"], input=_jsonl(three))
     m = invoke_command("rt-metrics", [], input=r.stdout)

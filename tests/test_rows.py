@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from rtools.metrics import auroc
 from rtools.model.rows import LEAK, fit_probe_rows
+
+pytest_plugins = ["model_fixtures"]
 
 
 def synthetic(n: int = 240, dim: int = 16, seed: int = 0):
@@ -57,3 +60,84 @@ def test_without_lift_the_vocabulary_would_win():
     unlifted = fit.rows.double() - fit.lift * u
     p = full_softmax(unlifted, h.double(), log_z.double())
     assert float(p.sum(1).median()) < 0.5
+
+
+# ---------------------------------------------------------------------------
+# rt-lora --init-rows probe, --keep-weight, --lora-layers, --answer-weight
+
+
+def _train(tmp_path, tiny_base, *extra):
+    import orjson
+    from conftest import invoke_command
+    from model_data import FAST, prompts_only, raw_rows, run_lora, tag_single, write_jsonl
+
+    rows = raw_rows(2)
+    os.makedirs(tmp_path, exist_ok=True)
+    data = write_jsonl(tmp_path / "tagged.jsonl", tag_single(rows))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompts_only(rows))
+    out = str(tmp_path / "adapter")
+    flags = [f for f in FAST if f != "-q"]
+    result, _ = run_lora([data, "--out", out, "--model", tiny_base, *flags, *extra])
+    assert result.exit_code == 0, result.stderr
+    scored = invoke_command("rt-score", [prompts, "--model", out, "-q", "--device", "cpu", "--dtype", "fp32"])
+    assert scored.exit_code == 0, scored.stderr
+    p = [orjson.loads(line)["p_refuse"] for line in scored.stdout.splitlines()]
+    y = [int(r["label"] == "refuse") for r in rows]
+    return out, result, p, y
+
+
+def test_init_rows_probe_decides_before_any_lora_step(tmp_path, tiny_base):
+    """Rows frozen at the probe (--token-lr 0) and LoRA at a negligible rate: the scores are the
+    probe's, and they separate the tiny data the mean rows cannot tell apart untrained."""
+    import orjson
+
+    out, result, p, y = _train(
+        tmp_path, tiny_base, "--init-rows", "probe", "--token-lr", "0", "--lr", "1e-9", "--max-steps", "1"
+    )
+    assert auroc(y, p) >= 0.95
+    assert "--init-rows probe: the base's hidden state at" in result.stderr and "cv_auroc" in result.stderr
+    cfg = orjson.loads(open(f"{out}/rtools_config.json", "rb").read())
+    assert cfg["training"]["init_rows"] == "probe" and cfg["summary"]["init_rows"]["lift"] >= 0
+    # and the own choice (refusal tokens vs respond) follows the probe: not one class for every row
+    assert 0 < sum(q > 0.5 for q in p) < len(p)
+
+
+def test_keep_weight_needs_probe_rows(tmp_path, tiny_base):
+    from conftest import invoke_command
+
+    r = invoke_command("rt-lora", ["-", "--out", str(tmp_path / "o"), "--keep-weight", "1"], input="")
+    assert r.exit_code == 2 and "--init-rows probe" in r.stderr.replace(
+        "init_rows='probe'", "--init-rows probe"
+    )
+
+
+def test_lora_layers_puts_lora_on_the_top_layers_only(tmp_path, tiny_base):
+    from safetensors import safe_open
+
+    out, _, p, y = _train(
+        tmp_path, tiny_base, "--init-rows", "probe", "--keep-weight", "1", "--lora-layers", "1"
+    )
+    with safe_open(f"{out}/adapter_model.safetensors", framework="pt") as fh:
+        lora = [k for k in fh.keys() if "lora_" in k]  # noqa: SIM118
+    assert lora and all(".layers.1." in k for k in lora)  # the tiny model has layers 0 and 1
+    assert auroc(y, p) >= 0.95
+
+
+def test_features_are_kept_and_reused(tmp_path, tiny_base, monkeypatch):
+    """A second run on the same base and prompts reads the base's features from the cache (no
+    forward pass), and gets the same rows."""
+    import orjson
+
+    from rtools.model import rows
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, *_ = _train(tmp_path / "a", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    calls = []
+    real = rows.decoder_and_head
+    monkeypatch.setattr(rows, "decoder_and_head", lambda m: calls.append(1) or real(m))
+    second, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    a = orjson.loads(open(f"{first}/rtools_config.json", "rb").read())["summary"]["init_rows"]
+    b = orjson.loads(open(f"{second}/rtools_config.json", "rb").read())["summary"]["init_rows"]
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    # the second run ran no prompt through the base for its features
+    assert calls == [] and os.listdir(tmp_path / "cache" / "rtools" / "features")

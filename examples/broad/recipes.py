@@ -76,9 +76,9 @@ def extract(prompts: list[str], cache_path: str, batch_tokens: int = 2048) -> di
         return cache
     import torch
 
+    from rtools.model.batching import decoder_and_head, plan_batches, right_pad
     from rtools.model.chat import ChatEncoder
     from rtools.model.loading import default_model_dir, load_base, load_tokenizer
-    from rtools.model.batching import decoder_and_head, plan_batches, right_pad
 
     directory = default_model_dir()
     tok = load_tokenizer(directory)

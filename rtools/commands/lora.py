@@ -104,6 +104,34 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     help=OPTION_HELP["decision-weight"],
 )
 @click.option(
+    "--answer-weight",
+    type=click.FloatRange(min=0),
+    default=_D.answer_weight,
+    show_default=True,
+    help=OPTION_HELP["answer-weight"],
+)
+@click.option(
+    "--init-rows",
+    type=click.Choice(["mean", "probe"]),
+    default=_D.init_rows,
+    show_default=True,
+    help=OPTION_HELP["init-rows"],
+)
+@click.option(
+    "--keep-weight",
+    type=click.FloatRange(min=0),
+    default=_D.keep_weight,
+    show_default=True,
+    help=OPTION_HELP["keep-weight"],
+)
+@click.option(
+    "--lora-layers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help=OPTION_HELP["lora-layers"],
+)
+@click.option(
     "--balance/--no-balance",
     default=True,
     show_default=True,

@@ -132,9 +132,10 @@ def _fit(
     records = list(read_records(file))
     calibration = fit_calibration(records, method, fitted_on=name)
     if objective is None:
-        return Thresholds(calibration=calibration), records
+        return Thresholds(calibration=calibration, notes=calibration.notes), records
     calibrated = [(lineno, calibration.applied(r)) for lineno, r in records]
-    return replace(fit(calibrated, objective, per_category, fitted_on=name), calibration=calibration), records
+    fitted = fit(calibrated, objective, per_category, fitted_on=name)
+    return replace(fitted, calibration=calibration, notes=calibration.notes + fitted.notes), records
 
 
 def calibration_summary(calibration: Calibration) -> str:

@@ -109,6 +109,21 @@ OPTION_HELP = {
     "decision-weight": (
         "Weight of the cross-entropy restricted to the control tokens (the decision itself)."
     ),
+    "answer-weight": "Weight of the answer tokens' cross-entropy (what the model says after its control token).",
+    "init-rows": (
+        "Where the control tokens' rows start: mean (the mean embedding row, every token alike) or probe "
+        "(a multinomial probe of the frozen base's final hidden state at the first assistant position, "
+        "fitted on the training rows before the first step: training starts from the decision the base "
+        "model already makes; one extra forward pass over the training prompts)."
+    ),
+    "keep-weight": (
+        "With --init-rows probe: weight of the KL divergence from the probe's decision over the control "
+        "tokens, on every training row, so that LoRA moves the decision only where the labels pay for it."
+    ),
+    "lora-layers": (
+        "LoRA on the top N decoder layers only (default: every layer); with --token-lr 0 the backward "
+        "pass stops below them."
+    ),
     "dtype": (
         "Compute dtype of the frozen base model: auto is bf16 on CUDA and on a CPU with bf16 units "
         "(AVX512-BF16 or AMX: bf16 matrix products; LoRA, token rows, norms and loss stay fp32), else fp32."

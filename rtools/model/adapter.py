@@ -69,15 +69,51 @@ def make_peft_model(model: Any, token_ids: list[int], config: Any) -> Any:
         tti: Any = list(token_ids)
     else:
         tti = {_module_name(model, inp): list(token_ids), _module_name(model, outp): list(token_ids)}
+    layers: dict[str, Any] = {}
+    targets = config.target_modules
+    if config.lora_layers:  # the top N decoder layers only: the layers below them stay the base's
+        n = _num_layers(model)
+        layers["layers_to_transform"] = list(range(max(0, n - config.lora_layers), n))
+        if targets == "all-linear":  # peft takes layers_to_transform with a list of names only
+            targets = _linear_names(model)
     lcfg = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
         trainable_token_indices=tti,
+        **layers,
     )
-    return get_peft_model(model, lcfg)
+    model = get_peft_model(model, lcfg)
+    if config.token_lr == 0:  # rows frozen where they start (a probe's: init_rows='probe'): no gradient
+        for n, p in model.named_parameters():
+            if "trainable_tokens" in n:
+                p.requires_grad_(False)
+    return model
+
+
+def _linear_names(model: Any) -> list[str]:
+    """What peft's "all-linear" means, as names: every linear layer's name but the vocabulary head's."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            n.split(".")[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        }
+    )
+
+
+def _num_layers(model: Any) -> int:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "num_hidden_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise ModelError("lora_layers: the model's config names no num_hidden_layers", ("lora_layers",))
+    return n
 
 
 def param_groups(model: Any, lr: float, token_lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ class Example:
     control: int  # index into token_map.tokens()
     line: int
     weight: float = 1.0
+    keep: list[float] | None = None  # the initial rows' decision over the control tokens (keep_weight)
 
 
 def numbered(records: Any) -> list[tuple[int, dict[str, Any]]]:

@@ -55,6 +55,8 @@ def collate(examples: Sequence[Any], pad_id: int, device: Any = "cpu") -> dict[s
         "control": torch.tensor([e.control for e in examples], dtype=torch.long),
         "weight": torch.tensor([e.weight for e in examples]),
     }
+    if all(e.keep is not None for e in examples):  # the initial decision, kept by keep_weight
+        batch["keep"] = torch.tensor([e.keep for e in examples], dtype=torch.float32)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -137,7 +139,13 @@ class DecisionLoss(torch.nn.Module):
     """
 
     def __init__(
-        self, model: Any, control_ids: Sequence[int], control_weight: float, decision_weight: float
+        self,
+        model: Any,
+        control_ids: Sequence[int],
+        control_weight: float,
+        decision_weight: float,
+        answer_weight: float = 1.0,
+        keep_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -146,6 +154,8 @@ class DecisionLoss(torch.nn.Module):
         )
         self.control_weight = control_weight
         self.decision_weight = decision_weight
+        self.answer_weight = answer_weight
+        self.keep_weight = keep_weight
 
     def forward(
         self,
@@ -156,6 +166,7 @@ class DecisionLoss(torch.nn.Module):
         span: Any,
         control: Any,
         weight: Any,
+        keep: Any = None,
         total_weight: float | None = None,
         total_count: int | None = None,
     ) -> tuple[Any, Any]:
@@ -180,7 +191,12 @@ class DecisionLoss(torch.nn.Module):
         sel = logits[rows, ctrl_at].index_select(-1, self.control_ids.to(logits.device))
         dec = F.cross_entropy(sel, control.to(sel.device), reduction="none")
         w = weight.to(ce.device)
-        per_ex = assistant + self.control_weight * ctrl + self.decision_weight * dec
+        per_ex = self.answer_weight * assistant + self.control_weight * ctrl + self.decision_weight * dec
+        if self.keep_weight and keep is not None:
+            # KL(initial decision || this decision) over the control tokens: the probe's decision,
+            # which holds out of distribution, moves only where the labels pay for it
+            kl = F.kl_div(F.log_softmax(sel, -1), keep.to(sel.device), reduction="none").sum(-1)
+            per_ex = per_ex + self.keep_weight * kl
         if total_weight is None:
             loss = (w * per_ex).sum() / w.sum()
             parts = torch.stack([assistant.mean(), ctrl.mean(), dec.mean()]).detach()
@@ -221,6 +237,8 @@ def batch_loss(
             control_ids.tolist() if hasattr(control_ids, "tolist") else control_ids,
             config.control_weight,
             config.decision_weight,
+            getattr(config, "answer_weight", 1.0),
+            getattr(config, "keep_weight", 0.0),
         )
     inputs = collate([examples[i] for i in batch], pad_id, device)
     if totals is None:

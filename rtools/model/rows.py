@@ -20,13 +20,17 @@ rows from the first step.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..metrics import auroc
 from .batching import decoder_and_head, plan_batches, right_pad
+from .cache import cache_dir
 
 #: L2 strengths tried (on features scaled to unit root-mean-square per dimension), by cross-validation
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -48,25 +52,82 @@ class ProbeRows:
         return {"l2": self.l2, "cv_auroc": self.cv_auroc, "lift": round(self.lift, 4)}
 
 
+class FeatureStore:
+    """The frozen base's (h, log Z_vocab) of prompts already seen, kept in the rtools cache
+    (``features/<key>.sqlite``, one file per base model identity and dtype), so that training again on
+    overlapping data (a sweep, leave-one-family-out, ``--resume``) runs no prompt through the base
+    twice. Rows are keyed by the sha256 of the prompt's token ids; a file that cannot be read is a
+    cache miss, never an error."""
+
+    def __init__(self, key: str):
+        import sqlite3
+
+        path = cache_dir("features", hashlib.sha256(key.encode()).hexdigest()[:32] + ".sqlite")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60)
+        self.db.execute("CREATE TABLE IF NOT EXISTS f (k TEXT PRIMARY KEY, h BLOB, z REAL)")
+
+    @staticmethod
+    def key_of(ids: Sequence[int]) -> str:
+        return hashlib.sha256(struct.pack(f"<{len(ids)}q", *ids)).hexdigest()
+
+    def get(self, keys: list[str]) -> dict[str, tuple[bytes, float]]:
+        out: dict[str, tuple[bytes, float]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            rows = self.db.execute(f"SELECT k, h, z FROM f WHERE k IN ({','.join('?' * len(part))})", part)
+            out.update({k: (h, z) for k, h, z in rows})
+        return out
+
+    def put(self, items: list[tuple[str, bytes, float]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?, ?)", items)
+
+
 def prompt_features(
-    model: Any, sequences: Sequence[Sequence[int]], device: str, pad_id: int, batch_tokens: int = 2048
+    model: Any,
+    sequences: Sequence[Sequence[int]],
+    device: str,
+    pad_id: int,
+    exclude: Sequence[int] = (),
+    store: FeatureStore | None = None,
+    batch_tokens: int = 2048,
 ) -> tuple[Any, Any]:
-    """(h, log Z_vocab) at the last position of each sequence, in fp32 on the CPU, the model frozen."""
+    """(h, log Z_vocab) at the last position of each sequence, in fp32 on the CPU, the model frozen:
+    Z_vocab over the vocabulary less the ids ``exclude`` (the control tokens, whose rows are being
+    chosen). With a ``store``, prompts it holds are not run again, and new ones are added to it."""
     import torch
 
-    decoder, head = decoder_and_head(model)
-    hs: list[Any] = [None] * len(sequences)
-    log_z: list[Any] = [None] * len(sequences)
+    keys = [FeatureStore.key_of(s) for s in sequences]
+    known = store.get(sorted(set(keys))) if store is not None else {}
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    new: dict[str, tuple[Any, Any]] = {}
+    if todo:
+        decoder, head = decoder_and_head(model)
     with torch.inference_mode():
-        for batch in plan_batches([len(s) for s in sequences], batch_tokens):
-            ids, mask = right_pad([list(sequences[i]) for i in batch], pad_id)
+        for batch in plan_batches([len(sequences[i]) for i in todo], batch_tokens):
+            rows = [todo[j] for j in batch]
+            ids, mask = right_pad([list(sequences[i]) for i in rows], pad_id)
             out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            h = out.last_hidden_state[torch.arange(len(batch), device=device), (mask.sum(1) - 1).to(device)]
-            z = torch.logsumexp(head(h).float(), -1)
-            for k, i in enumerate(batch):
-                hs[i] = h[k].float().cpu()
-                log_z[i] = z[k].cpu()
-    return torch.stack(hs), torch.stack(log_z)
+            h = out.last_hidden_state[torch.arange(len(rows), device=device), (mask.sum(1) - 1).to(device)]
+            logits = head(h).float()
+            if exclude:
+                logits[:, list(exclude)] = float("-inf")
+            z = torch.logsumexp(logits, -1)
+            for k, i in enumerate(rows):
+                new[keys[i]] = (h[k].float().cpu(), float(z[k]))
+    if store is not None and new:
+        store.put([(k, h.numpy().tobytes(), z) for k, (h, z) in new.items()])
+    hs, zs = [], []
+    for k in keys:
+        if k in new:
+            h, z = new[k]
+        else:
+            blob, z = known[k]
+            h = torch.frombuffer(bytearray(blob), dtype=torch.float32)
+        hs.append(h)
+        zs.append(z)
+    return torch.stack(hs), torch.tensor(zs, dtype=torch.float32)
 
 
 def _fit(x: Any, y: Any, w: Any, n_classes: int, l2: float, iters: int = 200) -> Any:

@@ -79,6 +79,10 @@ from .loading import (
 )
 from .merging import check_mergeable, write_merged
 
+#: How the control tokens' rows start: ``mean`` (the mean embedding row, every control token alike) or
+#: ``probe`` (rtools.model.rows: a probe of the frozen base's final hidden state, the decision it makes)
+INIT_ROWS = ("mean", "probe")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -108,6 +112,14 @@ class TrainConfig:
     target_modules: str = "all-linear"
     control_weight: float = 2.0
     decision_weight: float = 2.0
+    answer_weight: float = (
+        1.0  # the answer tokens' CE (plain SFT): the model learns what to say after the token
+    )
+    keep_weight: float = 0.0  # KL from the initial rows' decision (init_rows probe): the decision kept
+    init_rows: str = (
+        "mean"  # the control rows' start: mean (of the embedding rows) or probe (rtools.model.rows)
+    )
+    lora_layers: int | None = None  # LoRA on the top N decoder layers only (None: every layer)
     balance: bool = True
     max_answer_tokens: int | None = 128
     max_length: int = 1024
@@ -128,10 +140,26 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}", name)
-        for name in ("token_lr", "weight_decay", "control_weight", "decision_weight"):
+        for name in (
+            "token_lr",
+            "weight_decay",
+            "control_weight",
+            "decision_weight",
+            "answer_weight",
+            "keep_weight",
+        ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}", name)
-        for name in ("max_steps", "max_answer_tokens"):
+        if self.init_rows not in INIT_ROWS:
+            raise ConfigError(
+                f"init_rows must be {' or '.join(INIT_ROWS)}, got {self.init_rows!r}", "init_rows"
+            )
+        if self.keep_weight > 0 and self.init_rows != "probe":
+            raise ConfigError(
+                "keep_weight keeps the decision the probe's rows start with: it needs init_rows='probe'",
+                "keep_weight",
+            )
+        for name in ("max_steps", "max_answer_tokens", "lora_layers"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive (or None), got {v!r}", name)
@@ -247,6 +275,7 @@ class Trainer:
     control_ids: Any  # a tensor on the device
     pad_id: int
     schedule: Schedule
+    init_rows: dict[str, Any] | None = None  # how a probe started the control rows (init_rows='probe')
 
     def release(self) -> None:
         """Drop the trained copy, so that its memory is free before a merge loads the base again."""
@@ -306,7 +335,7 @@ def train(
 
     base, model = _load_base(run, records, token_map, saved, quiet=progress_bar is None)
     data = _data(run, base, records, name, saved, say)
-    trainer = _trainer(run, base, model, Schedule.plan(config, len(data.train), world.size))
+    trainer = _trainer(run, base, model, data, say)
     del model  # the trainer holds it now (and lets it go before a merge)
     if world.rank > 0:  # the same LoRA initialisation on every rank, its own dropout masks
         torch.manual_seed(config.seed * 1000003 + world.rank)
@@ -338,7 +367,7 @@ def train(
     if not world.main:
         dd.barrier(world)
         return {"steps": state.step, "examples": len(data.train), "rank": world.rank}
-    summary = _summary(state, data, ev, tokens_per_s=(state.tokens - tokens_before) / max(elapsed, 1e-9))
+    summary = _summary(state, data, ev, trainer, state.tokens - tokens_before, elapsed)
     _write(run, base, trainer, state, summary, records, name, overwrite, adapter_state, bar)
     shutil.rmtree(run.ckpt, ignore_errors=True)  # the run is done: nothing left to resume
     dd.barrier(world)
@@ -469,17 +498,64 @@ def _data(
     return Data(train_ex, eval_ex, skipped, fingerprint)
 
 
-def _trainer(run: Run, base: Base, model: Any, schedule: Schedule) -> Trainer:
-    """peft's LoRA around ``model``, the loss around that, the wrapper a launched run needs, the
-    optimizer; ``schedule``: the steps it takes."""
+def _init_rows(run: Run, base: Base, model: Any, data: Data, say: Callable[[str], None]) -> dict[str, Any]:
+    """Start the control rows at a probe of the frozen base (rtools.model.rows): the final hidden
+    state of every training prompt, one forward pass each, a multinomial probe fitted on it, its rows
+    put in place; each training example keeps the decision they make (``keep_weight``'s target).
+    Deterministic for the data, the base and the seed, so a resumed run recomputes the same."""
+    import torch
+
+    from .rows import FeatureStore, fit_probe_rows, prompt_features, set_control_rows
+
+    started = time.perf_counter()
+    examples = data.train
+    say(f"init_rows probe: the base's hidden state at {len(examples)} training prompts")
+    # prompts an earlier run on this base (same identity, dtype and device) saw are read from the cache
+    store = FeatureStore(f"{fingerprint_of(base.identity)}:{run.settings.dtype}:{run.device}")
+    prompts = [e.ids[: e.labels_from] for e in examples]
+    h, log_z = prompt_features(model, prompts, run.device, _pad(base), base.control_ids, store)
+    fit = fit_probe_rows(
+        h,
+        log_z,
+        [e.control for e in examples],
+        [e.weight for e in examples],
+        len(base.control_ids),
+        run.config.seed,
+    )
+    set_control_rows(model, base.control_ids, fit.rows)
+    logits = h.double() @ fit.rows.double().T
+    for e, p in zip(examples, torch.softmax(logits, -1).tolist(), strict=True):
+        e.keep = p
+    info = {**fit.info(), "seconds": round(time.perf_counter() - started, 1)}
+    say("init_rows probe: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    return info
+
+
+def _pad(base: Base) -> int:
+    pad_id = base.tokenizer.pad_token_id
+    return 0 if pad_id is None else pad_id
+
+
+def _trainer(run: Run, base: Base, model: Any, data: Data, say: Callable[[str], None]) -> Trainer:
+    """The control rows' start (a probe of the frozen base with init_rows='probe'), peft's LoRA
+    around ``model``, the loss around that, the wrapper a launched run needs, the optimizer, and the
+    schedule of steps over ``data``."""
     import torch
 
     from .objective import DecisionLoss  # torch at import: loaded by a run, not by rt-lora --help
 
     config = run.config
+    init_rows = _init_rows(run, base, model, data, say) if config.init_rows == "probe" else None
     model = make_peft_model(model, base.control_ids, run.settings)
     # the whole loss in one module's forward (what a DDP/FSDP wrapper would wrap)
-    objective = DecisionLoss(model, base.control_ids, config.control_weight, config.decision_weight)
+    objective = DecisionLoss(
+        model,
+        base.control_ids,
+        config.control_weight,
+        config.decision_weight,
+        config.answer_weight,
+        config.keep_weight,
+    )
     # DDP around the objective on several ranks: the gradients of its forward are reduced
     # or, with fsdp, the objective sharded in place (one unit per decoder layer)
     module = dd.wrap(objective, run.world, run.device, fsdp=run.sharded)
@@ -495,7 +571,8 @@ def _trainer(run: Run, base: Base, model: Any, schedule: Schedule) -> Trainer:
         base_lrs=[g["lr"] for g in opt.param_groups],
         control_ids=torch.tensor(base.control_ids, device=run.device),
         pad_id=0 if pad_id is None else pad_id,
-        schedule=schedule,
+        schedule=Schedule.plan(config, len(data.train), run.world.size),
+        init_rows=init_rows,
     )
 
 
@@ -614,17 +691,23 @@ def _evaluate(run: Run, trainer: Trainer, data: Data, state: TrainState, reporte
     return ev
 
 
-def _summary(state: TrainState, data: Data, ev: dict[str, float], tokens_per_s: float) -> dict[str, Any]:
-    """What train() returns (and rt-lora prints): the steps, the examples, the speed, the evaluation."""
-    return {
+def _summary(
+    state: TrainState, data: Data, ev: dict[str, float], trainer: Trainer, tokens: int, seconds: float
+) -> dict[str, Any]:
+    """What train() returns (and rt-lora prints): the steps, the examples, the speed, the evaluation
+    (and how a probe started the rows, with init_rows='probe')."""
+    summary = {
         "steps": state.step,
         "examples": len(data.train),
         "eval_examples": len(data.held_out),
         "skipped_too_long": len(data.skipped),
         "skipped_lines": data.skipped,
-        "tokens_per_s": round(tokens_per_s, 1),
+        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         **ev,
     }
+    if trainer.init_rows is not None:
+        summary["init_rows"] = trainer.init_rows
+    return summary
 
 
 def _write(

@@ -101,6 +101,8 @@ class Calibration:
     fitted_on: str | None = None
     #: per field, the log loss on the fitting records before and after; not saved
     log_loss: dict[str, tuple[float, float]] = field(default_factory=dict, compare=False, repr=False)
+    #: what the fit could not do (a category left as it is), for stderr; not saved
+    notes: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def p_cat_slugs(self) -> list[str]:
@@ -265,21 +267,39 @@ def fit_calibration(
     columns, n = _columns(records, fitted_on)
     maps: dict[str, Map] = {}
     losses: dict[str, tuple[float, float]] = {}
+    notes: list[str] = []
     for field_name, (s, t) in columns.items():
         if t.all() or not t.any():
             kind = "refused" if field_name == "p_refuse" else f"a refusal of category {field_name[6:]}"
-            raise RecordError(
-                f"cannot calibrate {field_name}: {'every' if t.all() else 'no'} record is {kind}",
-                path=fitted_on,
-                hint="calibrate on records of both kinds",
+            why = f"{'every' if t.all() else 'no'} record is {kind}"
+            if field_name == "p_refuse":  # nothing to calibrate against: the whole fit is void
+                raise RecordError(
+                    f"cannot calibrate {field_name}: {why}",
+                    path=fitted_on,
+                    hint="calibrate on records of both kinds",
+                )
+            # one category missing from a small dev split: the others are still worth calibrating;
+            # this one is kept as it is, saved as an explicit identity map, and said on stderr
+            maps[field_name] = _identity(method)
+            notes.append(
+                f"{field_name} left uncalibrated (an identity map): {why} in "
+                f"{fitted_on or '<input>'}; add records of both kinds to calibrate it"
             )
+            continue
         try:
             maps[field_name] = _FITTERS[method](s, t)
         except ValueError as e:
             raise RecordError(f"cannot calibrate {field_name} by {method}: {e}", path=fitted_on) from None
         m = maps[field_name]
         losses[field_name] = (log_loss(s, t), log_loss(np.array([m(float(p)) for p in s]), t))
-    return Calibration(method=method, maps=maps, n=n, fitted_on=fitted_on, log_loss=losses)
+    return Calibration(
+        method=method, maps=maps, n=n, fitted_on=fitted_on, log_loss=losses, notes=tuple(notes)
+    )
+
+
+def _identity(method: str) -> Map:
+    """The map that leaves a score as it is, in ``method``'s form (so the file stays one method)."""
+    return Isotonic((0.0, 1.0), (0.0, 1.0)) if method == "isotonic" else Scaling(1.0)
 
 
 def _columns(
