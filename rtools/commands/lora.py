@@ -16,7 +16,7 @@ from ..cli import (
     warn,
 )
 from ..manual.lora import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
-from ..model.training import TrainConfig
+from ..model.train_config import TrainConfig
 from ..records import display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
@@ -247,7 +247,7 @@ def command(
 
     from ..model import distributed
     from ..model.loading import pick_device
-    from ..model.training import TrainConfig, train
+    from ..model.training import train
     from ..tokens import TokenMap
 
     if merge_only is not None:
