@@ -135,9 +135,34 @@ def test_features_are_kept_and_reused(tmp_path, tiny_base, monkeypatch):
     calls = []
     real = rows.decoder_and_head
     monkeypatch.setattr(rows, "decoder_and_head", lambda m: calls.append(1) or real(m))
-    second, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    second, result, *_ = _train(tmp_path / "b", tiny_base, "--init-rows", "probe", "--max-steps", "1")
+    assert " prompts from the feature cache, 0 to run" in result.stderr  # said, not silent
+    assert "--init-rows probe: fitting the probe" in result.stderr
     a = orjson.loads(open(f"{first}/rtools_config.json", "rb").read())["summary"]["init_rows"]
     b = orjson.loads(open(f"{second}/rtools_config.json", "rb").read())["summary"]["init_rows"]
     assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
     # the second run ran no prompt through the base for its features
     assert calls == [] and os.listdir(tmp_path / "cache" / "rtools" / "features")
+
+
+def test_max_steps_0_writes_the_probe_reader_untrained(tmp_path, tiny_base):
+    """--init-rows probe --max-steps 0: no optimizer step (every LoRA B matrix still zero, so the body
+    is the base's), the control rows the probe's, and a scorer that separates the tiny data."""
+    import orjson
+    from safetensors import safe_open
+
+    out, result, p, y = _train(tmp_path, tiny_base, "--init-rows", "probe", "--max-steps", "0")
+    assert orjson.loads(result.stdout)["steps"] == 0
+    with safe_open(f"{out}/adapter_model.safetensors", framework="pt") as fh:
+        b = [fh.get_tensor(k) for k in fh.keys() if "lora_B" in k]  # noqa: SIM118
+    assert b and all(not t.any() for t in b)
+    assert auroc(y, p) >= 0.95
+
+
+def test_max_steps_0_needs_probe_rows(tmp_path):
+    from conftest import invoke_command
+
+    r = invoke_command("rt-lora", ["-", "--out", str(tmp_path / "o"), "--max-steps", "0"], input="")
+    assert r.exit_code == 2 and "init_rows='probe'" in r.stderr.replace(
+        "--init-rows probe", "init_rows='probe'"
+    )

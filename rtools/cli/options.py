@@ -130,7 +130,8 @@ def rule_options(fn: Callable) -> Callable:
         metavar="FILE",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Read the thresholds from a JSON file (as written by --fit --save).",
+        help="Read the thresholds from a JSON file (as written by --fit --save); 'default': the shipped "
+        "scorer's, fitted on its dev split (a file named default is ./default).",
     )(fn)
     fn = click.option(
         "-c",

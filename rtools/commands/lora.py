@@ -45,7 +45,12 @@ OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
     show_default=True,
     help=OPTION_HELP["epochs"],
 )
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop after N optimizer steps (0 with --init-rows probe: no step, the frozen base read by the probe's rows).",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),

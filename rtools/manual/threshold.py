@@ -113,6 +113,9 @@ MAN = {
     "EXAMPLES": (
         "The model's own choice, measured:\n"
         "    rt-score test.jsonl | rt-threshold | rt-metrics\n\n"
+        "The shipped scorer's own decision rule (thresholds fitted on its dev split, at most 10% of the "
+        "benign rows refused there; see its MODEL_CARD.md):\n"
+        "    rt-score test.jsonl | rt-threshold -T default | rt-metrics\n\n"
         "Refuse whenever the refusal tokens get at least 30%:\n"
         "    rt-score test.jsonl | rt-threshold --threshold 0.3 | rt-metrics\n\n"
         "With a category-token model (rt-tag --mode category), a lower bar for safety refusals only, "

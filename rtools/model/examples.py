@@ -191,7 +191,10 @@ class Schedule:
         global_batch = config.batch_size * world_size
         per_epoch = math.ceil(n_examples / global_batch)
         steps_per_epoch = math.ceil(per_epoch / config.grad_accum)
-        total = config.max_steps if config.max_steps else max(1, math.ceil(steps_per_epoch * config.epochs))
+        if config.max_steps is not None:  # 0: no step (rt-lora --init-rows probe --max-steps 0)
+            total = config.max_steps
+        else:
+            total = max(1, math.ceil(steps_per_epoch * config.epochs))
         return cls(
             global_batch=global_batch,
             per_epoch=per_epoch,

@@ -31,6 +31,7 @@ import orjson
 
 from ..errors import ModelError  # defined in rtools.errors, imported from here too
 from ..records import atomic_directory
+from ..shipped import SUMS_FILE, check_sums, default_scorer_dir  # noqa: F401 (SUMS_FILE: re-exported)
 from ..tokens import TOKEN_MAP_FILE, TokenMap
 from .cache import cache_dir, cache_lock
 
@@ -151,11 +152,6 @@ def resolve_model(arg: str | None) -> str:
     if arg in (None, "", "default", "embedded"):
         return DEFAULT_MODEL
     return arg
-
-
-def default_scorer_dir() -> str:
-    """Where the shipped default scorer is (inside the installed package)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scorers", "default")
 
 
 def resolve_scorer(arg: str | None) -> str:
@@ -564,45 +560,13 @@ def check_base(
         )
 
 
-SUMS_FILE = "SHA256SUMS"
-
-
 def verify_sums(directory: str, required: bool = False) -> None:
     """A ModelError unless every file of ``directory`` is listed in its SHA256SUMS with its sha256
     (the shipped scorer always has one; ``required``: a missing list is an error too)."""
-    path = os.path.join(directory, SUMS_FILE)
-    if not os.path.isfile(path):
-        if required:
-            raise ModelError(f"{path}: missing: the shipped scorer cannot be checked; reinstall rtools")
-        return
-    listed: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            parts = raw.decode("utf-8", "replace").split()
-            if (
-                len(parts) != 2
-                or len(parts[0]) != 64
-                or os.path.basename(parts[1]) != parts[1]
-                or parts[1] in listed
-            ):
-                raise ModelError(
-                    f"{path}:{n}: not a line of sha256sum's output (digest, two spaces, file name)"
-                )
-            listed[parts[1]] = parts[0].lower()
-    present = sorted(f for f in os.listdir(directory) if f != SUMS_FILE)
-    unlisted = [f for f in present if f not in listed]
-    if unlisted:
-        raise ModelError(f"{directory}: {unlisted[0]} is not listed in {SUMS_FILE} (a file was added)")
-    for name, digest in listed.items():
-        f = os.path.join(directory, name)
-        if not os.path.isfile(f):
-            raise ModelError(f"{f}: missing (listed in {SUMS_FILE})")
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != digest:
-            raise ModelError(f"{f}: changed since it was shipped (its sha256 is not the one in {SUMS_FILE})")
+    try:
+        check_sums(directory, required=required)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
 
 
 def load_adapter(model: Any, directory: str) -> Any:

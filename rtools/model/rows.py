@@ -24,7 +24,8 @@ import hashlib
 import math
 import os
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,20 +93,35 @@ def prompt_features(
     exclude: Sequence[int] = (),
     store: FeatureStore | None = None,
     batch_tokens: int = 2048,
+    report: Callable[[str], None] | None = None,
+    every: float = 30.0,
 ) -> tuple[Any, Any]:
     """(h, log Z_vocab) at the last position of each sequence, in fp32 on the CPU, the model frozen:
     Z_vocab over the vocabulary less the ids ``exclude`` (the control tokens, whose rows are being
-    chosen). With a ``store``, prompts it holds are not run again, and new ones are added to it."""
+    chosen). With a ``store``, prompts it holds are not run again, and new ones are added to it.
+    ``report`` gets a line saying how many come from the store, then one every ``every`` seconds
+    while prompts run (a long silent gap looks like a hang)."""
     import torch
 
     keys = [FeatureStore.key_of(s) for s in sequences]
     known = store.get(sorted(set(keys))) if store is not None else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    say = report or (lambda line: None)
+    if store is not None:
+        say(f"{len(keys) - len(todo)} of {len(keys)} prompts from the feature cache, {len(todo)} to run")
     new: dict[str, tuple[Any, Any]] = {}
     if todo:
         decoder, head = decoder_and_head(model)
+    started = last = time.monotonic()
     with torch.inference_mode():
         for batch in plan_batches([len(sequences[i]) for i in todo], batch_tokens):
+            now = time.monotonic()
+            if now - last >= every and new:
+                rate = len(new) / (now - started)
+                say(
+                    f"{len(new)}/{len(todo)} prompts run ({rate:.1f}/s, ETA {(len(todo) - len(new)) / rate:.0f}s)"
+                )
+                last = now
             rows = [todo[j] for j in batch]
             ids, mask = right_pad([list(sequences[i]) for i in rows], pad_id)
             out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)

@@ -89,7 +89,15 @@ class TrainConfig:
                 "keep_weight keeps the decision the probe's rows start with: it needs init_rows='probe'",
                 "keep_weight",
             )
-        for name in ("max_steps", "max_answer_tokens", "lora_layers"):
+        if self.max_steps == 0 and self.init_rows != "probe":
+            raise ConfigError(
+                "max_steps 0 trains nothing: it writes the rows as initialised, which only "
+                "init_rows='probe' makes a scorer of (the frozen base read by a probe)",
+                "max_steps",
+            )
+        if self.max_steps is not None and not self.max_steps >= 0:
+            raise ConfigError(f"max_steps must be >= 0 (or None), got {self.max_steps!r}", "max_steps")
+        for name in ("max_answer_tokens", "lora_layers"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive (or None), got {v!r}", name)

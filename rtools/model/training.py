@@ -395,7 +395,16 @@ def _init_rows(run: Run, base: Base, model: Any, data: Data, say: Callable[[str]
     # prompts an earlier run on this base (same identity, dtype and device) saw are read from the cache
     store = FeatureStore(f"{fingerprint_of(base.identity)}:{run.settings.dtype}:{run.device}")
     prompts = [e.ids[: e.labels_from] for e in examples]
-    h, log_z = prompt_features(model, prompts, run.device, _pad(base), base.control_ids, store)
+    h, log_z = prompt_features(
+        model,
+        prompts,
+        run.device,
+        _pad(base),
+        base.control_ids,
+        store,
+        report=lambda m: say(f"init_rows probe: {m}"),
+    )
+    say("init_rows probe: fitting the probe (its L2 chosen by cross-validated AUROC)")
     fit = fit_probe_rows(
         h,
         log_z,

@@ -14,6 +14,7 @@ import orjson
 
 from ..config import BadValue, ConfigError, parse_number, parse_pair
 from ..records import RecordError, atomic_write_json, json_type, read_json_file
+from ..shipped import DEFAULT_THRESHOLDS, default_thresholds_path
 from ..tokens import slugify
 from .calibration import Calibration, raw_view
 from .objectives import Objective
@@ -114,6 +115,16 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str) -> Thresholds:
+        """The thresholds file ``path``; the name ``default`` (rtools.shipped.DEFAULT_THRESHOLDS) is the
+        shipped scorer's, checked against its SHA256SUMS first (a file named default is ./default)."""
+        if path == DEFAULT_THRESHOLDS:
+            try:
+                path = default_thresholds_path()
+            except (OSError, ValueError) as e:
+                raise RecordError(
+                    f"-T default: the shipped scorer's thresholds cannot be used: {e}",
+                    hint="reinstall rtools, or give a thresholds file",
+                ) from None
         data = read_json_file(path, "a thresholds JSON file", unique_keys=True)
         try:
             return cls.from_dict(data)
