@@ -141,31 +141,36 @@ answers: install
 # 2-core CPU while other jobs ran (~35 min alone); CoCoNot test AUROC 0.687. Not yet a measured best
 # recipe (examples/broad/README.md). Output: $(SCORER)/adapter, $(SCORER)/metrics.json.
 SCORER ?= work/default-scorer
-SCORER_MIX_FLAGS ?= --max-per-source 200 --balance --max-prompt-chars 1500 --seed 0
-SCORER_LORA_FLAGS ?= --epochs 2 --max-answer-tokens 32 --eval-fraction 0 --seed 0
-# respond rows are answered by the base model itself (rt-generate --plain): 40 new tokens tell an answer
-# that ends inside --max-answer-tokens (trained with its end-of-turn) from one that goes on (cut, no
-# end-of-turn: the model learns to start answering and keeps going)
-SCORER_SELF_TOKENS ?= 40
+# version 2 (issue 21): category mode, the broad pool (at most 100 rows per source) + all of CoCoNot's
+# training part (its refusal categories and contrast rows); 15% of it (stratified by label and category) is the dev split the shipped thresholds are fitted on
+SCORER_MIX_FLAGS ?= --max-per-source 100 --max-prompt-chars 1500 --seed 0
+# the recipe chosen on held-out families (examples/broad/README.md, "version 2"): the control rows are a
+# multinomial probe of the frozen base's final hidden state and nothing else is trained (--max-steps 0:
+# the body stays the base's; the one-layer LoRA is untrained, B = 0)
+SCORER_LORA_FLAGS ?= --init-rows probe --max-steps 0 --lora-layers 1 --eval-fraction 0 --dtype fp32 --seed 0
+# the shipped decision (rt-threshold -T default): false refusals at most 10% of the dev split's benign rows
+SCORER_FIT ?= --fit false_refusal_rate=0.1
 default-scorer: install
 	@mkdir -p $(SCORER) && date +%s > $(SCORER)/.started
-	$(BIN)/python -m rtools.datasets.mix --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) $(SCORER_MIX_FLAGS) \
-		-o $(SCORER)/mix.generic.jsonl
-	grep -F '"label":"respond"' $(SCORER)/mix.generic.jsonl > $(SCORER)/respond.jsonl
-	$(BIN)/rt-generate $(SCORER)/respond.jsonl --model embedded --plain --max-new-tokens $(SCORER_SELF_TOKENS) \
-		> $(SCORER)/self_answers.jsonl
-	$(BIN)/python -m rtools.datasets.mix --broad $(BROAD_DIR) --coconot $(COCONOT_DIR) $(SCORER_MIX_FLAGS) \
-		--answer self --self-answers $(SCORER)/self_answers.jsonl --self-missing generic \
-		-o $(SCORER)/mix.jsonl --manifest $(SCORER)/mix.manifest.json
-	$(BIN)/rt-tag $(SCORER)/mix.jsonl --token-map $(SCORER)/tokens.json > $(SCORER)/mix.tagged.jsonl
-	$(BIN)/rt-lora $(SCORER)/mix.tagged.jsonl --token-map $(SCORER)/tokens.json --out $(SCORER)/adapter \
+	$(BIN)/python -m rtools.datasets.mix --broad $(BROAD_DIR) $(SCORER_MIX_FLAGS) \
+		-o $(SCORER)/mix.broad.jsonl --manifest $(SCORER)/mix.broad.manifest.json
+	$(BIN)/python -m rtools.datasets.mix --coconot $(COCONOT_DIR) --seed 0 \
+		-o $(SCORER)/mix.coconot.jsonl --manifest $(SCORER)/mix.coconot.manifest.json
+	cat $(SCORER)/mix.broad.jsonl $(SCORER)/mix.coconot.jsonl > $(SCORER)/mix.jsonl
+	$(BIN)/rt-split $(SCORER)/mix.jsonl --ratios 85,15 --names train,dev --stratify label,category --seed 0 \
+		--out-dir $(SCORER)
+	$(BIN)/rt-tag --mode category $(SCORER)/train.jsonl --token-map $(SCORER)/tokens.json > $(SCORER)/train.tagged.jsonl
+	$(BIN)/rt-lora $(SCORER)/train.tagged.jsonl --token-map $(SCORER)/tokens.json --out $(SCORER)/adapter \
 		--overwrite $(SCORER_LORA_FLAGS)
+	$(BIN)/rt-score $(SCORER)/dev.jsonl --model $(SCORER)/adapter --dtype fp32 > $(SCORER)/dev.scored.jsonl
+	$(BIN)/rt-threshold $(SCORER_FIT) --save $(SCORER)/thresholds.json $(SCORER)/dev.scored.jsonl > /dev/null
 	$(BIN)/python -m rtools.datasets.mix --coconot $(COCONOT_DIR) --coconot-part test --seed 0 \
 		-o $(SCORER)/coconot_test.jsonl
-	$(BIN)/rt-score $(SCORER)/coconot_test.jsonl --model $(SCORER)/adapter > $(SCORER)/coconot_test.scored.jsonl
-	$(BIN)/rt-threshold $(SCORER)/coconot_test.scored.jsonl > $(SCORER)/coconot_test.decided.jsonl
+	$(BIN)/rt-score $(SCORER)/coconot_test.jsonl --model $(SCORER)/adapter --dtype fp32 > $(SCORER)/coconot_test.scored.jsonl
+	$(BIN)/rt-threshold -T $(SCORER)/thresholds.json $(SCORER)/coconot_test.scored.jsonl > $(SCORER)/coconot_test.decided.jsonl
 	$(BIN)/rt-metrics $(SCORER)/coconot_test.decided.jsonl > $(SCORER)/metrics.json
-	$(BIN)/python examples/broad/ship.py $(SCORER)/adapter rtools/scorers/default --metrics $(SCORER)/metrics.json
+	$(BIN)/python examples/broad/ship.py $(SCORER)/adapter rtools/scorers/default --metrics $(SCORER)/metrics.json \
+		--thresholds $(SCORER)/thresholds.json
 	@echo "default scorer: $(SCORER)/adapter, shipped as rtools/scorers/default ($$(du -sh rtools/scorers/default | cut -f1)), CoCoNot test: $(SCORER)/metrics.json"
 	@echo "default-scorer: $$(( $$(date +%s) - $$(cat $(SCORER)/.started) )) s"
 

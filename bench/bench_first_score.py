@@ -18,6 +18,10 @@ Bar (issue 24): the new median wall time <= 2 s, judged on an idle machine only 
 half the cores at start and end); on a busy machine the bar is printed as not comparable and does
 not set the exit status.
 
+* one cold run of the new checkout first (``--no-cold`` skips it): rtools' merge cache empty (the
+  converted base and the identity digests shared with the real cache), its time and the line it
+  says on stderr; and which of peft, bitsandbytes, transformers each checkout imports on a warm run.
+
     python bench/bench_first_score.py [--baseline REV] [--repeats 5] [--threads 1] [--out FILE]
 """
 
@@ -101,6 +105,36 @@ def profile_summary(path: str, checkout: str, top: int = 10) -> list[tuple[str, 
     return rows
 
 
+def cold_run(co, threads: int, stdin: bytes, model_args: list[str]) -> tuple[abtest.Run, str]:
+    """One run of ``co`` on a cache without rtools' merged models (``$XDG_CACHE_HOME/rtools/merged``
+    empty; the converted base and the identity digests shared with the real cache, so that only the
+    first-run work of the new code is timed): its time and the first line it printed on stderr."""
+    real = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rtools")
+    with tempfile.TemporaryDirectory(prefix="rtools-cold-") as d:
+        os.makedirs(os.path.join(d, "rtools"))
+        for sub in ("models", "identity"):
+            if os.path.isdir(os.path.join(real, sub)):
+                os.symlink(os.path.join(real, sub), os.path.join(d, "rtools", sub))
+        env = co.env(threads, {"XDG_CACHE_HOME": d})
+        res = abtest.check(
+            abtest.timed(co.command("rt-score", *model_args), env, stdin, cwd=co.path), "cold run"
+        )
+    lines = res.stderr.decode(errors="replace").strip().splitlines()
+    return res, (lines[0] if lines else "")
+
+
+def heavy_modules(co, threads: int, stdin: bytes, model_args: list[str]) -> list[str]:
+    """Which of peft, bitsandbytes, transformers a warm run of ``co`` imports (-X importtime's lines)."""
+    argv = co.command("rt-score", *model_args, python_flags=["-X", "importtime"])
+    res = abtest.check(abtest.timed(argv, co.env(threads), stdin, cwd=co.path), "importtime run")
+    found = set()
+    for line in res.stderr.decode(errors="replace").splitlines():
+        name = line.rsplit("|", 1)[-1].strip()
+        if name.split(".")[0] in ("peft", "bitsandbytes", "transformers"):
+            found.add(name.split(".")[0])
+    return sorted(found)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     abtest.add_arguments(ap, repeats=5)
@@ -108,6 +142,9 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="rt-score --model (default: none, the shipped scorer)")
     ap.add_argument("--max-wall", type=float, default=MAX_WALL, help="the bar on the new median wall time")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the importtime and cProfile runs")
+    ap.add_argument(
+        "--no-cold", action="store_true", help="skip the cold run (new checkout, empty merge cache)"
+    )
     args = ap.parse_args()
     abtest.resolve_arguments(args, ap)
 
@@ -132,6 +169,13 @@ def main() -> int:
                 abtest.timed(argv, co.env(args.threads), stdin, cwd=co.path), f"{label} rt-score"
             )
 
+        cold = None
+        if not args.no_cold:
+            cold = cold_run(new, args.threads, stdin, model_args)
+            print(
+                f"  cold (new, empty merge cache) {cold[0].wall:7.2f}s wall  {cold[0].cpu:6.2f}s CPU",
+                flush=True,
+            )
         for label in (BASELINE, NEW):  # warm the caches (page cache, .pyc, identity): untimed
             run(label)
         samples = abtest.Samples()
@@ -152,7 +196,9 @@ def main() -> int:
 
         breakdown: list[tuple[str, float]] = []
         imports: dict = {}
+        heavy: dict[str, list[str]] = {}
         if not args.no_breakdown:
+            heavy = {label: heavy_modules(co, args.threads, stdin, model_args) for label, co in cos.items()}
             # the same command again, untimed: -X importtime, then under cProfile
             argv = new.command("rt-score", *model_args, python_flags=["-X", "importtime"])
             res = abtest.check(
@@ -181,6 +227,16 @@ def main() -> int:
     print(
         f"  max |baseline - new| {diff:.2e}  (bar <= {MAX_SCORE_DIFF:g})  {'ok' if ok_scores else 'MISSED'}"
     )
+    if cold is not None:
+        print(
+            f"  cold first run of the new code (empty merge cache): {cold[0].wall:.2f}s wall, {cold[0].cpu:.2f}s CPU"
+        )
+        print(f"    its stderr: {cold[1] or '(nothing)'}")
+    if heavy:
+        for label, mods in heavy.items():
+            print(
+                f"  {label} imports of peft, bitsandbytes, transformers on a warm run: {', '.join(mods) or 'none'}"
+            )
     if imports:
         print(
             f"\nwhere the new run's time goes: python -X importtime, {imports['count']} modules, "
@@ -219,6 +275,10 @@ def main() -> int:
         ratio_cpu=round(abtest.ratio(samples.med(NEW, "cpu"), samples.med(BASELINE, "cpu")), 3),
         fp32_max_diff=diff,
         imports=imports,
+        heavy_imports=heavy,
+        cold={"wall": round(cold[0].wall, 3), "cpu": round(cold[0].cpu, 3), "stderr": cold[1]}
+        if cold
+        else None,
         breakdown=[[w, round(s, 3)] for w, s in breakdown],
         idle=idle,
     )

@@ -82,6 +82,43 @@ def check_writable(path: str | os.PathLike) -> None:
         os.unlink(tmp)
 
 
+def overlap(out: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """How the output directory ``out`` would touch ``path`` if it were written (replaced whole):
+    ``"is"`` (the same place), ``"holds"`` (``path`` lies inside it) or ``"lies inside"`` (it lies
+    inside the directory ``path``), after resolving symlinks and relative paths; None when apart."""
+    o, p = os.path.realpath(os.fspath(out)), os.path.realpath(os.fspath(path))
+    if o == p:
+        return "is"
+    try:
+        if os.path.commonpath([o, p]) == o:
+            return "holds"
+        if os.path.commonpath([o, p]) == p:
+            return "lies inside"
+    except ValueError:  # different drives
+        return None
+    return None
+
+
+def check_apart(
+    out: str | os.PathLike, inputs: list[tuple[str, Any]], shown: str | None = None
+) -> str | None:
+    """The message for the first input that the output directory ``out`` would destroy (see
+    :func:`overlap`): ``inputs`` are ``(what, path)`` (``what``: "the base model"); a path that is
+    None or does not exist is skipped. ``shown``: how the output reads (default "the output OUT").
+    None when every input is apart from ``out``."""
+    for what, path in inputs:
+        if path is None or not os.path.exists(path):
+            continue
+        how = overlap(out, path)
+        if how is not None:
+            harm = {"is": "replace it", "holds": "delete it", "lies inside": "write into it"}[how]
+            return (
+                f"{shown or 'the output ' + os.fspath(out)} {how} {what} {os.fspath(path)}: writing it "
+                f"would {harm}; write the output somewhere else"
+            )
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

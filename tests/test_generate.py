@@ -310,7 +310,7 @@ def test_sampling_is_seeded_per_record(gen):
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    from rtools.model.generation import _sample
+    from rtools.model.decoding import _sample
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     gens = [torch.Generator().manual_seed(s) for s in range(1)]
@@ -353,22 +353,28 @@ def test_user_text_cannot_spell_a_control_token(lm, encoder, gen):
 # the record's own decision, --logit-bias, category tokens
 
 
-def test_record_decision_is_used_unless_a_rule_is_given(gen):
+def test_record_decision_is_used_with_use_decision(gen):
+    """--use-decision follows the record's decision (the records' own decisions are trusted only
+    when asked: see tests/test_hardening_steering.py for the default)."""
     records = [
         {"id": 1, "prompt": "hi", "decision": "refuse", "decision_cat": None},
         {"id": 2, "prompt": "hi", "decision": "respond"},
         {"id": 3, "prompt": "hi", "decision": None},
     ]
-    out = gen(records)
+    out = gen(records, "--use-decision")
     assert [o["control"] for o in out[:2]] == ["[refuse]", "[respond]"]
     assert [o["forced"] for o in out] == [True, True, False]
     assert list(out[0])[:4] == ["id", "prompt", "decision", "decision_cat"]  # replaced in place
-    over = gen(records, "--threshold", "1.0")
-    assert [o["control"] for o in over] == ["[respond]"] * 3
+    r = gen(records, "--use-decision", "--threshold", "1.0", ok=False)
+    assert r.exit_code == 2 and "--use-decision" in r.stderr and "--threshold" in r.stderr
 
 
 def test_bad_record_decision_names_the_line(gen):
-    r = gen([{"id": 1, "prompt": "hi"}, {"id": 2, "prompt": "hi", "decision": "maybe"}], ok=False)
+    r = gen(
+        [{"id": 1, "prompt": "hi"}, {"id": 2, "prompt": "hi", "decision": "maybe"}],
+        "--use-decision",
+        ok=False,
+    )
     assert r.exit_code == 1
     assert r.stderr.startswith("rt-generate: <stdin>:2: decision must be")
     assert [orjson.loads(line)["id"] for line in r.stdout.splitlines()] == [1]
@@ -430,13 +436,18 @@ def test_category_tokens(gen, tiny_cats, tiny_tokens):
         {"prompt": "hi", "decision": "refuse", "decision_cat": "incomplete"},
         {"prompt": "hi", "decision": "refuse", "decision_cat": None},
     ]
-    out = gen(recorded, model=tiny_cats)
+    out = gen(recorded, "--use-decision", model=tiny_cats)
     assert out[0]["control"] == "[refuse:incomplete]"
     assert out[1]["decision_cat"] == max(out[1]["p_cat"], key=out[1]["p_cat"].get)
     out = gen(records, "--logit-bias", "[refuse:unsupported]=1000", model=tiny_cats)
     assert {o["control"] for o in out} == {"[refuse:unsupported]"}
 
-    r = gen([{"prompt": "hi", "decision": "refuse", "decision_cat": "nope"}], model=tiny_cats, ok=False)
+    r = gen(
+        [{"prompt": "hi", "decision": "refuse", "decision_cat": "nope"}],
+        "--use-decision",
+        model=tiny_cats,
+        ok=False,
+    )
     assert r.exit_code == 1 and r.stderr.startswith("rt-generate: <stdin>:1: decision_cat 'nope'")
     r = gen(records, "--cat", "nope=0.5", model=tiny_cats, ok=False)
     assert r.exit_code == 1 and "unknown category 'nope'" in r.stderr

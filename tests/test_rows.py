@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 
 from rtools.metrics import auroc
@@ -166,3 +167,28 @@ def test_max_steps_0_needs_probe_rows(tmp_path):
     assert r.exit_code == 2 and "init_rows='probe'" in r.stderr.replace(
         "--init-rows probe", "init_rows='probe'"
     )
+
+
+def test_rt_generate_on_a_probe_reader_answers_as_the_base_and_refuses_in_words(tmp_path, tiny_base):
+    """An untrained body (--max-steps 0) never learned to write after a control token: rt-generate
+    gives the prompts it answers the base's own answer (rt-generate --plain's, the same seed) and the
+    ones it refuses rt-tag's refusal text, and says so once on stderr."""
+    import orjson
+    from conftest import invoke_command
+
+    from rtools.tagging import GENERIC_REFUSAL_TEXT
+
+    out, _, p, y = _train(tmp_path, tiny_base, "--init-rows", "probe", "--max-steps", "0")
+    prompts = str(tmp_path / "prompts.jsonl")
+    common = ["--model", out, "--device", "cpu", "--dtype", "fp32", "--max-new-tokens", "6"]
+    r = invoke_command("rt-generate", [prompts, *common])
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("its body is the base's, untrained") == 1
+    plain = invoke_command("rt-generate", [prompts, *common, "--plain", "-q"])
+    assert plain.exit_code == 0, plain.stderr
+    got = [orjson.loads(line) for line in r.stdout.splitlines()]
+    base = [orjson.loads(line)["generation"] for line in plain.stdout.splitlines()]
+    assert {g["decision"] for g in got} == {"refuse", "respond"}
+    for g, b, q in zip(got, base, p, strict=True):
+        assert g["p_refuse"] == pytest.approx(q, rel=1e-4, abs=1e-7)  # rt-score's, batched otherwise
+        assert g["generation"] == (GENERIC_REFUSAL_TEXT if g["decision"] == "refuse" else b)

@@ -20,10 +20,10 @@ pytest_plugins = ["model_fixtures"]
 CPU = ["--device", "cpu", "-q"]
 
 
-def score(invoke, model: str, records, *args: str) -> list[dict]:
+def score(invoke, model: str, records, *args: str, stderr: str = "") -> list[dict]:
     r = invoke("rt-score", ["--model", model, *CPU, *args], input=jsonl(records))
     assert r.exit_code == 0, r.stderr
-    assert r.stderr == ""
+    assert r.stderr == stderr
     return read_jsonl(r.stdout)
 
 
@@ -77,7 +77,12 @@ def test_fields_pass_through_in_order(invoke, trained_tied):
         {"z": 1, "prompt": "Hi", "p_refuse": "old", "a": [1]},
         {"prompt": "Do you have feelings?", "k": None},
     ]
-    out = score(invoke, trained_tied.out, recs)
+    # the input's own p_refuse is replaced (rt-score owns it), and that is said once
+    said = (
+        "rt-score: warning: <stdin>:1: the input has fields rt-score owns, never trusted: p_refuse replaced "
+        "(said once, for the first such record)\n"
+    )
+    out = score(invoke, trained_tied.out, recs, stderr=said)
     assert list(out[0]) == [
         "z",
         "prompt",

@@ -3,8 +3,8 @@
     python examples/broad/ship.py work/default-scorer/adapter rtools/scorers/default \\
         --metrics work/default-scorer/metrics.json
 
-`make default-scorer` runs it last. The adapter's LoRA and token-row weights are stored in bf16
-(half the size; scoring merges them into the fp32 base first, see rtools/model/loading.py), its
+`make default-scorer` runs it last. The adapter's LoRA weights are stored in bf16 (the control-token
+rows in fp32) (half the size; scoring merges them into the fp32 base first, see rtools/model/loading.py), its
 tokenizer, token map, rtools_config.json (base identity) and train log are copied, its generated
 README.md is not (the card is MODEL_CARD.md, written by hand with the numbers). SHA256SUMS lists
 every shipped file. The target directory is replaced atomically.
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("adapter", help="an rt-lora output directory")
     ap.add_argument("target", help="where to ship it (rtools/scorers/default)")
     ap.add_argument("--metrics", help="its rt-metrics JSON, copied as metrics.json")
+    ap.add_argument(
+        "--thresholds", help="its rt-threshold --save file, copied as thresholds.json (-T default)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -53,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     weights = load_file(os.path.join(src, "adapter_model.safetensors"))
+    # LoRA weights in bf16; the control-token rows (6 x hidden, a few KB) stay fp32: they are the
+    # scorer's readout, and bf16's 8 bits of mantissa would move its logits
     half = {
-        k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous() for k, v in weights.items()
+        k: (v.to(torch.bfloat16) if v.is_floating_point() and "trainable_tokens" not in k else v).contiguous()
+        for k, v in weights.items()
     }
     with atomic_directory(args.target, overwrite=True) as tmp:
         save_file(half, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
         if args.metrics:
             shutil.copyfile(args.metrics, os.path.join(tmp, "metrics.json"))
+        if args.thresholds:
+            shutil.copyfile(args.thresholds, os.path.join(tmp, "thresholds.json"))
         for f in KEEP:
             old = os.path.join(args.target, f)
             if os.path.isfile(old):

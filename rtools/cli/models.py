@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .errors import warn
+from .errors import prog, warn
 from .progress import progress_bar
 
 
@@ -41,14 +41,27 @@ def _from_environment(name: str) -> bool:
 
 
 def write_windows(
-    windows: Iterable[list[Any]], writer: Any, quiet: bool, unit: str, runner: Any, truncate: str | None
+    windows: Iterable[list[Any]],
+    writer: Any,
+    quiet: bool,
+    unit: str,
+    runner: Any,
+    truncate: str | None,
+    name: str | None = None,
 ) -> None:
     """Write a model command's output: each window of records as it comes (then flushed), with
-    progress in ``unit`` s; at the end, also before a bad record's error (which comes after every
-    record before it), the --truncate note from ``runner`` (a Scorer or an Answerer)."""
+    progress in ``unit`` s; once, as soon as it is seen, the warning that input fields the command
+    owns were replaced or ignored (``runner.stale``, a rtools.model.scoring.StaleFields; ``name``: the
+    input's name); at the end, also before a bad record's error (which comes after every record before
+    it), the --truncate note from ``runner`` (a Scorer or an Answerer)."""
     bar = progress_bar(quiet, unit)
+    warned = False
     try:
         for win in windows:
+            stale = getattr(runner, "stale", None)
+            if stale is not None and not warned:  # a safety note: said even under -q
+                warn(f"warning: {stale.message(name, prog())}")
+                warned = True
             for rec in win:
                 writer.write(rec)
             writer.flush()

@@ -12,6 +12,7 @@ from ..cli import (
     load_model,
     make_config,
     model_options,
+    prog,
     rule_options,
     unbuffered_option,
     write_windows,
@@ -115,6 +116,7 @@ def _refusal_phrases_option(ctx: click.Context, param: click.Parameter, value: s
     default=None,
     help=TRUNCATE_HELP + " The limit leaves room for --max-new-tokens and the control token.",
 )
+@click.option("--use-decision", is_flag=True, help=OPTION_HELP["use-decision"])
 @click.option("--plain", is_flag=True, help=OPTION_HELP["plain"])
 @model_options
 @unbuffered_option
@@ -136,6 +138,7 @@ def command(
     batch_size,
     window,
     truncate,
+    use_decision,
     plain,
     base,
     device,
@@ -163,6 +166,7 @@ def command(
         window=window,
         truncate=truncate,
         plain=plain,
+        use_decision=use_decision,
         base=base,
         device=device,
         dtype=dtype,
@@ -176,8 +180,15 @@ def command(
     with open_input(file) as fh:
         lm = load_model(model, quiet, **config.load_options())
         answerer = Answerer.from_loaded(lm, config)
+        if answerer.reader and not plain and not quiet:
+            click.echo(
+                f"{prog()}: {lm.spec}: its body is the base's, untrained (rt-lora --max-steps 0): answers "
+                "are the base's own, with no control token in the context, and refusals rt-tag's refusal "
+                "text of the chosen category",
+                err=True,
+            )
         windows = answerer.answer_windows(iter_records(fh, name), name)
-        write_windows(windows, writer, quiet, "answer", answerer, truncate)
+        write_windows(windows, writer, quiet, "answer", answerer, truncate, name)
 
 
 main = entry_point(command, "rt-generate")

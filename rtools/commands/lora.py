@@ -17,7 +17,7 @@ from ..cli import (
 )
 from ..manual.lora import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..model.train_config import TrainConfig
-from ..records import display_name, read_records
+from ..records import STDIN_NAMES, display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
 #: The configuration fields the training's messages name (``max_length``, ``overwrite=True``) without
@@ -252,11 +252,12 @@ def command(
 
     from ..model import distributed
     from ..model.loading import pick_device
-    from ..model.training import train
+    from ..model.training import check_out_apart, train
     from ..tokens import TokenMap
 
     if merge_only is not None:
         return merge_command(merge_only, file, resume, overwrite, quiet, **options)
+    check_launch(file, world_size, options["fsdp"])
     if use_deepspeed:
         raise fail(
             "accelerate launch with DeepSpeed is not supported: rt-lora trains data parallel (DDP) or "
@@ -288,6 +289,8 @@ def command(
         device=None if options["device"] == "auto" else options["device"],
         dtype=None if options["dtype"] == "auto" else options["dtype"],
     )
+    # before the data is read: an output that would destroy the base or the data (a usage error)
+    check_out_apart(cfg.out, cfg.model, None if file in STDIN_NAMES else file)
     tm = TokenMap.read(token_map_file) if token_map_file else None
     name = display_name(file)
     records = list(read_records(file))
@@ -310,6 +313,27 @@ def command(
         )
     if world.main:  # the other ranks of a launched run write nothing
         click.echo(orjson.dumps({"out": options["out"], **summary}).decode())
+
+
+def check_launch(file: str | None, world_size: int, fsdp: bool) -> None:
+    """Usage errors of a launch, before anything is read or loaded: --fsdp without a launcher (it
+    would train unsharded, not what was asked; --fsdp --4bit too) and training data on stdin under a
+    launcher (one stream cannot be shared by its processes). Under a launcher, --fsdp with a 4-bit
+    base is refused as the base is loaded (rtools.model.training)."""
+    launched = click.get_current_context().get_parameter_source("world_size") != (
+        click.core.ParameterSource.DEFAULT
+    )  # WORLD_SIZE is set by torchrun and accelerate launch
+    if fsdp and not launched:
+        raise click.UsageError(
+            "--fsdp shards the model across the processes of a launcher, and this run has none "
+            "(WORLD_SIZE is not set): start it with torchrun --nproc-per-node N (or accelerate launch), "
+            "or drop --fsdp"
+        )
+    if world_size > 1 and file in STDIN_NAMES:
+        raise click.UsageError(
+            f"standard input cannot be shared by the {world_size} processes of the launcher (each reads "
+            "the whole training data itself): give the training data as FILE"
+        )
 
 
 def merge_command(

@@ -110,7 +110,7 @@ def command(
         scorer = engine_scorer(engine, model, config, quiet, base, options)
         stack.callback(getattr(scorer, "close", lambda: None))  # a Ray the engine started
         windows = scorer.score_windows(iter_records(fh, name), name)
-        write_windows(windows, writer, quiet, "prompt", scorer, truncate)
+        write_windows(windows, writer, quiet, "prompt", scorer, truncate, name)
 
 
 def engine_scorer(engine, model, config, quiet, base, options):

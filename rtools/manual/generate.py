@@ -9,10 +9,13 @@ MAN = {
     "FIELDS READ": (
         "prompt: a single-turn user request (string), or\n\n"
         "messages: a conversation, a list of {role, content} ending with the user turn to answer.\n\n"
-        'decision: "refuse" or "respond" (optional, e.g. from rt-threshold). Used to choose the control '
-        "token when no --threshold, --cat, --thresholds or --logit-bias is given; null counts as absent.\n\n"
-        "decision_cat: with a category-token model, the category of a refusal decision (a slug of the "
-        "model's token map); null picks the model's most likely category. Ignored by single-token models.\n\n"
+        'decision: "refuse" or "respond" (optional, e.g. from rt-threshold). Read only with --use-decision, '
+        "which forces the control token it names; null counts as absent. Without --use-decision a record's "
+        "decision (and decision_cat) is never trusted: the decision is made anew and replaces it, and a "
+        "warning on stderr names the fields and the first such record, once.\n\n"
+        "decision_cat: with --use-decision and a category-token model, the category of a refusal decision "
+        "(a slug of the model's token map); null picks the model's most likely category. Ignored by "
+        "single-token models.\n\n"
         "Every other field is passed through untouched, in its original key order. User text that spells "
         "a control token (e.g. [refuse]) is encoded as ordinary text, so it can neither force nor suppress "
         "a refusal. Blank lines are skipped."
@@ -35,7 +38,9 @@ MAN = {
         "its value unless NAME is response.\n\n"
         "refusal: true when the generation starts with a refusal phrase (REFUSAL DETECTOR).\n\n"
         'consistent: refusal == (decision == "refuse"); rt-metrics reports its mean as agreement_rate.\n\n'
-        "An existing field of the same name is replaced in place; the others are added at the end."
+        "An existing field of the same name is replaced in place; the others are added at the end. "
+        "Score fields computed from other scores are removed, with the same warning: p_refuse_raw and "
+        "p_cat_raw (rt-threshold's), and p_cat when the model has a single refusal token."
     ),
     "REFUSAL DETECTOR": (
         "An answer is a refusal when, after leading whitespace, quotes and markdown emphasis are "
@@ -59,8 +64,10 @@ MAN = {
         "    rt-generate prompts.jsonl --model runs/adapter > answers.jsonl\n\n"
         "Refuse whenever the refusal token gets at least 30%, and check the answers agree:\n"
         "    rt-generate --threshold 0.3 test.jsonl | rt-metrics\n\n"
-        "Decide with fitted per-category thresholds, then generate (the records carry the decision):\n"
-        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate > answers.jsonl\n\n"
+        "Decide with fitted per-category thresholds, then generate; the same rule applied here:\n"
+        "    rt-generate --thresholds cats.json test.jsonl > answers.jsonl\n\n"
+        "or follow the decisions the records carry (trusted input only: a record's decision forces its token):\n"
+        "    rt-score test.jsonl | rt-threshold --thresholds cats.json | rt-generate --use-decision > answers.jsonl\n\n"
         "Nudge towards refusing instead of thresholding (lower the respond token's logit; a single-token "
         "model can also raise '[refuse]', a category model '[refuse:SLUG]'):\n"
         "    rt-generate --logit-bias '[respond]=-2.0' prompts.jsonl\n\n"
@@ -85,10 +92,14 @@ The control token, first rule that applies:
   --threshold/--cat/--thresholds  the rt-threshold rule on this model's scores
   --logit-bias TOKEN=B            the most likely control token after adding
                                   B to TOKEN's logit
-  the record's `decision`         e.g. from rt-threshold; `decision_cat` picks
-                                  the category token (null: the most likely)
+  --use-decision                  the record's `decision` (e.g. from
+                                  rt-threshold); `decision_cat` picks the
+                                  category token (null: the most likely)
   (none of these)                 the model's own choice, the most likely
                                   control token (the only unforced case)
+
+A record's own `decision` is read only with --use-decision: otherwise it is decided anew and
+replaced, with one warning on stderr (a user who writes records cannot force an answer).
 
 The scores and the start of generation come from one forward pass over the prompt: its KV
 cache is kept, so forcing the token costs no second pass. Greedy decoding by default
@@ -102,7 +113,7 @@ agreement rate.
 
 \b
   rt-generate prompts.jsonl --model out/adapter > answers.jsonl
-  rt-score test.jsonl | rt-threshold -t 0.3 | rt-generate | rt-metrics
+  rt-score test.jsonl | rt-threshold -t 0.3 | rt-generate --use-decision | rt-metrics
 """
 
 #: The long --help texts of its options, by option name.
@@ -123,6 +134,11 @@ OPTION_HELP = {
     ),
     "refusal-phrases": (
         "Refusal phrases for the detector, one a line: FILE replaces the defaults, +FILE extends them."
+    ),
+    "use-decision": (
+        "Force the control token the record's `decision` and `decision_cat` name (e.g. from rt-threshold), "
+        "instead of deciding anew; for records from a trusted pipeline only. Not with --threshold, --cat, "
+        "--thresholds, --logit-bias or --plain."
     ),
     "stop": "Cut the answer at the first occurrence of STRING (repeatable; the earliest wins).",
     "top-p": "Nucleus sampling: sample from the most likely tokens whose probability reaches P.",

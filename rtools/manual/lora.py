@@ -73,11 +73,14 @@ cross-entropy (--control-weight) and a cross-entropy over the control tokens alo
 balanced (--balance), and the new token rows train at their own rate (--token-lr). The loss never
 covers prompt tokens. Checkpoints go to DIR.checkpoint (safetensors and JSON: nothing in them is
 executed); --resume continues from the last one without repeating or skipping steps, and refuses
-different training data or settings. --out is checked for writing before the model is loaded.
+different training data or settings. --out is checked for writing before the model is loaded,
+and an --out (or --merge-only's) that is, holds or lies inside the base model, the adapter being
+merged or the training data is a usage error naming both, before anything is read or written.
 
 Under torchrun or accelerate launch (N processes, one node or many) it trains data parallel (DDP):
 every process a full copy of the base model, the same run as one process with N times the
 --batch-size; process 0 alone writes DIR, the checkpoints, the progress and the summary.
+Every process reads the training data itself: give it as FILE (stdin is refused there).
 With --fsdp (or an accelerate FSDP configuration) the model is sharded instead (torch's FSDP,
 one unit per decoder layer): each process holds 1/N of the weights, for a base that does not fit
 one device in bf16; the same run again. DeepSpeed configurations are refused.
@@ -98,7 +101,8 @@ OPTION_HELP = {
     "fsdp": (
         "Under torchrun or accelerate launch: shard the base model, LoRA and token rows across the "
         "processes (torch's FSDP, one unit per decoder layer) instead of a full copy each (DDP). "
-        "The base is then loaded in bf16, not 4-bit (--4bit is refused). Ignored by one process."
+        "The base is then loaded in bf16, not 4-bit (--4bit is refused). Without a launcher (no "
+        "WORLD_SIZE) it is a usage error; a launch of one process ignores it."
     ),
     "4bit": "Quantize the base model to 4-bit NF4 (QLoRA). Default: on with CUDA, off on CPU.",
     "batch-size": (

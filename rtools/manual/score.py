@@ -15,16 +15,25 @@ MAN = {
         "p_refuse: total probability of the refusal token(s). "
         "p_respond: probability of the respond token. "
         "p_cat: {category: probability of its refusal token} (category-token models only). "
-        "An existing field of the same name is replaced in place."
+        "An existing field of the same name is replaced in place. rt-score owns every field computed from "
+        "scores, so that none a user wrote can steer a decision downstream: an input record's p_refuse, "
+        "p_respond and p_cat are replaced, and its p_cat (from a single-token model), p_refuse_raw, "
+        "p_cat_raw, decision, decision_cat (rt-threshold's), control, forced and consistent "
+        "(rt-generate's) are removed; a warning on stderr names them and the first such record, once "
+        "(also under -q)."
     ),
     "DEFAULT SCORER": (
         "Without --model or RT_MODEL, rt-score loads the scorer that ships with rtools "
         "(rtools/scorers/default): a refusal-token adapter on the embedded SmolLM2-135M-Instruct. It is a "
         "small demonstration and baseline, not a production safety classifier; its model card "
         "(MODEL_CARD.md in that directory) says how it was trained and what it scores. Train your own "
-        "with rt-lora."
+        "with rt-lora. Its first run merges it into its base model once (a line on stderr says so) and "
+        "keeps the merge in the cache; later runs load it from there."
     ),
     "ENVIRONMENT": MODEL_ENVIRONMENT
+    + " rt-score also keeps an adapter it scores on CPU in fp32 merged into its base there "
+    "(~/.cache/rtools/merged), keyed by the adapter's files and the base's identity, checked on every "
+    "load and rebuilt when changed; removing that directory is always safe."
     + " RAY_ADDRESS: the Ray cluster --engine ray joins when --ray-address is not given (ignored by the "
     "other engines).",
     "EXAMPLES": (

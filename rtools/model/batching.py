@@ -30,6 +30,20 @@ def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
+def shared_prefix(sequences: list[list[int]]) -> int:
+    """Length of the token prefix every sequence starts with, leaving each at least one token of its own."""
+    first = sequences[0]
+    n = min(len(s) for s in sequences) - 1
+    for s in sequences[1:]:
+        if n <= 0:
+            return 0
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(0, n)
+
+
 def plan_batches(
     lengths: list[int], batch_tokens: int, batch_size: int | None = None, max_batch: int = 64
 ) -> list[list[int]]:

@@ -35,7 +35,15 @@ WHAT_FIELDS = ("truncate", "max_new_tokens")
 def record_messages(
     record: dict[str, Any], name: str | None = None, line: int | None = None
 ) -> list[dict[str, str]]:
-    """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``."""
+    """The conversation to decide on: ``messages`` (ending with a user turn) or ``prompt``; a record
+    with both is an error (which one is decided on must not be a guess)."""
+    if record.get("prompt") is not None and record.get("messages") is not None:
+        raise RecordError(
+            "the record has both 'prompt' and 'messages': which one to decide on is ambiguous",
+            path=name,
+            line=line,
+            hint="keep one of them; a tagged training record's 'messages' end with its answer: score its 'prompt'",
+        )
     msgs = conversation(record, name, line, hint="drop the answer, or score the prompt field")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
@@ -263,21 +271,33 @@ class ChatEncoder:
         Past the limit it is a RecordError naming the length and the limit (``what`` says how the
         limit reads, e.g. "512 (max_position_embeddings)"), unless ``truncate``
         ('left' or 'right', see TRUNCATE_HELP) drops whole earlier turns until the prompt fits.
+        A conversation that cannot fit whatever its tokens (:meth:`min_tokens`, from its length in
+        characters) is refused, or its turns dropped, before it is rendered or tokenized: a prompt
+        of megabytes costs a pass over its characters, not the tokenizer's time and memory.
         """
-        ids = self.encode_prompt(messages, name, line)
-        if limit is None or len(ids) <= limit:
-            return ids, 0
+        lower = self.min_tokens(messages, limit)
+        if limit is None or lower <= limit:
+            ids = self.encode_prompt(messages, name, line)
+            if limit is None or len(ids) <= limit:
+                return ids, 0
+            length = f"{len(ids)} tokens"
+        else:
+            length = f"at least {lower} tokens ({sum(len(m['content']) for m in messages)} characters)"
         what = what or str(limit)
         if truncate is None:
             raise RecordError(
-                f"the prompt is {len(ids)} tokens, past the model's limit of {what}",
+                f"the prompt is {length}, past the model's limit of {what}",
                 path=name,
                 line=line,
                 hint="shorten it, or pass truncate=left|right to drop earlier turns",
                 fields=WHAT_FIELDS,
             )
         steps = _drop_steps(messages, truncate)
-        lo, hi = 1, len(steps)  # the fewest steps that fit; steps[-1] leaves the last user turn alone
+        # each step drops more turns than the one before: skip those that cannot fit unencoded
+        lo = next(
+            (k for k, step in enumerate(steps, 1) if self.min_tokens(step, limit) <= limit), len(steps) + 1
+        )
+        hi = len(steps)  # the fewest steps that fit; steps[-1] leaves the last user turn alone
         best: list[int] | None = None
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -287,10 +307,15 @@ class ChatEncoder:
             else:
                 lo = mid + 1
         if best is None:
-            alone = self.encode_prompt(messages[-1:], name, line)
+            alone = self.min_tokens(messages[-1:], limit)
+            alone_length = (
+                f"{len(self.encode_prompt(messages[-1:], name, line))} tokens"
+                if alone <= limit
+                else f"at least {alone} tokens ({len(messages[-1]['content'])} characters)"
+            )
             raise RecordError(
-                f"the prompt is {len(ids)} tokens, past the model's limit of {what}, and the last user "
-                f"turn alone is {len(alone)} tokens; truncate never cuts it",
+                f"the prompt is {length}, past the model's limit of {what}, and the last user "
+                f"turn alone is {alone_length}; truncate never cuts it",
                 path=name,
                 line=line,
                 hint="shorten the last user turn",
@@ -298,6 +323,42 @@ class ChatEncoder:
             )
         kept = steps[lo - 1]
         return best, len(messages) - len(kept)
+
+    def min_tokens(self, messages: list[dict[str, str]], limit: int | None = None) -> int:
+        """A lower bound on the tokens of ``messages`` as a prompt, from their characters alone: no
+        token of the vocabulary spells more than :meth:`max_token_chars` characters, so content of
+        C characters (after the tokenizer's normalizer, and trimmed as a template may trim it) is at
+        least C / that many tokens. 0 when it cannot be told (a tokenizer without a vocabulary to
+        read) or, given the ``limit`` it is compared with, when the bound cannot exceed it (then the
+        vocabulary is not even read: an ordinary prompt costs nothing)."""
+        if limit is None:
+            return 0
+        contents = [m["content"] for m in messages]
+        chars = sum(map(len, contents))
+        if chars <= limit:
+            return 0
+        per = self.max_token_chars()
+        if per is None or chars <= limit * per:
+            return 0
+        bt = self._backend
+        norm = getattr(bt, "normalizer", None) if bt is not None else None
+        total = 0
+        for c in contents:
+            c = norm.normalize_str(c) if norm is not None else c
+            total += -(-len(c.strip()) // per)
+        return total
+
+    def max_token_chars(self) -> int | None:
+        """The most characters one token of the vocabulary spells (its string: a byte-level token's
+        characters are bytes, each at least one character of text; a SentencePiece piece's are the
+        text's own), computed once; None when the tokenizer has no vocabulary to read."""
+        if not hasattr(self, "_max_token_chars"):
+            try:
+                vocab = self.tok.get_vocab()
+                self._max_token_chars = max(map(len, vocab), default=0) or None
+            except Exception:  # a tokenizer without get_vocab: no bound
+                self._max_token_chars = None
+        return self._max_token_chars
 
     def encode_answer(self, answer: str, max_tokens: int | None = None, close: bool = True) -> list[int]:
         """Token ids of an answer (without its control token), cut to max_tokens, then the end of turn.

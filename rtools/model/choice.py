@@ -76,7 +76,8 @@ class ControlChooser:
 
     1. ``rule`` (``--threshold``/``--cat``/``--thresholds``) on the model's own probabilities;
     2. ``bias`` (``--logit-bias``): the model's own choice after adding B to a token's logit;
-    3. the record's own ``decision``/``decision_cat`` (e.g. from rt-threshold);
+    3. the record's own ``decision``/``decision_cat`` (e.g. from rt-threshold), passed to
+       :meth:`choose` only when asked for (rt-generate --use-decision);
     4. the model's own choice (the most likely control token), which is the only unforced case.
 
     ``rule`` must already be resolved to the model's category slugs (``Thresholds.resolve``).

@@ -442,6 +442,7 @@ def load_for_inference(
     merge: bool = True,
     base: str | None = None,
     cpu_bf16: bool | None = None,
+    cached_merge: Any = None,
 ) -> LoadedModel:
     """Load a model for scoring or generation, with its control tokens.
 
@@ -453,13 +454,19 @@ def load_for_inference(
     A plain model directory must already contain the control tokens (a merged rt-lora model), or
     ``allow_untrained`` adds them with untrained rows (useful only for benchmarks and tests).
     ``spec`` None: the shipped default scorer (resolve_scorer).
+    ``cached_merge``: for an adapter merged on CPU in fp32 (or CPU bf16, which merges in fp32),
+    a function that gives (tokenizer or None, model) of the merge kept in rtools' cache, or None
+    (rtools.model.merged_cache.load_merged, which the scorer passes: loaded without peft); without
+    it the adapter is merged in memory with peft.
     """
     spec = resolve_scorer(spec)
     directory = model_directory(spec, quiet=quiet)
     dev = pick_device(device)
     compute_dtype = torch_dtype(dtype, dev, cpu_bf16)
     info: dict[str, Any] = {"model": spec}
-    if is_adapter_dir(directory):
+    adapter = is_adapter_dir(directory)
+    cached = None
+    if adapter:
         cfg = read_rtools_config(directory)
         base_spec = base or cfg.get("base_model") or _adapter_base(directory)
         try:
@@ -470,12 +477,26 @@ def load_for_inference(
                 f"{directory}: its base model cannot be loaded: {e}{moved}", (*e.fields, "base")
             ) from None
         check_base(directory, cfg, base_spec, base_dir, quiet=quiet)
-        tok = load_tokenizer(directory, trust_remote_code)
+        if cached_merge is not None and merge and not load_4bit and not trust_remote_code and dev == "cpu":
+            import torch
+
+            if compute_dtype == torch.float32 or cpu_mixed(dev, compute_dtype):
+                name = "the default scorer" if spec == DEFAULT_SCORER else directory
+                cached = cached_merge(directory, base, base_dir, name, dev, compute_dtype, quiet)
+        tok = cached[0] if cached is not None else None
+        if tok is None:
+            tok = load_tokenizer(directory, trust_remote_code)
         tm = (
             TokenMap.load(directory) if os.path.isfile(os.path.join(directory, TOKEN_MAP_FILE)) else token_map
         )
         if tm is None:
             raise ModelError(f"{directory}: no {TOKEN_MAP_FILE} (was it written by rt-lora?)")
+    if adapter and cached is not None:
+        # the merge of this adapter into this base, checked when it was cached (its tokenizer included)
+        model = cached[1]
+        info["base_model"] = base_spec
+        info["merged_cache"] = True
+    elif adapter:
         model = load_base(base_dir, dev, compute_dtype, load_4bit, trust_remote_code, mix=False)
         base_tok = load_tokenizer(base_dir, trust_remote_code)
         add_control_tokens(model, base_tok, tm)
@@ -595,7 +616,14 @@ def load_adapter(model: Any, directory: str) -> Any:
     except Exception as e:  # SafetensorError: truncated or not a safetensors file
         raise ModelError(f"{path}: not a valid safetensors file ({e})") from None
     model = get_peft_model(model, config)
-    result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    try:
+        result = set_peft_model_state_dict(model, weights, adapter_name="default")
+    except KeyError as e:  # peft looks the token rows up by name: a decoy file lacks them
+        raise ModelError(
+            f"{path}: not the weights of this adapter: the tensor {e.args[0] if e.args else e} is missing"
+        ) from None
+    except (RuntimeError, ValueError) as e:  # a tensor of another shape
+        raise ModelError(f"{path}: not the weights of this adapter: {' '.join(str(e).split())}") from None
     missing = [k for k in result.missing_keys if "lora_" in k]  # as peft: base weights are not in it
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if missing or unexpected:

@@ -36,6 +36,8 @@ from typing import Any
 import orjson
 
 from .. import __version__
+from ..config import ConfigError
+from ..files import check_apart
 from ..records import atomic_directory, atomic_write_bytes, atomic_write_json
 from ..tokens import TOKEN_MAP_FILE
 from .adapter import check_writable
@@ -301,9 +303,9 @@ def merge_adapter(
     base's own); ``device``: where the merge runs (the base is loaded there in fp32: 4 bytes a
     parameter). Returns a summary (``out``, ``merged_from``, ``base_model``, ``dtype``,
     ``tie_word_embeddings``, ``vocab_size``, ``control_token_ids``). CLI: ``rt-lora --merge-only``.
+    An ``out`` that is, holds or lies inside the adapter or its base is a ConfigError (field ``out``),
+    before anything is written.
     """
-    if os.path.exists(out) and not overwrite:
-        raise ModelError(f"{out} already exists (set overwrite=True to replace it)")
     try:
         directory = model_directory(adapter_dir)
     except ModelError as e:
@@ -313,10 +315,13 @@ def merge_adapter(
             f"{adapter_dir} is not an rt-lora adapter (no {ADAPTER_CONFIG}): nothing to merge "
             "(a merged model can be used as it is)"
         )
-    if os.path.realpath(out) == os.path.realpath(directory):
-        raise ModelError(f"{out}: the output would replace the adapter it is made from")
-    check_writable(out)
     _, base_dir = adapter_base(directory, base)
+    apart = check_apart(out, [("the adapter", directory), ("its base model", base_dir)], shown=f"out={out}")
+    if apart is not None:  # before anything is written
+        raise ConfigError(apart, "out")
+    if os.path.exists(out) and not overwrite:
+        raise ModelError(f"{out} already exists (set overwrite=True to replace it)")
+    check_writable(out)
     check_mergeable(base_dir)  # before anything is loaded
     with atomic_directory(out, overwrite=overwrite) as tmp:
         summary = write_merged(

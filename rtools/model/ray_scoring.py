@@ -34,7 +34,7 @@ from typing import Any
 from ..records import RecordError
 from .engines import EngineError, require_module
 from .loading import ModelError
-from .scoring import ScoreConfig, Scorer
+from .scoring import ScoreConfig, Scorer, StaleFields
 
 #: How often a dead actor is restarted (and its window retried) before the run fails.
 MAX_RESTARTS = 3
@@ -96,6 +96,7 @@ class ScoreActor:
         except RecordError as e:
             result["error"] = (e.message, e.path, e.line, e.hint)
         result["truncated"] = self.scorer.truncated
+        result["stale"] = self.scorer.stale
         result["limit"] = self.scorer.limit
         result["pid"] = os.getpid()
         return result
@@ -126,6 +127,7 @@ class RayScorer:
         self.quiet = quiet
         self.window = config.window
         self.truncated = 0
+        self.stale: StaleFields | None = None
         self.limit: tuple[int, str] | None = None
         self.stats: dict[str, float] = {}
         start = time.perf_counter()
@@ -217,6 +219,7 @@ class RayScorer:
         stats["windows"] = len(payloads)
         stats["workers"] = self.workers
         self.truncated = 0
+        self.stale = None
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # rt-score reports its own progress
         context.print_on_execution_start = False
@@ -253,6 +256,8 @@ class RayScorer:
                 if result["model_error"] is not None:
                     raise ModelError(result["model_error"])
                 self.truncated += result["truncated"]
+                if self.stale is None:
+                    self.stale = result.get("stale")
                 self.limit = result["limit"]
                 stats["wall_s"] = time.perf_counter() - start
                 yield result["records"]

@@ -14,14 +14,22 @@ The library entry point (what rt-score iterates)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError
 from ..records import RecordError, check_finite
 from ..tokens import CATEGORY, TokenMap
-from .batching import cache_kwarg, control_logprobs, decoder_and_head, output_cache, plan_batches, right_pad
+from .batching import (
+    cache_kwarg,
+    control_logprobs,
+    decoder_and_head,
+    output_cache,
+    plan_batches,
+    right_pad,
+    shared_prefix,
+)
 from .chat import ChatEncoder, context_limit, record_messages
 from .loading import load_for_inference
 
@@ -30,20 +38,6 @@ MIN_SHARED_PREFIX = 4
 #: caches measured 1.3-1.8x faster per prompt than batches of 8192 tokens (bench/bench_score.py --sweep).
 CPU_BATCH_TOKENS = 1024  # the default budget on CPU (measured fastest here: bench/README.md)
 GPU_BATCH_TOKENS = 8192
-
-
-def shared_prefix(sequences: list[list[int]]) -> int:
-    """Length of the token prefix every sequence starts with, leaving each at least one token of its own."""
-    first = sequences[0]
-    n = min(len(s) for s in sequences) - 1
-    for s in sequences[1:]:
-        if n <= 0:
-            return 0
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(0, n)
 
 
 def _prefix_cache(decoder: Any, prefix: list[int], device: str) -> Any:
@@ -129,6 +123,65 @@ def score_fields(token_map: TokenMap, probs: Sequence[float]) -> dict[str, Any]:
     if token_map.mode == CATEGORY:
         d["p_cat"] = dict(zip(token_map.categories, ref, strict=True))
     return d
+
+
+#: The fields computed from a model's scores: rt-score's and rt-generate's scores, rt-threshold's
+#: decision and raw (uncalibrated) scores, rt-generate's decision fields. rt-score owns them all: an
+#: input record's own are never trusted, but replaced by this model's or removed (:func:`disown`),
+#: so that no field a user wrote can steer a decision downstream.
+SCORE_FIELDS = (
+    "p_refuse",
+    "p_respond",
+    "p_cat",
+    "p_refuse_raw",
+    "p_cat_raw",
+    "decision",
+    "decision_cat",
+    "control",
+    "forced",
+    "consistent",
+)
+
+
+@dataclass(frozen=True)
+class StaleFields:
+    """What a command did with the fields of an input record that it owns (the first such record of
+    a run): ``replaced`` by its own values, ``removed`` (stale: computed from other scores, or a
+    field this model does not write), ``ignored`` (read, but not used: rt-generate's ``decision``)."""
+
+    line: int
+    replaced: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def message(self, name: str | None, command: str) -> str:
+        """The one warning a command gives, naming the fields and the first record that had them."""
+        parts = [
+            f"{', '.join(fields)} {verb}"
+            for fields, verb in (
+                (self.replaced, "replaced"),
+                (self.ignored, "ignored (decided anew)"),
+                (self.removed, "removed"),
+            )
+            if fields
+        ]
+        where = f"{name}:{self.line}" if name is not None else f"record {self.line}"
+        return (
+            f"{where}: the input has fields {command} owns, never trusted: {'; '.join(parts)} "
+            "(said once, for the first such record)"
+        )
+
+
+def disown(
+    record: dict[str, Any], written: Mapping[str, Any], owned: Sequence[str] = SCORE_FIELDS
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Remove from ``record`` the ``owned`` fields that ``written`` (the fields about to be written,
+    replacing theirs in place) does not hold. Returns the owned fields the record had: (replaced, removed)."""
+    replaced = tuple(k for k in owned if k in record and k in written)
+    removed = tuple(k for k in owned if k in record and k not in written)
+    for k in removed:
+        del record[k]
+    return replaced, removed
 
 
 DTYPES = (None, "auto", "fp32", "bf16", "fp16")
@@ -227,13 +280,20 @@ class Scorer:
     truncate: str | None = None
     limit: tuple[int, str] | None = None
     truncated: int = field(default=0, init=False)
+    stale: StaleFields | None = field(default=None, init=False)
 
     @classmethod
     def load(cls, model: str | None = None, config: ScoreConfig | None = None, quiet: bool = True) -> Scorer:
         """Load ``model`` (an rt-lora output, a merged model, or None: the shipped default scorer) as
         ``config`` says. A model that cannot be loaded is a rtools.model.loading.ModelError."""
         config = config or ScoreConfig()
-        return cls.from_loaded(load_for_inference(model, quiet=quiet, **config.load_options()), config)
+        import functools
+
+        from .merged_cache import load_merged
+
+        merged = functools.partial(load_merged, fast=True)
+        lm = load_for_inference(model, quiet=quiet, cached_merge=merged, **config.load_options())
+        return cls.from_loaded(lm, config)
 
     @classmethod
     def from_loaded(cls, lm: Any, config: ScoreConfig | None = None) -> Scorer:
@@ -255,7 +315,9 @@ class Scorer:
 
     def score(self, records: Iterable[Any], name: str | None = None) -> Iterator[dict[str, Any]]:
         """Each record with ``p_refuse``, ``p_respond`` (and ``p_cat``) set, in input order, streaming
-        window by window (a record is updated in place and yielded).
+        window by window (a record is updated in place and yielded). The record's own fields of
+        :data:`SCORE_FIELDS` are replaced or removed (:func:`disown`); ``stale`` says so for the first
+        record of the run that had any.
 
         ``records``: dicts, or ``(line, dict)`` pairs (rtools.records.iter_records) so that an error
         names the line; ``name`` is the source shown in errors. A bad record (no prompt, a prompt past
@@ -271,6 +333,7 @@ class Scorer:
         """:meth:`score`, one window (a list of at most ``window`` records) at a time."""
         limit, source = self.limit or (None, "")
         prompts = PromptStream(self.encoder, limit, self.truncate, f"{limit} ({source})", name)
+        self.stale = None
         for win in windows(prompts.read(records), self.window):
             self.truncated = prompts.truncated
             probs = self.probabilities([p.ids for p in win])
@@ -278,6 +341,9 @@ class Scorer:
                 fields = self.fields(probs_)
                 for k in ("p_refuse", "p_respond"):
                     check_finite(fields[k], k, name, p.line)
+                replaced, removed = disown(p.record, fields)
+                if (replaced or removed) and self.stale is None:
+                    self.stale = StaleFields(p.line, replaced, removed)
                 p.record.update(fields)
             yield [p.record for p in win]
         self.truncated = prompts.truncated
@@ -290,6 +356,18 @@ class Scorer:
 
     def probabilities(self, sequences: list[list[int]]) -> list[list[float]]:
         """For each token sequence: the probability of each control token (token_map order)."""
+        if getattr(getattr(self.model, "config", None), "fast_path", False):
+            from .fastllama import control_probabilities as fast_probabilities
+
+            return fast_probabilities(
+                self.model,
+                sequences,
+                self.encoder.control_ids,
+                self.batch_tokens or CPU_BATCH_TOKENS,
+                self.batch_size,
+                self.max_batch,
+                self.temperature,
+            )
         return control_probabilities(
             self.model,
             sequences,

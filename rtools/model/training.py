@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from ..config import ConfigError
+from ..files import check_apart
 from ..records import atomic_directory
 from ..tokens import CATEGORY, SINGLE, TokenMap
 from . import distributed as dd
@@ -210,7 +212,7 @@ def train(
     records = numbered(records)
 
     # Everything that can be refused is refused before a model is loaded.
-    run = _plan(config, world, overwrite)
+    run = _plan(config, world, overwrite, data=name if name and os.path.isfile(name) else None)
     saved = check_resume(run.ckpt, run.recorded()) if resume else None  # the checkpoint's fingerprint
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -260,11 +262,27 @@ def train(
 # train()'s steps, in the order it takes them
 
 
-def _plan(config: TrainConfig, world: dd.World, overwrite: bool) -> Run:
-    """The output's place, the device, the dtype and the resolved settings: what needs no model."""
+def check_out_apart(out: str, model: str | None, data: str | None = None) -> None:
+    """ConfigError (field ``out``) when the output directory ``out`` (and its ``.checkpoint``) is,
+    holds or lies inside the base model's directory ``model`` or the training data file ``data``:
+    writing it would destroy what the run reads. Checked before anything is written or loaded."""
+    spec = resolve_model(model)
+    inputs = [("the base model", None if spec == DEFAULT_MODEL else spec), ("the training data", data)]
+    for target in (out, out + CHECKPOINT_SUFFIX):
+        message = check_apart(
+            target, inputs, shown=f"out={out}" if target == out else f"its checkpoint {target}"
+        )
+        if message is not None:
+            raise ConfigError(message, "out")
+
+
+def _plan(config: TrainConfig, world: dd.World, overwrite: bool, data: str | None = None) -> Run:
+    """The output's place, the device, the dtype and the resolved settings: what needs no model.
+    ``data``: the training data file (None: not a file), which the output must not destroy."""
     import torch
 
     out = os.path.abspath(config.out)
+    check_out_apart(config.out, config.model, data)
     if os.path.exists(out) and not overwrite:
         raise ModelError(f"{config.out} already exists (set overwrite=True to replace it)")
     if world.main:
