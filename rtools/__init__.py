@@ -71,7 +71,7 @@ _EXPORTS: dict[str, str] = {
     "RayScorer": "model.ray_scoring",
     "GenerateConfig": "model.generation",
     "Answerer": "model.generation",
-    "TrainConfig": "model.training",
+    "TrainConfig": "model.train_config",
     "train": "model.training",
     "merge_adapter": "model.merging",
     "VllmScorer": "model.vllm_engine",

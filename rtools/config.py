@@ -2,22 +2,16 @@
 
 Options are parsed and validated once, into frozen objects (:class:`rtools.tagging.TagOptions`,
 :class:`rtools.thresholds.Thresholds`, :class:`rtools.metrics.MetricsOptions`), before any record
-is read. A bad value raises :class:`ConfigError`; the commands turn it into a usage error (exit 2)
-naming the option, a library caller gets it as a ``ValueError``.
+is read. A bad value raises :class:`ConfigError` (defined in rtools.errors, with the configuration
+fields to blame in ``fields``), or :class:`BadValue` for one setting's value; the commands turn it
+into a usage error (exit 2) naming the option, a library caller gets it as a ``ValueError``.
 """
 
 from __future__ import annotations
 
 import math
 
-
-class ConfigError(ValueError):
-    """An invalid or contradictory option. ``option`` names the flag (``--cat``), when one is to blame."""
-
-    def __init__(self, message: str, option: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.option = option
+from .errors import BadValue, ConfigError  # noqa: F401 (re-exported: their home before rtools.errors)
 
 
 def parse_pair(text: str, form: str, *, last: bool = False, optional: bool = False) -> tuple[str | None, str]:

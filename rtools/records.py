@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +32,7 @@ import orjson
 
 # Files are written atomically by rtools.files; these names are re-exported for the modules that
 # import them from here (rtools.model, rtools.datasets, the examples).
+from .errors import RecordError
 from .files import (  # noqa: F401
     atomic_directory,
     atomic_write_bytes,
@@ -49,38 +49,6 @@ CHUNK_SIZE = 1 << 16
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGIT_RUN = b"0" * 19
 _DOT, _ZERO = ord("."), ord("0")
-
-
-class RecordError(Exception):
-    """Bad input data. ``str()`` gives ``file:line: message``. ``fields``: the configuration fields
-    the message or hint names (``truncate``, ``max_new_tokens=N``), which a command writes as its options."""
-
-    def __init__(
-        self,
-        message: str,
-        path: str | os.PathLike | None = None,
-        line: int | None = None,
-        hint: str | None = None,
-        fields: tuple[str, ...] = (),
-    ):
-        self.message = message
-        self.path = None if path is None else os.fspath(path)
-        self.line = line
-        self.hint = hint
-        self.fields = tuple(fields)
-        super().__init__(self.format())
-
-    def format(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = f"{self.path}:"
-            if self.line is not None:
-                where += f"{self.line}:"
-            where += " "
-        text = f"{where}{self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
 
 
 def display_name(path: str | None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .config import ConfigError
+from .config import BadValue
 
 #: A part's name is also its file name (NAME.jsonl) under rt-split --out-dir.
 PART_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -31,15 +31,15 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     normalised by their sum)."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) < 2:
-        raise ConfigError(f"{text!r}: give two or more comma-separated ratios, e.g. 70,15,15", "--ratios")
+        raise BadValue(f"{text!r}: give two or more comma-separated ratios, e.g. 70,15,15", "ratios")
     ratios = []
     for p in parts:
         try:
             value = float(p)
         except ValueError:
-            raise ConfigError(f"{text!r}: {p!r} is not a number", "--ratios") from None
+            raise BadValue(f"{text!r}: {p!r} is not a number", "ratios") from None
         if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{text!r}: every ratio must be a positive number, got {p!r}", "--ratios")
+            raise BadValue(f"{text!r}: every ratio must be a positive number, got {p!r}", "ratios")
         ratios.append(value)
     return tuple(ratios)
 
@@ -49,20 +49,20 @@ def parse_names(text: str | None, count: int) -> tuple[str, ...]:
     train,test / train,dev,test for 2 / 3 ratios."""
     if text is None:
         if count not in DEFAULT_NAMES:
-            raise ConfigError(f"{count} ratios: name the parts with --names (one name per ratio)", "--names")
+            raise BadValue(f"{count} ratios: name the parts with --names (one name per ratio)", "names")
         return DEFAULT_NAMES[count]
     names = tuple(n.strip() for n in text.split(","))
     if len(names) != count:
-        raise ConfigError(f"{text!r}: {len(names)} names for {count} ratios (one name per ratio)", "--names")
+        raise BadValue(f"{text!r}: {len(names)} names for {count} ratios (one name per ratio)", "names")
     for n in names:
         if not PART_NAME.fullmatch(n):
-            raise ConfigError(
+            raise BadValue(
                 f"{text!r}: {n!r} is not a usable part name (letters, digits, _ . -; it names the file "
                 "NAME.jsonl)",
-                "--names",
+                "names",
             )
     if len(set(names)) != len(names):
-        raise ConfigError(f"{text!r}: the names must differ", "--names")
+        raise BadValue(f"{text!r}: the names must differ", "names")
     return names
 
 
@@ -72,7 +72,7 @@ def parse_fields(text: str | None) -> tuple[str, ...]:
         return ()
     fields = tuple(f.strip() for f in text.split(","))
     if any(not f for f in fields) or len(set(fields)) != len(fields):
-        raise ConfigError(f"{text!r}: give distinct, non-empty field names, comma-separated", "--stratify")
+        raise BadValue(f"{text!r}: give distinct, non-empty field names, comma-separated", "stratify")
     return fields
 
 

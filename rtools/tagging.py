@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, parse_pair
+from .config import BadValue, ConfigError, parse_pair
 from .records import RecordError, conversation, json_type, numbered
 from .tokens import CATEGORY, DEFAULT_CATEGORIES, LABELS, SINGLE, TokenMap, slugify
 
@@ -89,12 +89,12 @@ class TagOptions:
         separator: str = "none",
         control_field: str | None = None,
     ) -> TagOptions:
-        """rt-tag's option values -> TagOptions; ConfigError (naming the option) for a bad value or
-        combination. ``refuse_token``, ``categories`` and ``cat_tokens`` are None when not given:
+        """rt-tag's option values -> TagOptions; a BadValue (naming the setting) for a bad value, a
+        ConfigError for a bad combination. ``refuse_token``, ``categories`` and ``cat_tokens`` are None when not given:
         each belongs to one mode only."""
         category_map: dict[str, str] = {}
         for text in maps:
-            name, slug = _pair(text, "NAME=SLUG", "--map", last=True)
+            name, slug = _pair(text, "NAME=SLUG", "maps", last=True)
             category_map[name] = slug.strip()
         if mode == SINGLE:
             for opt, value in (("--categories", categories), ("--cat-token", cat_tokens)):
@@ -113,35 +113,33 @@ class TagOptions:
                 if slug and slug not in slugs:
                     slugs.append(slug)
             if not slugs:
-                raise ConfigError("no categories given", option="--categories")
+                raise BadValue("no categories given", "categories")
             tokens: dict[str, str] = {}
             for text in cat_tokens or ():
-                key, tok = _pair(text, "SLUG=TOKEN", "--cat-token")
-                tokens[_known_slug(key, slugs, category_map, "--cat-token")] = tok.strip()
+                key, tok = _pair(text, "SLUG=TOKEN", "cat_tokens")
+                tokens[_known_slug(key, slugs, category_map, "cat_tokens")] = tok.strip()
             try:
                 token_map = TokenMap.category(slugs, respond=respond_token, tokens=tokens)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         else:
-            raise ConfigError(f"unknown mode {mode!r} (expected {SINGLE!r} or {CATEGORY!r})", option="--mode")
+            raise BadValue(f"unknown mode {mode!r} (expected {SINGLE!r} or {CATEGORY!r})", "mode")
         global_text: str | None = None
         per_category: dict[str, str] = {}
         for value in refusal_texts:
             key, text = parse_pair(value, "[SLUG=]TEXT", optional=True)
             if key is None:
                 if not value.strip():
-                    raise ConfigError("empty refusal text", option="--refusal-text")
+                    raise BadValue("empty refusal text", "refusal_texts")
                 global_text = value
                 continue
             known = token_map.categories if token_map.mode == CATEGORY else None
-            slug = _known_slug(key, known, category_map, "--refusal-text")
+            slug = _known_slug(key, known, category_map, "refusal_texts")
             if not text.strip():
-                raise ConfigError(f"empty refusal text for {key!r}", option="--refusal-text")
+                raise BadValue(f"empty refusal text for {key!r}", "refusal_texts")
             per_category[slug] = text
         if separator not in SEPARATORS:
-            raise ConfigError(
-                f"unknown separator {separator!r} (one of {', '.join(SEPARATORS)})", "--separator"
-            )
+            raise BadValue(f"unknown separator {separator!r} (one of {', '.join(SEPARATORS)})", "separator")
         return cls(
             token_map=token_map,
             separator=SEPARATORS[separator],
@@ -163,20 +161,21 @@ class TagOptions:
         return GENERIC_REFUSAL_TEXT
 
 
-def _pair(text: str, form: str, option: str, last: bool = False) -> tuple[str, str]:
+def _pair(text: str, form: str, field: str, last: bool = False) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``; a BadValue of ``field`` when malformed."""
     try:
         key, value = parse_pair(text, form, last=last)
     except ValueError as e:
-        raise ConfigError(str(e), option=option) from None
+        raise BadValue(str(e), field) from None
     assert key is not None
     return key, value
 
 
-def _known_slug(key: str, known: Iterable[str] | None, mapping: dict[str, str], option: str) -> str:
-    """``key``'s slug; ConfigError unless it is one of ``known`` (None: any)."""
+def _known_slug(key: str, known: Iterable[str] | None, mapping: dict[str, str], field: str) -> str:
+    """``key``'s slug; a BadValue of ``field`` unless it is one of ``known`` (None: any)."""
     slug = slugify(key, mapping)
     if known is not None and slug not in known:
-        raise ConfigError(f"{key!r} is not one of the categories ({', '.join(known)})", option=option)
+        raise BadValue(f"{key!r} is not one of the categories ({', '.join(known)})", field)
     assert slug is not None
     return slug
 

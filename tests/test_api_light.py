@@ -172,7 +172,7 @@ def test_options_are_checked_once_and_frozen():
     assert "applies only to --mode category" in str(e.value)
     with pytest.raises(ConfigError) as e:
         rtools.TagOptions.from_flags(mode="category", cat_tokens=["nope=[x]"])
-    assert e.value.option == "--cat-token"
+    assert e.value.fields == ("cat_tokens",)  # the setting to blame, by its field (the CLI says --cat-token)
     with pytest.raises(ConfigError, match="cannot be combined"):
         rtools.Thresholds.from_flags(threshold=0.5, cats={"safety": 0.3})
     with pytest.raises(ConfigError, match="same category"):

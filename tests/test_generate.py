@@ -310,7 +310,7 @@ def test_sampling_is_seeded_per_record(gen):
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    from rtools.model.generation import _sample
+    from rtools.model.decoding import _sample
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     gens = [torch.Generator().manual_seed(s) for s in range(1)]

@@ -158,9 +158,15 @@ def test_generate_use_decision_follows_the_record(invoke, single):
     out = records_of(r)
     assert [o["control"] for o in out] == ["[respond]", "[refuse]"] and all(o["forced"] for o in out)
     assert warnings_of(r, "rt-generate") == []
-    for flags in (["-t", "0.5"], ["--cat", "*=0.5"], ["--logit-bias", "[refuse]=1"], ["--plain"]):
+    for flags, named in (
+        (["-t", "0.5"], "--threshold"),
+        (["--cat", "*=0.5"], "--cat"),
+        (["--logit-bias", "[refuse]=1"], "--logit-bias"),
+        (["--plain"], "--plain"),
+    ):
         r = run(invoke, "rt-generate", single, records, "--use-decision", *flags)
-        assert r.exit_code == 2 and "--use-decision" in r.stderr and r.stdout == "", (flags, r.stderr)
+        assert r.exit_code == 2 and r.stdout == "", (flags, r.stderr)
+        assert "--use-decision" in r.stderr and named in r.stderr, (flags, r.stderr)  # both options named
 
 
 def test_generate_removes_stale_score_fields(invoke, single):

@@ -1,5 +1,5 @@
 """The boundary between the library and the commands: the library's errors name configuration fields,
-never command-line flags (the commands write those fields as their own options, rtools.cli.in_flags,
+never command-line flags (the commands write those fields as their own options, rtools.cli.errors,
 so a command's user still reads the flag), and only the CLI reads environment variables."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from rtools.cli import command_flags, in_flags, option_words, record_error_in_flags
+from rtools.cli import cli_error, command_flags, in_flags
 from rtools.commands import generate, lora, score, threshold
 from rtools.records import RecordError
 
@@ -123,15 +123,15 @@ def test_in_flags(message, fields, command, expected):
 def test_only_declared_fields_are_translated():
     # rt-score has --batch-size, but a message that does not declare batch_size keeps its words
     assert in_flags("batch_size is 4", (), score.command) == "batch_size is 4"
-    assert option_words("batch_size is 4", ["batch_size"]) == "--batch-size is 4"
+    assert in_flags("batch_size is 4", ("batch_size",), score.command) == "--batch-size is 4"
 
 
-def test_record_error_in_flags_keeps_place():
+def test_cli_error_keeps_a_record_errors_place():
     e = RecordError(
         "too long; truncate never cuts it", path="in.jsonl", line=3, hint="x", fields=("truncate",)
     )
-    out = record_error_in_flags(e, generate.command)
-    assert out.format() == "in.jsonl:3: too long; --truncate never cuts it (x)"
+    out = cli_error(e, generate.command)
+    assert out.exit_code == 1 and out.format_message() == "in.jsonl:3: too long; --truncate never cuts it (x)"
     assert str(e) == "in.jsonl:3: too long; truncate never cuts it (x)"  # the library's own words
 
 
@@ -144,18 +144,18 @@ def test_record_decision_error_library_and_cli(invoke):
     assert not FLAG.search(str(info.value)) and "rule or logit_bias" in str(info.value)
     assert (
         "--threshold/--cat/--thresholds or --logit-bias"
-        in record_error_in_flags(info.value, generate.command).format()
+        in cli_error(info.value, generate.command).format_message()
     )
 
 
 def test_environment_read_only_at_the_cli_boundary():
-    """rtools/cli.py reads the environment (click envvar=, RT_CPU_BF16, RT_DEBUG); the library does not
+    """rtools/cli/ reads the environment (click envvar=, RT_CPU_BF16, RT_DEBUG); the library does not
     (but for XDG_CACHE_HOME, the conversion cache of the embedded model: rtools.model.loading.cache_root)."""
     root = MODEL_DIR.parent
     found = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel == "cli.py":
+        if rel.startswith("cli/"):
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"os\.environ|getenv\(", line) and "XDG_CACHE_HOME" not in line:

@@ -7,10 +7,7 @@ import click
 from ..cli import (
     build_rule,
     common_options,
-    config_usage_error,
     entry_point,
-    fail,
-    in_flags,
     input_argument,
     load_model,
     make_config,
@@ -152,9 +149,7 @@ def command(
     unbuffered,
     quiet,
 ):
-    from ..config import ConfigError
     from ..model.generation import Answerer, GenerateConfig
-    from ..model.loading import ModelError
 
     config = make_config(
         GenerateConfig,
@@ -184,12 +179,7 @@ def command(
     writer = RecordWriter(unbuffered=unbuffered)
     with open_input(file) as fh:
         lm = load_model(model, quiet, **config.load_options())
-        try:
-            answerer = Answerer.from_loaded(lm, config)
-        except ConfigError as e:
-            raise config_usage_error(e, ["logit_bias", "plain"]) from None
-        except ModelError as e:
-            raise fail(in_flags(str(e), e.fields)) from None
+        answerer = Answerer.from_loaded(lm, config)
         if answerer.reader and not plain and not quiet:
             click.echo(
                 f"{prog()}: {lm.spec}: its body is the base's, untrained (rt-lora --max-steps 0): answers "

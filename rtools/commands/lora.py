@@ -7,24 +7,25 @@ import click
 from ..cli import (
     common_options,
     config_from,
-    config_usage_error,
     entry_point,
     fail,
     in_flags,
     input_argument,
-    option_words,
+    names_fields,
     progress_bar,
     warn,
 )
 from ..manual.lora import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
-from ..model.training import TrainConfig
-from ..records import STDIN_NAMES, RecordError, display_name, read_records
+from ..model.train_config import TrainConfig
+from ..records import STDIN_NAMES, display_name, read_records
 
 _D = TrainConfig(out="")  # the flags' defaults are the library's defaults (one source)
-#: The words of the library's messages that are this command's options (max_length: --max-length).
+#: The configuration fields the training's messages name (``max_length``, ``overwrite=True``) without
+#: listing them in each error's ``fields``: written as this command's options (``--max-length``).
 OPTIONS = (*TrainConfig.__dataclass_fields__, "resume", "overwrite")
 
 
+@names_fields(*OPTIONS)
 @click.command("rt-lora", help=HELP, short_help="train refusal tokens with LoRA / QLoRA")
 @input_argument
 @click.option("-o", "--out", required=True, metavar="DIR", help="Output directory (written atomically).")
@@ -249,10 +250,9 @@ def command(
 ):
     import orjson
 
-    from ..config import ConfigError
     from ..model import distributed
-    from ..model.loading import ModelError, pick_device
-    from ..model.training import TrainConfig, check_out_apart, train
+    from ..model.loading import pick_device
+    from ..model.training import check_out_apart, train
     from ..tokens import TokenMap
 
     if merge_only is not None:
@@ -289,37 +289,28 @@ def command(
         device=None if options["device"] == "auto" else options["device"],
         dtype=None if options["dtype"] == "auto" else options["dtype"],
     )
-    try:  # before the data is read: an output that would destroy the base or the data
-        check_out_apart(cfg.out, cfg.model, None if file in STDIN_NAMES else file)
-    except ConfigError as e:
-        raise config_usage_error(e, OPTIONS) from None
+    # before the data is read: an output that would destroy the base or the data (a usage error)
+    check_out_apart(cfg.out, cfg.model, None if file in STDIN_NAMES else file)
     tm = TokenMap.read(token_map_file) if token_map_file else None
     name = display_name(file)
     records = list(read_records(file))
     if not records:
         raise fail("no training records", path=name)
-    try:
-        world = distributed.check_world(world_size, rank, local_rank)
-        with distributed.start(world, distributed.rank_device(pick_device(cfg.device), world)):
-            summary = train(
-                records,
-                cfg,
-                name=name,
-                token_map=tm,
-                resume=resume,
-                overwrite=overwrite,
-                progress_bar=None
-                if quiet
-                else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
-                log=None if quiet else (lambda message: warn(option_words(message, OPTIONS))),
-                world=world,
-            )
-    except ConfigError as e:  # what depends on the device (4-bit is the default on CUDA)
-        raise config_usage_error(e, OPTIONS) from None
-    except ModelError as e:
-        raise fail(option_words(in_flags(str(e), e.fields), OPTIONS)) from None
-    except RecordError as e:  # the library names configuration fields; the command, its options
-        raise RecordError(option_words(e.message, OPTIONS), path=e.path, line=e.line, hint=e.hint) from None
+    world = distributed.check_world(world_size, rank, local_rank)
+    with distributed.start(world, distributed.rank_device(pick_device(cfg.device), world)):
+        summary = train(
+            records,
+            cfg,
+            name=name,
+            token_map=tm,
+            resume=resume,
+            overwrite=overwrite,
+            progress_bar=None
+            if quiet
+            else (lambda total, initial: progress_bar(quiet, "step", total, initial)),
+            log=None if quiet else (lambda message: warn(in_flags(message, ()))),
+            world=world,
+        )
     if world.main:  # the other ranks of a launched run write nothing
         click.echo(orjson.dumps({"out": options["out"], **summary}).decode())
 
@@ -351,8 +342,6 @@ def merge_command(
     """rt-lora --merge-only ADAPTER --out DIR: the merged model, nothing trained."""
     import orjson
 
-    from ..config import ConfigError
-    from ..model.loading import ModelError
     from ..model.merging import merge_adapter
 
     ctx = click.get_current_context()
@@ -360,21 +349,16 @@ def merge_command(
         raise click.UsageError(f"--merge-only merges an adapter and reads no training data (got FILE {file})")
     if merge or resume:
         raise click.UsageError(f"--merge-only cannot be combined with --{'merge' if merge else 'resume'}")
-    try:
-        summary = merge_adapter(
-            adapter,
-            out,
-            base=model,
-            dtype=None if dtype == "auto" else dtype,
-            device="cpu" if device == "auto" else device,
-            overwrite=overwrite,
-            trust_remote_code=trust_remote_code,
-            quiet=quiet,
-        )
-    except ModelError as e:
-        raise fail(in_flags(str(e), (*e.fields, *OPTIONS))) from None
-    except ConfigError as e:  # an output that would destroy the adapter or its base
-        raise config_usage_error(e, OPTIONS) from None
+    summary = merge_adapter(
+        adapter,
+        out,
+        base=model,
+        dtype=None if dtype == "auto" else dtype,
+        device="cpu" if device == "auto" else device,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+        quiet=quiet,
+    )
     click.echo(orjson.dumps(summary).decode())
 
 

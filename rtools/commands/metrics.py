@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import common_options, entry_point, fail, input_argument, option_given, usage_errors, warn
+from ..cli import common_options, entry_point, fail, input_argument, option_given, warn
 from ..manual.metrics import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 
 
@@ -133,17 +133,16 @@ def command(
 ) -> None:
     from .. import metrics as M
 
-    with usage_errors():
-        options = M.MetricsOptions(
-            threshold=threshold,
-            sweep=do_sweep,
-            sweep_points=sweep_points,
-            plot=plot,
-            bootstrap=bootstrap,
-            seed=seed,
-            ci=ci_level,
-            gates=(*fail_under, *fail_over),
-        )
+    options = M.MetricsOptions(
+        threshold=threshold,
+        sweep=do_sweep,
+        sweep_points=sweep_points,
+        plot=plot,
+        bootstrap=bootstrap,
+        seed=seed,
+        ci=ci_level,
+        gates=(*fail_under, *fail_over),
+    )
     check_ignored_options(ctx, do_sweep, bootstrap, fmt)
 
     from ..records import display_name, read_records, write_records

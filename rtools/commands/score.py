@@ -10,11 +10,8 @@ import click
 
 from ..cli import (
     common_options,
-    config_usage_error,
     effective_base,
     entry_point,
-    fail,
-    in_flags,
     input_argument,
     make_config,
     model_options,
@@ -113,37 +110,16 @@ def command(
         scorer = engine_scorer(engine, model, config, quiet, base, options)
         stack.callback(getattr(scorer, "close", lambda: None))  # a Ray the engine started
         windows = scorer.score_windows(iter_records(fh, name), name)
-        with engine_errors():
-            write_windows(windows, writer, quiet, "prompt", scorer, truncate, name)
+        write_windows(windows, writer, quiet, "prompt", scorer, truncate, name)
 
 
 def engine_scorer(engine, model, config, quiet, base, options):
     """The scorer of engine ``engine`` (rtools.model.engines.load_scorer: every engine, the local one
-    too, loads its model this way), its errors as the command's."""
-    from ..config import ConfigError
+    too, loads its model this way)."""
     from ..model.engines import load_scorer
 
-    with engine_errors():
-        try:
-            config = dataclasses.replace(config, base=effective_base(model, quiet, base))
-            return load_scorer(engine, model, config, quiet=quiet, **options)
-        except ConfigError as e:
-            raise config_usage_error(e, [*config.__dataclass_fields__, "engine"]) from None
-
-
-@contextlib.contextmanager
-def engine_errors():
-    """An engine's ModelError (the actors of the Ray engine load the model as they start) or
-    EngineError (its optional dependency is missing, it cannot start) is the usual error exit."""
-    from ..model.engines import EngineError
-    from ..model.loading import ModelError
-
-    try:
-        yield
-    except ModelError as e:
-        raise fail(in_flags(str(e), e.fields)) from None
-    except EngineError as e:
-        raise fail(in_flags(str(e), e.fields)) from None
+    config = dataclasses.replace(config, base=effective_base(model, quiet, base))
+    return load_scorer(engine, model, config, quiet=quiet, **options)
 
 
 main = entry_point(command, "rt-score")

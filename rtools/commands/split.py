@@ -9,7 +9,7 @@ import tempfile
 
 import click
 
-from ..cli import check_outputs, common_options, entry_point, input_argument, prog, usage_errors, warn
+from ..cli import check_outputs, common_options, entry_point, input_argument, prog, warn
 from ..manual.split import HELP, MAN, OPTION_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..records import RecordWriter, display_name, open_input, parse_line
 from ..splitting import assign, parse_fields, parse_names, parse_ratios, stratum_key
@@ -81,10 +81,9 @@ def command(
     field: str,
     quiet: bool,
 ) -> None:
-    with usage_errors():
-        weights = parse_ratios(ratios)
-        parts = parse_names(names, len(weights))
-        fields = parse_fields(stratify)
+    weights = parse_ratios(ratios)
+    parts = parse_names(names, len(weights))
+    fields = parse_fields(stratify)
     paths = [os.path.join(out_dir, f"{name}.jsonl") for name in parts] if out_dir is not None else []
     check_outputs([("--out-dir", p, False) for p in paths], [("", file)])
     lines, records = _read(file)

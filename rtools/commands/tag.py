@@ -12,7 +12,6 @@ from ..cli import (
     output_file_option,
     prog,
     unbuffered_option,
-    usage_errors,
 )
 from ..manual.tag import HELP, MAN, OPTION_HELP, SEPARATOR_HELP  # noqa: F401 (MAN: its man page's own sections, rtools.manpage)
 from ..records import display_name, read_records, write_records
@@ -110,20 +109,19 @@ def command(
     unbuffered: bool,
     quiet: bool,
 ) -> None:
-    with usage_errors():
-        options = TagOptions.from_flags(
-            mode,
-            refuse_token if option_given(ctx, "refuse_token") else None,
-            respond_token,
-            categories,
-            cat_tokens or None,
-            maps,
-            label,
-            response_field,
-            refusal_texts,
-            separator,
-            control_field,
-        )
+    options = TagOptions.from_flags(
+        mode,
+        refuse_token if option_given(ctx, "refuse_token") else None,
+        respond_token,
+        categories,
+        cat_tokens or None,
+        maps,
+        label,
+        response_field,
+        refusal_texts,
+        separator,
+        control_field,
+    )
     if token_map_path:
         # The map depends only on the flags: write it first, so that `rt-tag ... | head` still leaves it.
         options.token_map.write(token_map_path)  # category order kept: it fixes the token ids

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError
+from ..config import BadValue, ConfigError
 from ..records import numbered
 from .reading import EvalData, collect
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MetricsOptions:
     """What rt-metrics computes (frozen; checked when built: a bad value or a combination that would
-    ignore an option raises ConfigError naming the option).
+    ignore an option raises a ConfigError; a bad value, a BadValue naming its field).
 
     ``threshold``: decide ``p_refuse >= T`` instead of reading ``decision``. ``sweep``: rows per
     threshold instead of a summary (``sweep_points``: N evenly spaced, or ``"all"``). ``plot``: a PNG
@@ -37,15 +37,13 @@ class MetricsOptions:
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # also NaN
-            raise ConfigError(f"{self.threshold} is not in [0, 1]", option="--threshold")
+            raise BadValue(f"{self.threshold} is not in [0, 1]", "threshold")
         if self.sweep_points != "all" and (not isinstance(self.sweep_points, int) or self.sweep_points < 2):
-            raise ConfigError(
-                f"a sweep needs at least 2 points, got {self.sweep_points}", option="--sweep-points"
-            )
+            raise BadValue(f"a sweep needs at least 2 points, got {self.sweep_points}", "sweep_points")
         if self.bootstrap < 0:
-            raise ConfigError(f"{self.bootstrap} is negative", option="--bootstrap")
+            raise BadValue(f"{self.bootstrap} is negative", "bootstrap")
         if not 0.0 < self.ci < 1.0:
-            raise ConfigError(f"{self.ci} is not in (0, 1)", option="--ci")
+            raise BadValue(f"{self.ci} is not in (0, 1)", "ci")
         if self.sweep:
             if self.gates:
                 raise ConfigError(

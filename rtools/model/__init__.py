@@ -5,8 +5,12 @@ imported inside the functions that need them, so importing a module here stays l
 * chat.py: records rendered as token ids with a model's chat template
 * batching.py: what every forward pass shares (padding, the body and head, control-token log-probs)
 * scoring.py, engines.py, ray_scoring.py, vllm_engine.py: rt-score and its engines
-* generation.py, choice.py: rt-generate (the answer after a forced control token, and which token)
-* training.py (the run), examples.py (its data), objective.py (its loss), adapter.py (peft and the
-  output), checkpoint.py, evaluation.py, distributed.py, card.py: rt-lora
+* merged_cache.py, fastllama.py, fasttok.py: rt-score's merged scorer kept in the cache, and the
+  pure-torch forward pass and tokenizer that load it without peft or transformers
+* generation.py (the records), decoding.py (the answers), choice.py: rt-generate (the answer after
+  a forced control token, and which token)
+* training.py (the run), train_config.py (its settings), examples.py (its data), objective.py (its
+  loss), rows.py (the control rows' probe start), adapter.py (peft and the output), checkpoint.py,
+  evaluation.py, distributed.py, card.py: rt-lora
 * merging.py: an adapter folded into its base (rt-lora --merge-only)
 """

@@ -16,6 +16,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from ..errors import EngineError  # defined in rtools.errors, imported from here too
+
 #: Engine name -> (module, class): imported only when picked, so an engine's optional dependency
 #: (ray, vllm) is needed only by the runs that use it.
 ENGINES: dict[str, tuple[str, str]] = {
@@ -23,15 +25,6 @@ ENGINES: dict[str, tuple[str, str]] = {
     "ray": ("rtools.model.ray_scoring", "RayScorer"),
     "vllm": ("rtools.model.vllm_engine", "VllmScorer"),
 }
-
-
-class EngineError(Exception):
-    """An engine that cannot run here (its optional dependency is missing, or it cannot start).
-    ``fields``: the configuration fields its message names (``engine=ray``), as ModelError's."""
-
-    def __init__(self, message: str, fields: tuple[str, ...] = ()):
-        super().__init__(message)
-        self.fields = tuple(fields)
 
 
 def engine_class(name: str) -> Any:

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import RtoolsError
 from ..records import atomic_write_bytes
 from .cache import cache_dir
 
@@ -71,7 +72,7 @@ INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class IdentityError(ValueError):
+class IdentityError(RtoolsError, ValueError):
     """A base model directory whose identity cannot be taken (a missing or malformed file)."""
 
 

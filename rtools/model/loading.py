@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import ModelError  # defined in rtools.errors, imported from here too
 from ..records import atomic_directory
 from ..shipped import SUMS_FILE, check_sums, default_scorer_dir  # noqa: F401 (SUMS_FILE: re-exported)
 from ..tokens import TOKEN_MAP_FILE, TokenMap
@@ -44,16 +45,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIG_FILE = "rtools_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-class ModelError(Exception):
-    """A model that cannot be found or loaded; the message says what to do, in the library's words:
-    ``fields`` are the configuration fields it names (``base=DIR``, ``allow_untrained=True``), which
-    a command writes as its options (``--base DIR``, ``--allow-untrained``)."""
-
-    def __init__(self, message: str, fields: tuple[str, ...] = ()):
-        super().__init__(message)
-        self.fields = tuple(fields)
 
 
 def cache_root() -> str:

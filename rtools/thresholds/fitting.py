@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import RtoolsError
 from ..rates import confusion_summary
 from ..records import RecordError, numbered
 from ..tokens import slugify
@@ -159,7 +160,7 @@ def objective_scores(
     raise ValueError(f"unknown objective {objective}")
 
 
-class UnmetObjective(ValueError):
+class UnmetObjective(RtoolsError, ValueError):
     """No threshold in [0, 1] meets the objective: a budget smaller than the share of rows at p = 1,
     which every threshold refuses (``p >= t`` and ``t <= 1``)."""
 

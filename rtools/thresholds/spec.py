@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..config import ConfigError, parse_number, parse_pair
+from ..config import BadValue, ConfigError, parse_number, parse_pair
 from ..records import RecordError, atomic_write_json, json_type, read_json_file
 from ..shipped import DEFAULT_THRESHOLDS, default_thresholds_path
 from ..tokens import slugify
@@ -154,7 +154,7 @@ class Thresholds:
             try:
                 return cls(threshold=check_threshold(threshold))
             except ValueError as e:
-                raise ConfigError(str(e), option="--threshold") from None
+                raise BadValue(str(e), "threshold") from None
         named = dict(cats or {})
         default = named.pop(DEFAULT_KEY, None)
         return cls(categories=named, default=default)
@@ -276,20 +276,18 @@ def parse_cat_option(text: str) -> tuple[str, float]:
 
 
 def parse_cats(values: Iterable[str]) -> dict[str, float]:
-    """``--cat`` values -> ``{name: T}``; ConfigError for a malformed value or a category given twice
+    """``--cat`` values -> ``{name: T}``; BadValue (of ``cats``) for a malformed value or a category given twice
     (also under two names: ``safety`` and ``Safety``)."""
     cats: dict[str, float] = {}
     for value in values:
         try:
             name, t = parse_cat_option(value)
         except ValueError as e:
-            raise ConfigError(str(e), option="--cat") from None
+            raise BadValue(str(e), "cats") from None
         if name in cats:
-            raise ConfigError(f"{name!r} is given twice", option="--cat")
+            raise BadValue(f"{name!r} is given twice", "cats")
         same = next((other for other in cats if same_category(other, name)), None)
         if same is not None:
-            raise ConfigError(
-                f"{same!r} and {name!r} are the same category: give it one threshold", option="--cat"
-            )
+            raise BadValue(f"{same!r} and {name!r} are the same category: give it one threshold", "cats")
         cats[name] = t
     return cats
