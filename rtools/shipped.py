@@ -9,8 +9,9 @@ its author.
 
 from __future__ import annotations
 
-import hashlib
 import os
+
+from .files import sha256_file
 
 SUMS_FILE = "SHA256SUMS"
 #: the shipped scorer's thresholds (rt-threshold -T default), fitted on its dev split
@@ -45,14 +46,6 @@ def read_sums(directory: str) -> dict[str, str]:
     return listed
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sums(directory: str, required: bool = False, only: tuple[str, ...] | None = None) -> None:
     """ValueError unless every file of ``directory`` (or the files ``only`` names, each of which must
     be listed) is listed in its SHA256SUMS with its sha256; ``required``: a missing list is an error
@@ -78,7 +71,7 @@ def check_sums(directory: str, required: bool = False, only: tuple[str, ...] | N
         f = os.path.join(directory, name)
         if not os.path.isfile(f):
             raise ValueError(f"{f}: missing (listed in {SUMS_FILE})")
-        if file_sha256(f) != listed[name]:
+        if sha256_file(f) != listed[name]:
             raise ValueError(f"{f}: changed since it was shipped (its sha256 is not the one in {SUMS_FILE})")
 
 

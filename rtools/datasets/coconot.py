@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..files import sha256_file
 from ..records import atomic_write_bytes
 
 COMMIT = "25bf77cc668814360405cdb8197c4368205806c7"
@@ -37,12 +38,7 @@ REFUSAL_TEXT = {
 }
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file  # the name the datasets use
 
 
 def fetch(directory: str) -> str:

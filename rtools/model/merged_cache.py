@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
-from ..files import atomic_directory
+from ..files import atomic_directory, sha256_file
 from .cache import cache_dir, cache_lock
 
 VERSION = 3
@@ -56,21 +56,13 @@ def merged_cache_root() -> str:
     return cache_dir("merged")
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def adapter_files(directory: str) -> dict[str, str]:
     """name -> sha256 of every top-level regular file of an adapter directory."""
     out = {}
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            out[name] = _sha256_file(path)
+            out[name] = sha256_file(path)
     return out
 
 
@@ -107,7 +99,7 @@ def _weights_digest(directory: str) -> str:
 
 def _record(directory: str, key: str, adapter_dir: str) -> dict[str, Any]:
     files = {
-        name: _sha256_file(os.path.join(directory, name))
+        name: sha256_file(os.path.join(directory, name))
         for name in sorted(os.listdir(directory))
         if name not in (RECORD, WEIGHTS)
     }
@@ -170,7 +162,7 @@ def entry_problem(directory: str, key: str) -> str | None:
         if present != sorted(files):
             return f"{directory}: its files are not the ones recorded"
         for name in present:
-            if _sha256_file(os.path.join(directory, name)) != files[name]:
+            if sha256_file(os.path.join(directory, name)) != files[name]:
                 return f"{os.path.join(directory, name)}: changed since the entry was written"
         if not os.path.isfile(os.path.join(directory, WEIGHTS)):
             return f"{os.path.join(directory, WEIGHTS)}: missing"
